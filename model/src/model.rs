@@ -1,0 +1,454 @@
+//! Glm4MoeForCausalLM: embedding → decoder layers (GQA attention with partial NeoX RoPE, dense SwiGLU
+//! for the first `first_k_dense_replace` layers, sigmoid-routed MoE with a shared expert after) → final
+//! RMSNorm → `lm_head`; plus the MTP layer as a draft function. One forward takes a mixed batch of
+//! sequences (prefill chunks and decode tokens) over a paged KV cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::checkpoint::TensorStore;
+use crate::config::Glm4MoeConfig;
+use crate::error::{ModelError, Result};
+use crate::kernels::{causal_mask, AttnBatch, Kernels, Reference, SeqAttn};
+use crate::kv_cache::{int_tensor, PagedKvCache};
+use crate::linear::{Fp8Activations, Linear};
+use crate::loader::WeightLoader;
+use crate::moe::Moe;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Load the MTP layer when the checkpoint has one.
+    pub load_mtp: bool,
+    pub fp8_activations: Fp8Activations,
+    /// Show a progress bar for large checkpoints.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            load_mtp: true,
+            fp8_activations: Fp8Activations::WeightOnly,
+            progress: true,
+        }
+    }
+}
+
+/// One sequence of a batch: the tokens to compute now at positions `start_pos..`, its block table, and
+/// whether the model must return logits for its last token.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    pub block_table: &'a [u32],
+    pub sample: bool,
+}
+
+pub struct ForwardOutput<B: Backend> {
+    /// `[S, vocab]` for the S sequences with `sample`, in batch order.
+    pub logits: Tensor<B, 2>,
+    /// `[T, H]` final-normed hidden states of every computed token (the MTP draft input).
+    pub hidden: Tensor<B, 2>,
+    /// Row of each sampled sequence's last token in `hidden`.
+    pub sample_rows: Vec<usize>,
+}
+
+pub(crate) struct Attention<B: Backend> {
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    q_norm: Option<Tensor<B, 1>>,
+    k_norm: Option<Tensor<B, 1>>,
+}
+
+pub(crate) struct DenseMlp<B: Backend> {
+    pub gate: Linear<B>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+pub(crate) enum Mlp<B: Backend> {
+    Dense(DenseMlp<B>),
+    Moe(Moe<B>),
+}
+
+pub(crate) struct DecoderLayer<B: Backend> {
+    input_norm: Tensor<B, 1>,
+    attn: Attention<B>,
+    post_norm: Tensor<B, 1>,
+    mlp: Mlp<B>,
+}
+
+pub(crate) struct MtpLayer<B: Backend> {
+    embed: Tensor<B, 2>,
+    enorm: Tensor<B, 1>,
+    hnorm: Tensor<B, 1>,
+    eh_proj: Linear<B>,
+    layer: DecoderLayer<B>,
+    head_norm: Tensor<B, 1>,
+    head: Linear<B>,
+}
+
+pub struct Glm4Moe<B: Backend> {
+    pub config: Glm4MoeConfig,
+    pub device: B::Device,
+    embed: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: Tensor<B, 1>,
+    lm_head: Linear<B>,
+    mtp: Option<MtpLayer<B>>,
+    kernels: Arc<dyn Kernels<B>>,
+    act: Fp8Activations,
+}
+
+impl<B: Backend> Glm4Moe<B> {
+    /// Loads a checkpoint folder (config.json + safetensors).
+    pub fn load(dir: &Path, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingFolder(dir.to_path_buf()));
+        }
+        let config = Glm4MoeConfig::from_dir(dir)?;
+        let store = TensorStore::open(dir)?;
+        Self::from_store(config, &store, device, opts)
+    }
+
+    pub fn from_store(config: Glm4MoeConfig, store: &TensorStore, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+        let c = config.clone();
+        let mut w = WeightLoader::<B>::new(store, &c, device.clone(), opts.progress);
+        let embed = w.mat("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            layers.push(load_layer(&mut w, &c, l)?);
+        }
+        let norm = w.vec("model.norm.weight", c.hidden_size)?;
+        let lm_head = if c.tie_word_embeddings && !w.has("lm_head.weight") {
+            Linear {
+                weight: crate::linear::LinearWeight::Dense(embed.clone()),
+                bias: None,
+            }
+        } else {
+            w.linear("lm_head", c.vocab_size, c.hidden_size, false)?
+        };
+        let mtp_prefix = format!("model.layers.{}.", c.num_hidden_layers);
+        let has_mtp = c.num_nextn_predict_layers > 0 && w.has(&format!("{mtp_prefix}eh_proj.weight"));
+        let mtp = if has_mtp && opts.load_mtp {
+            Some(load_mtp(&mut w, &c)?)
+        } else {
+            None
+        };
+        let mut allowed = vec![];
+        if !opts.load_mtp || !has_mtp {
+            // an MTP layer we do not run is not an error (transformers ignores it too)
+            for i in 0..c.num_nextn_predict_layers.max(1) {
+                allowed.push(format!("model.layers.{}.", c.num_hidden_layers + i));
+            }
+        }
+        if let Some(extra) = w.unused(&allowed).into_iter().next() {
+            return Err(ModelError::Unexpected(extra));
+        }
+        w.finish();
+        Ok(Self {
+            config,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            mtp,
+            kernels: Arc::new(Reference),
+            act: opts.fp8_activations,
+        })
+    }
+
+    /// Replaces the hot-path kernels (e.g. CUDA kernels on a GPU backend).
+    pub fn with_kernels(mut self, kernels: Arc<dyn Kernels<B>>) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    pub fn set_fp8_activations(&mut self, act: Fp8Activations) {
+        self.act = act;
+    }
+
+    pub fn has_mtp(&self) -> bool {
+        self.mtp.is_some()
+    }
+
+    /// Attention layers the KV cache needs: the main stack, plus the MTP layer when loaded.
+    pub fn num_kv_layers(&self) -> usize {
+        self.config.num_hidden_layers + usize::from(self.mtp.is_some())
+    }
+
+    /// A KV cache sized for this model.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache<B>> {
+        PagedKvCache::new(&self.config, self.num_kv_layers(), num_blocks, block_size, &self.device)
+    }
+
+    fn check_batch(&self, seqs: &[SeqInput<'_>], kv: &PagedKvCache<B>) -> Result<()> {
+        if seqs.is_empty() {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::Input(format!("sequence {i} has no tokens")));
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.config.vocab_size
+                )));
+            }
+            let end = s.start_pos + s.tokens.len();
+            if end > self.config.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "position {end} exceeds max_position_embeddings {}",
+                    self.config.max_position_embeddings
+                )));
+            }
+            kv.slot(s.block_table, end - 1)?;
+        }
+        if kv.layers.len() < self.config.num_hidden_layers {
+            return Err(ModelError::KvCache("cache has fewer layers than the model".into()));
+        }
+        Ok(())
+    }
+
+    /// RoPE tables `[T, rot/2]` for the given positions, in f32 as transformers computes them.
+    fn rope_tables(&self, positions: &[usize]) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let half = self.config.rotary_dim() / 2;
+        let rot = self.config.rotary_dim() as f32;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / self.config.rope_theta.powf((2 * i) as f32 / rot))
+            .collect();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let t = positions.len();
+        (
+            Tensor::from_data(TensorData::new(cos, [t, half]), &self.device),
+            Tensor::from_data(TensorData::new(sin, [t, half]), &self.device),
+        )
+    }
+
+    fn attn_batch(&self, seqs: &[SeqInput<'_>], kv: &PagedKvCache<B>) -> Result<(AttnBatch<B>, Vec<usize>)> {
+        let group = self.config.num_attention_heads / self.config.num_key_value_heads;
+        let mut positions = Vec::new();
+        let mut new_slots = Vec::new();
+        let mut metas = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for s in seqs {
+            let n = s.tokens.len();
+            let ctx = s.start_pos + n;
+            let mut ctx_slots = Vec::with_capacity(ctx);
+            for p in 0..ctx {
+                ctx_slots.push(kv.slot(s.block_table, p)? as i64);
+            }
+            for p in s.start_pos..ctx {
+                positions.push(p);
+                new_slots.push(ctx_slots[p] as i64);
+            }
+            metas.push(SeqAttn {
+                rows: row..row + n,
+                ctx_len: ctx,
+                ctx_slots: int_tensor::<B>(ctx_slots, &self.device),
+                mask: causal_mask::<B>(n, group, s.start_pos, ctx, &self.device),
+            });
+            row += n;
+        }
+        let (cos, sin) = self.rope_tables(&positions);
+        Ok((
+            AttnBatch {
+                seqs: metas,
+                new_slots: int_tensor::<B>(new_slots, &self.device),
+                cos,
+                sin,
+            },
+            positions,
+        ))
+    }
+
+    fn embed_tokens(&self, table: &Tensor<B, 2>, tokens: &[u32]) -> Tensor<B, 2> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        table.clone().select(0, int_tensor::<B>(ids, &self.device))
+    }
+
+    /// Runs the batch: writes the new tokens' K/V into `kv` and returns logits of the sampled sequences.
+    ///
+    /// Shapes: with `T = Σ tokens`, hidden states are `[T, H]`; the result's logits `[S, vocab]`.
+    pub fn forward(&self, seqs: &[SeqInput<'_>], kv: &mut PagedKvCache<B>) -> Result<ForwardOutput<B>> {
+        self.check_batch(seqs, kv)?;
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let (batch, _) = self.attn_batch(seqs, kv)?;
+        let mut h = self.embed_tokens(&self.embed, &tokens);
+        for (l, layer) in self.layers.iter().enumerate() {
+            h = self.layer_forward(layer, h, &mut kv.layers[l], &batch);
+        }
+        let hidden = self.kernels.rms_norm(h, &self.norm, self.config.rms_norm_eps);
+        let mut sample_rows = Vec::new();
+        let mut row = 0;
+        for s in seqs {
+            row += s.tokens.len();
+            if s.sample {
+                sample_rows.push(row - 1);
+            }
+        }
+        let logits = if sample_rows.is_empty() {
+            Tensor::zeros([0, self.config.vocab_size], &self.device)
+        } else {
+            let rows = int_tensor::<B>(sample_rows.iter().map(|&r| r as i64).collect(), &self.device);
+            self.kernels.linear(hidden.clone().select(0, rows), &self.lm_head, self.act)
+        };
+        Ok(ForwardOutput {
+            logits,
+            hidden,
+            sample_rows,
+        })
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &DecoderLayer<B>,
+        h: Tensor<B, 2>,
+        kv: &mut crate::kv_cache::LayerKv<B>,
+        batch: &AttnBatch<B>,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let k = &self.kernels;
+        let x = k.rms_norm(h.clone(), &layer.input_norm, c.rms_norm_eps);
+        let t = x.dims()[0];
+        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let a = &layer.attn;
+        let mut q = k.linear(x.clone(), &a.q, self.act).reshape([t, nh, d]);
+        let mut kk = k.linear(x.clone(), &a.k, self.act).reshape([t, nkv, d]);
+        let v = k.linear(x, &a.v, self.act).reshape([t, nkv, d]);
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            q = k.head_rms_norm(q, qn, c.rms_norm_eps);
+            kk = k.head_rms_norm(kk, kn, c.rms_norm_eps);
+        }
+        let q = k.rope(q, &batch.cos, &batch.sin);
+        let kk = k.rope(kk, &batch.cos, &batch.sin);
+        k.write_kv(kv, kk, v, &batch.new_slots);
+        let o = k.paged_attention(q, kv, batch, (d as f32).powf(-0.5)).reshape([t, nh * d]);
+        let h = h + k.linear(o, &a.o, self.act);
+        let x = k.rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
+        let y = match &layer.mlp {
+            Mlp::Dense(m) => k.swiglu(x, &m.gate, &m.up, &m.down, self.act),
+            Mlp::Moe(m) => m.forward(x, c, k.as_ref(), self.act),
+        };
+        h + y
+    }
+
+    /// The MTP layer as a draft function (glm.md §3.2): for each sequence, `tokens[i]` is the token at
+    /// position `start_pos + i + 1` and `hidden` row i the target model's final-normed hidden state at
+    /// position `start_pos + i`; positions for RoPE and KV are `start_pos + i`. Uses the cache layer after
+    /// the main stack. Returns logits `[T, vocab]` for every row and the MTP's own hidden states `[T, H]`
+    /// (input for a further draft step).
+    pub fn mtp_forward(
+        &self,
+        seqs: &[SeqInput<'_>],
+        hidden: Tensor<B, 2>,
+        kv: &mut PagedKvCache<B>,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+        let mtp = self
+            .mtp
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("this checkpoint has no MTP layer".into()))?;
+        self.check_batch(seqs, kv)?;
+        let lid = self.config.num_hidden_layers;
+        if kv.layers.len() <= lid {
+            return Err(ModelError::KvCache("cache has no layer for the MTP layer".into()));
+        }
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        if hidden.dims()[0] != tokens.len() {
+            return Err(ModelError::Input(format!(
+                "MTP: {} hidden rows for {} tokens",
+                hidden.dims()[0],
+                tokens.len()
+            )));
+        }
+        let (batch, _) = self.attn_batch(seqs, kv)?;
+        let eps = self.config.rms_norm_eps;
+        let k = &self.kernels;
+        let e = k.rms_norm(self.embed_tokens(&mtp.embed, &tokens), &mtp.enorm, eps);
+        let hn = k.rms_norm(hidden, &mtp.hnorm, eps);
+        let u = k.linear(Tensor::cat(vec![e, hn], 1), &mtp.eh_proj, self.act);
+        let y = self.layer_forward(&mtp.layer, u, &mut kv.layers[lid], &batch);
+        let logits = k.linear(k.rms_norm(y.clone(), &mtp.head_norm, eps), &mtp.head, self.act);
+        Ok((logits, y))
+    }
+}
+
+fn load_attention<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, p: &str) -> Result<Attention<B>> {
+    let (h, nh, nkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let bias = c.attention_bias;
+    let (q_norm, k_norm) = if c.use_qk_norm {
+        (
+            Some(w.vec(&format!("{p}.self_attn.q_norm.weight"), d)?),
+            Some(w.vec(&format!("{p}.self_attn.k_norm.weight"), d)?),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(Attention {
+        q: w.linear(&format!("{p}.self_attn.q_proj"), nh * d, h, bias)?,
+        k: w.linear(&format!("{p}.self_attn.k_proj"), nkv * d, h, bias)?,
+        v: w.linear(&format!("{p}.self_attn.v_proj"), nkv * d, h, bias)?,
+        o: w.linear(&format!("{p}.self_attn.o_proj"), h, nh * d, false)?,
+        q_norm,
+        k_norm,
+    })
+}
+
+pub(crate) fn load_swiglu<B: Backend>(w: &mut WeightLoader<'_, B>, p: &str, h: usize, i: usize) -> Result<DenseMlp<B>> {
+    Ok(DenseMlp {
+        gate: w.linear(&format!("{p}.gate_proj"), i, h, false)?,
+        up: w.linear(&format!("{p}.up_proj"), i, h, false)?,
+        down: w.linear(&format!("{p}.down_proj"), h, i, false)?,
+    })
+}
+
+fn load_layer<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, l: usize) -> Result<DecoderLayer<B>> {
+    let p = format!("model.layers.{l}");
+    let h = c.hidden_size;
+    let mlp = if c.is_moe_layer(l) {
+        Mlp::Moe(Moe::load(w, c, &format!("{p}.mlp"))?)
+    } else {
+        Mlp::Dense(load_swiglu(w, &format!("{p}.mlp"), h, c.intermediate_size)?)
+    };
+    Ok(DecoderLayer {
+        input_norm: w.vec(&format!("{p}.input_layernorm.weight"), h)?,
+        attn: load_attention(w, c, &p)?,
+        post_norm: w.vec(&format!("{p}.post_attention_layernorm.weight"), h)?,
+        mlp,
+    })
+}
+
+fn load_mtp<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig) -> Result<MtpLayer<B>> {
+    let l = c.num_hidden_layers;
+    let p = format!("model.layers.{l}");
+    let h = c.hidden_size;
+    Ok(MtpLayer {
+        embed: w.mat(&format!("{p}.embed_tokens.weight"), [c.vocab_size, h])?,
+        enorm: w.vec(&format!("{p}.enorm.weight"), h)?,
+        hnorm: w.vec(&format!("{p}.hnorm.weight"), h)?,
+        eh_proj: w.linear(&format!("{p}.eh_proj"), h, 2 * h, false)?,
+        layer: load_layer(w, c, l)?,
+        head_norm: w.vec(&format!("{p}.shared_head.norm.weight"), h)?,
+        head: w.linear(&format!("{p}.shared_head.head"), c.vocab_size, h, false)?,
+    })
+}
+
+/// Token ids as a burn Int tensor (helper for runners).
+pub fn token_tensor<B: Backend>(tokens: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
+    int_tensor::<B>(tokens.iter().map(|&t| t as i64).collect(), device)
+}
