@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dummy;
 pub mod error;
 pub mod fp8;
 pub mod generate;

@@ -15,6 +15,18 @@ use crate::config::{Glm4MoeConfig, Quantization};
 use crate::error::{ModelError, Result};
 use crate::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 
+/// Where parameters come from: a checkpoint ([`WeightLoader`]) or random values ([`crate::dummy::DummySource`],
+/// `--load-format dummy`). The model is built against this trait only.
+pub trait ParamSource<B: Backend> {
+    fn has(&self, name: &str) -> bool;
+    /// A 1-D parameter of `len` elements.
+    fn vec(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>>;
+    /// A high-precision 2-D parameter.
+    fn mat(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>>;
+    /// `prefix.weight [out, in]` (+ `prefix.bias [out]` when `bias`), high precision or FP8.
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>>;
+}
+
 pub struct WeightLoader<'a, B: Backend> {
     pub store: &'a TensorStore,
     pub cfg: &'a Glm4MoeConfig,
@@ -51,61 +63,6 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
             pb.inc(t.bytes.len() as u64);
         }
         Ok(t)
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.store.contains(name)
-    }
-
-    pub fn vec(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        let t = self.take(name)?;
-        // some loaders flatten or keep [n, 1]
-        if t.shape.iter().product::<usize>() != len || t.shape.len() > 2 {
-            return Err(ModelError::Shape {
-                name: name.into(),
-                got: t.shape.clone(),
-                expected: vec![len],
-            });
-        }
-        Ok(Tensor::from_data(TensorData::new(to_f32(&t)?, [len]), &self.device))
-    }
-
-    pub fn mat(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
-        let t = self.take(name)?;
-        expect_shape(&t, &shape)?;
-        if t.dtype == Dtype::F8_E4M3 {
-            return Err(ModelError::Dtype {
-                name: name.into(),
-                dtype: "F8_E4M3 where a high-precision tensor is required".into(),
-            });
-        }
-        Ok(Tensor::from_data(TensorData::new(to_f32(&t)?, shape), &self.device))
-    }
-
-    /// `prefix.weight [out, in]` (+ `prefix.bias [out]` when `bias`), high precision or FP8.
-    pub fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
-        let wname = format!("{prefix}.weight");
-        let raw = self.store.get(&wname)?;
-        let weight = if raw.dtype == Dtype::F8_E4M3 {
-            expect_shape(&raw, &[out, inp])?;
-            let bytes: Arc<[u8]> = Arc::from(raw.bytes);
-            self.take(&wname)?;
-            let scales = self.fp8_scales(prefix, out, inp)?;
-            LinearWeight::Fp8(Fp8Weight {
-                out_features: out,
-                in_features: inp,
-                bytes,
-                scales,
-            })
-        } else {
-            LinearWeight::Dense(self.mat(&wname, [out, inp])?)
-        };
-        let bias = if bias {
-            Some(self.vec(&format!("{prefix}.bias"), out)?)
-        } else {
-            None
-        };
-        Ok(Linear { weight, bias })
     }
 
     fn fp8_scales(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Fp8Scales> {
@@ -158,5 +115,61 @@ impl<'a, B: Backend> WeightLoader<'a, B> {
         if let Some(pb) = self.progress {
             pb.finish_and_clear();
         }
+    }
+}
+
+impl<B: Backend> ParamSource<B> for WeightLoader<'_, B> {
+    fn has(&self, name: &str) -> bool {
+        self.store.contains(name)
+    }
+
+    fn vec(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
+        let t = self.take(name)?;
+        // some loaders flatten or keep [n, 1]
+        if t.shape.iter().product::<usize>() != len || t.shape.len() > 2 {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                got: t.shape.clone(),
+                expected: vec![len],
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(to_f32(&t)?, [len]), &self.device))
+    }
+
+    fn mat(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
+        let t = self.take(name)?;
+        expect_shape(&t, &shape)?;
+        if t.dtype == Dtype::F8_E4M3 {
+            return Err(ModelError::Dtype {
+                name: name.into(),
+                dtype: "F8_E4M3 where a high-precision tensor is required".into(),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(to_f32(&t)?, shape), &self.device))
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
+        let wname = format!("{prefix}.weight");
+        let raw = self.store.get(&wname)?;
+        let weight = if raw.dtype == Dtype::F8_E4M3 {
+            expect_shape(&raw, &[out, inp])?;
+            let bytes: Arc<[u8]> = Arc::from(raw.bytes);
+            self.take(&wname)?;
+            let scales = self.fp8_scales(prefix, out, inp)?;
+            LinearWeight::Fp8(Fp8Weight {
+                out_features: out,
+                in_features: inp,
+                bytes,
+                scales,
+            })
+        } else {
+            LinearWeight::Dense(self.mat(&wname, [out, inp])?)
+        };
+        let bias = if bias {
+            Some(self.vec(&format!("{prefix}.bias"), out)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::kernels::{causal_mask, AttnBatch, Kernels, Reference, SeqAttn};
 use crate::kv_cache::{int_tensor, PagedKvCache};
 use crate::linear::{Fp8Activations, Linear};
-use crate::loader::WeightLoader;
+use crate::loader::{ParamSource, WeightLoader};
 use crate::moe::Moe;
 
 #[derive(Debug, Clone)]
@@ -119,27 +119,9 @@ impl<B: Backend> Glm4Moe<B> {
     pub fn from_store(config: Glm4MoeConfig, store: &TensorStore, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
         let c = config.clone();
         let mut w = WeightLoader::<B>::new(store, &c, device.clone(), opts.progress);
-        let embed = w.mat("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
-            layers.push(load_layer(&mut w, &c, l)?);
-        }
-        let norm = w.vec("model.norm.weight", c.hidden_size)?;
-        let lm_head = if c.tie_word_embeddings && !w.has("lm_head.weight") {
-            Linear {
-                weight: crate::linear::LinearWeight::Dense(embed.clone()),
-                bias: None,
-            }
-        } else {
-            w.linear("lm_head", c.vocab_size, c.hidden_size, false)?
-        };
         let mtp_prefix = format!("model.layers.{}.", c.num_hidden_layers);
         let has_mtp = c.num_nextn_predict_layers > 0 && w.has(&format!("{mtp_prefix}eh_proj.weight"));
-        let mtp = if has_mtp && opts.load_mtp {
-            Some(load_mtp(&mut w, &c)?)
-        } else {
-            None
-        };
+        let model = Self::build(config, &mut w, device, has_mtp && opts.load_mtp, opts.fp8_activations)?;
         let mut allowed = vec![];
         if !opts.load_mtp || !has_mtp {
             // an MTP layer we do not run is not an error (transformers ignores it too)
@@ -151,6 +133,41 @@ impl<B: Backend> Glm4Moe<B> {
             return Err(ModelError::Unexpected(extra));
         }
         w.finish();
+        Ok(model)
+    }
+
+    /// Random weights of the right shapes from a config alone (`--load-format dummy`), for benchmarks
+    /// and tests of everything around the model. FP8 configs get FP8 weights.
+    pub fn dummy(config: Glm4MoeConfig, device: &B::Device, seed: u64, opts: &LoadOptions) -> Result<Self> {
+        config.validate()?;
+        let mut src = crate::dummy::DummySource::<B>::new(&config, device.clone(), seed);
+        let mtp = config.num_nextn_predict_layers > 0 && opts.load_mtp;
+        Self::build(config, &mut src, device, mtp, opts.fp8_activations)
+    }
+
+    fn build(
+        config: Glm4MoeConfig,
+        w: &mut dyn ParamSource<B>,
+        device: &B::Device,
+        with_mtp: bool,
+        act: Fp8Activations,
+    ) -> Result<Self> {
+        let c = config.clone();
+        let embed = w.mat("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            layers.push(load_layer(w, &c, l)?);
+        }
+        let norm = w.vec("model.norm.weight", c.hidden_size)?;
+        let lm_head = if c.tie_word_embeddings && !w.has("lm_head.weight") {
+            Linear {
+                weight: crate::linear::LinearWeight::Dense(embed.clone()),
+                bias: None,
+            }
+        } else {
+            w.linear("lm_head", c.vocab_size, c.hidden_size, false)?
+        };
+        let mtp = if with_mtp { Some(load_mtp(w, &c)?) } else { None };
         Ok(Self {
             config,
             device: device.clone(),
@@ -160,7 +177,7 @@ impl<B: Backend> Glm4Moe<B> {
             lm_head,
             mtp,
             kernels: Arc::new(Reference),
-            act: opts.fp8_activations,
+            act,
         })
     }
 
@@ -388,7 +405,7 @@ impl<B: Backend> Glm4Moe<B> {
     }
 }
 
-fn load_attention<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, p: &str) -> Result<Attention<B>> {
+fn load_attention<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig, p: &str) -> Result<Attention<B>> {
     let (h, nh, nkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     let bias = c.attention_bias;
     let (q_norm, k_norm) = if c.use_qk_norm {
@@ -409,7 +426,7 @@ fn load_attention<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, p:
     })
 }
 
-pub(crate) fn load_swiglu<B: Backend>(w: &mut WeightLoader<'_, B>, p: &str, h: usize, i: usize) -> Result<DenseMlp<B>> {
+pub(crate) fn load_swiglu<B: Backend>(w: &mut dyn ParamSource<B>, p: &str, h: usize, i: usize) -> Result<DenseMlp<B>> {
     Ok(DenseMlp {
         gate: w.linear(&format!("{p}.gate_proj"), i, h, false)?,
         up: w.linear(&format!("{p}.up_proj"), i, h, false)?,
@@ -417,7 +434,7 @@ pub(crate) fn load_swiglu<B: Backend>(w: &mut WeightLoader<'_, B>, p: &str, h: u
     })
 }
 
-fn load_layer<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, l: usize) -> Result<DecoderLayer<B>> {
+fn load_layer<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig, l: usize) -> Result<DecoderLayer<B>> {
     let p = format!("model.layers.{l}");
     let h = c.hidden_size;
     let mlp = if c.is_moe_layer(l) {
@@ -433,7 +450,7 @@ fn load_layer<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, l: usi
     })
 }
 
-fn load_mtp<B: Backend>(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig) -> Result<MtpLayer<B>> {
+fn load_mtp<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig) -> Result<MtpLayer<B>> {
     let l = c.num_hidden_layers;
     let p = format!("model.layers.{l}");
     let h = c.hidden_size;

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::kv_cache::int_tensor;
 use crate::linear::Fp8Activations;
-use crate::loader::WeightLoader;
+use crate::loader::ParamSource;
 use crate::model::{load_swiglu, DenseMlp};
 
 pub(crate) struct Moe<B: Backend> {
@@ -96,7 +96,7 @@ pub fn route(logits: &[f32], bias: &[f32], cfg: &Glm4MoeConfig) -> Routing {
 }
 
 impl<B: Backend> Moe<B> {
-    pub(crate) fn load(w: &mut WeightLoader<'_, B>, c: &Glm4MoeConfig, p: &str) -> Result<Self> {
+    pub(crate) fn load(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig, p: &str) -> Result<Self> {
         let h = c.hidden_size;
         let gate = w.mat(&format!("{p}.gate.weight"), [c.n_routed_experts, h])?;
         let bias_name = format!("{p}.gate.e_score_correction_bias");

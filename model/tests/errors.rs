@@ -178,3 +178,19 @@ fn bad_input_is_an_error() {
     let e = m.forward(&[SeqInput { tokens: &[1], start_pos: 0, block_table: &bad_table, sample: true }], &mut kv);
     assert!(e.err().unwrap().to_string().contains("out of range"));
 }
+
+#[test]
+fn dummy_weights_from_config_alone() {
+    // the full code path with random weights, FP8 included, from config.json only
+    for name in ["tiny-a", "tiny-b-fp8", "tiny-b-fp8-block"] {
+        let cfg = model::Glm4MoeConfig::from_dir(&fixture(name)).unwrap();
+        let m = Glm4Moe::<B>::dummy(cfg, &Default::default(), 1, &opts()).unwrap();
+        let mut kv = m.new_kv_cache(2, 16).unwrap();
+        let out = m.forward(&[SeqInput { tokens: &[1, 2, 3], start_pos: 0, block_table: &[0, 1], sample: true }], &mut kv).unwrap();
+        let v: Vec<f32> = out.logits.into_data().convert::<f32>().to_vec().unwrap();
+        assert_eq!(v.len(), m.config.vocab_size);
+        assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite logits");
+        let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        assert!(std > 1e-3 && std < 1e3, "{name}: logits scale {std}");
+    }
+}
