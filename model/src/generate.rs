@@ -89,8 +89,8 @@ pub fn generate<B: Backend>(
             }],
             &mut kv,
         )?;
-        if end == prompt.len() {
-            logits = r.logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
+        if let Some(l) = r.logits {
+            logits = l.into_data().convert::<f32>().to_vec().expect("f32 logits");
         }
         pos = end;
     }
@@ -112,7 +112,13 @@ pub fn generate<B: Backend>(
             }],
             &mut kv,
         )?;
-        logits = r.logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
+        logits = r
+            .logits
+            .ok_or_else(|| ModelError::Input("decode step returned no logits".into()))?
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits");
         pos += 1;
     }
     Ok(out)

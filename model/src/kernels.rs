@@ -23,8 +23,12 @@ pub struct SeqAttn<B: Backend> {
 
 pub struct AttnBatch<B: Backend> {
     pub seqs: Vec<SeqAttn<B>>,
-    /// KV slots of every new token, in batch order.
+    /// KV slots to write, one per written row.
     pub new_slots: Tensor<B, 1, Int>,
+    /// Which rows of the batch's K/V to write (`None`: all, in order). Two sequences of one batch can
+    /// compute the same slot (a prefix-cache hit always recomputes its last prompt token, possibly in a
+    /// block a sibling is filling in the same step); the values are identical, and only the last is written.
+    pub write_rows: Option<Tensor<B, 1, Int>>,
     /// `[T, rotary_dim / 2]` RoPE tables for the new tokens' positions.
     pub cos: Tensor<B, 2>,
     pub sin: Tensor<B, 2>,

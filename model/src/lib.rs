@@ -27,11 +27,18 @@ pub use config::{Glm4MoeConfig, Quantization};
 pub use error::{ModelError, Result};
 pub use kv_cache::PagedKvCache;
 pub use linear::Fp8Activations;
-pub use model::{ForwardOutput, Glm4Moe, LoadOptions, SeqInput};
+pub use model::{ForwardOutput, Glm4Moe, LoadOptions, ParamMemory, SeqInput};
 
 /// The CPU backend used in tests and on machines without a GPU.
 pub type CpuBackend = burn::backend::NdArray<f32>;
 
-/// The CUDA backend (feature `cuda`).
+/// The CUDA backend (feature `cuda`), serving precision.
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<half::bf16, i32>;
+
+/// The backend the parity tests run on: the CPU, or the GPU in f32 with the `cuda` feature (the parity
+/// bound is an f32 bound).
+#[cfg(not(feature = "cuda"))]
+pub type TestBackend = CpuBackend;
+#[cfg(feature = "cuda")]
+pub type TestBackend = burn::backend::Cuda<f32, i32>;

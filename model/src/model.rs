@@ -48,12 +48,43 @@ pub struct SeqInput<'a> {
 }
 
 pub struct ForwardOutput<B: Backend> {
-    /// `[S, vocab]` for the S sequences with `sample`, in batch order.
-    pub logits: Tensor<B, 2>,
+    /// `[S, vocab]` for the S sequences with `sample`, in batch order; `None` when no sequence samples
+    /// (a prefill chunk that does not reach the end of its prompt).
+    pub logits: Option<Tensor<B, 2>>,
     /// `[T, H]` final-normed hidden states of every computed token (the MTP draft input).
     pub hidden: Tensor<B, 2>,
     /// Row of each sampled sequence's last token in `hidden`.
     pub sample_rows: Vec<usize>,
+}
+
+/// See [`Glm4Moe::parameter_memory`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ParamMemory {
+    pub fp8_bytes: usize,
+    pub float_elements: usize,
+}
+
+impl ParamMemory {
+    pub(crate) fn add_tensor(&mut self, elems: usize) {
+        self.float_elements += elems;
+    }
+    pub(crate) fn add_linear<B: Backend>(&mut self, l: &Linear<B>) {
+        match &l.weight {
+            crate::linear::LinearWeight::Dense(w) => self.float_elements += w.dims().iter().product::<usize>(),
+            crate::linear::LinearWeight::Fp8(w) => self.fp8_bytes += w.bytes.len(),
+        }
+        if let Some(b) = &l.bias {
+            self.float_elements += b.dims()[0];
+        }
+    }
+}
+
+impl<B: Backend> DenseMlp<B> {
+    pub(crate) fn add_to(&self, m: &mut ParamMemory) {
+        for l in [&self.gate, &self.up, &self.down] {
+            m.add_linear(l);
+        }
+    }
 }
 
 pub(crate) struct Attention<B: Backend> {
@@ -191,6 +222,32 @@ impl<B: Backend> Glm4Moe<B> {
         self.act = act;
     }
 
+    /// What the parameters occupy: bytes of FP8 weights kept as FP8, and elements held in the backend's
+    /// float type (embeddings, norms, biases, router, high-precision linears).
+    pub fn parameter_memory(&self) -> ParamMemory {
+        let mut m = ParamMemory::default();
+        m.add_tensor(self.embed.dims().iter().product());
+        m.add_tensor(self.norm.dims()[0]);
+        m.add_linear(&self.lm_head);
+        let layers = self.layers.iter().chain(self.mtp.as_ref().map(|t| &t.layer));
+        for l in layers {
+            m.add_tensor(l.input_norm.dims()[0] + l.post_norm.dims()[0]);
+            for lin in [&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o] {
+                m.add_linear(lin);
+            }
+            match &l.mlp {
+                Mlp::Dense(d) => d.add_to(&mut m),
+                Mlp::Moe(moe) => moe.add_to(&mut m),
+            }
+        }
+        if let Some(t) = &self.mtp {
+            m.add_tensor(t.embed.dims().iter().product());
+            m.add_linear(&t.eh_proj);
+            m.add_linear(&t.head);
+        }
+        m
+    }
+
     pub fn has_mtp(&self) -> bool {
         self.mtp.is_some()
     }
@@ -283,10 +340,26 @@ impl<B: Backend> Glm4Moe<B> {
             row += n;
         }
         let (cos, sin) = self.rope_tables(&positions);
+        let mut seen = std::collections::HashSet::with_capacity(new_slots.len());
+        let keep_last: Vec<bool> = new_slots.iter().rev().map(|s| seen.insert(*s)).collect::<Vec<_>>().into_iter().rev().collect();
+        let write_rows = if keep_last.iter().all(|&k| k) {
+            None
+        } else {
+            let rows: Vec<i64> = (0..new_slots.len() as i64).filter(|&r| keep_last[r as usize]).collect();
+            new_slots.retain({
+                let mut i = 0;
+                move |_| {
+                    i += 1;
+                    keep_last[i - 1]
+                }
+            });
+            Some(int_tensor::<B>(rows, &self.device))
+        };
         Ok((
             AttnBatch {
                 seqs: metas,
                 new_slots: int_tensor::<B>(new_slots, &self.device),
+                write_rows,
                 cos,
                 sin,
             },
@@ -319,12 +392,10 @@ impl<B: Backend> Glm4Moe<B> {
                 sample_rows.push(row - 1);
             }
         }
-        let logits = if sample_rows.is_empty() {
-            Tensor::zeros([0, self.config.vocab_size], &self.device)
-        } else {
+        let logits = (!sample_rows.is_empty()).then(|| {
             let rows = int_tensor::<B>(sample_rows.iter().map(|&r| r as i64).collect(), &self.device);
             self.kernels.linear(hidden.clone().select(0, rows), &self.lm_head, self.act)
-        };
+        });
         Ok(ForwardOutput {
             logits,
             hidden,
@@ -354,7 +425,11 @@ impl<B: Backend> Glm4Moe<B> {
         }
         let q = k.rope(q, &batch.cos, &batch.sin);
         let kk = k.rope(kk, &batch.cos, &batch.sin);
-        k.write_kv(kv, kk, v, &batch.new_slots);
+        let (kw, vw) = match &batch.write_rows {
+            Some(rows) => (kk.select(0, rows.clone()), v.select(0, rows.clone())),
+            None => (kk, v),
+        };
+        k.write_kv(kv, kw, vw, &batch.new_slots);
         let o = k.paged_attention(q, kv, batch, (d as f32).powf(-0.5)).reshape([t, nh * d]);
         let h = h + k.linear(o, &a.o, self.act);
         let x = k.rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);

@@ -126,6 +126,13 @@ impl<B: Backend> Moe<B> {
         })
     }
 
+    pub(crate) fn add_to(&self, m: &mut crate::model::ParamMemory) {
+        m.add_tensor(self.gate.dims().iter().product());
+        for e in self.experts.iter().chain(std::iter::once(&self.shared)) {
+            e.add_to(m);
+        }
+    }
+
     /// `x [T, H]` -> `[T, H]`.
     pub(crate) fn forward(&self, x: Tensor<B, 2>, c: &Glm4MoeConfig, k: &dyn Kernels<B>, act: Fp8Activations) -> Tensor<B, 2> {
         let device = x.device();
