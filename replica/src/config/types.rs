@@ -1,0 +1,177 @@
+//! Value types of the serve configuration: parser names, KV dtype, scheduling policy, load
+//! format and byte sizes (each parseable from a flag, an environment variable and TOML).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Tool-call parser (`--tool-call-parser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolParserName {
+    /// GLM-4.5 / GLM-4.6 XML tool calls (name ends at a newline).
+    Glm45,
+    /// GLM-4.7 compact tool calls (no newlines required).
+    Glm47,
+}
+
+/// Reasoning parser (`--reasoning-parser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasoningParserName {
+    /// `<think>…</think>` reasoning of GLM-4.5/4.6/4.7 (vLLM's `glm45`).
+    Glm45,
+}
+
+/// KV-cache element type (`--kv-cache-dtype`); the model runner allocates the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    /// The model's activation dtype.
+    #[default]
+    Auto,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit float (e4m3).
+    Fp8,
+}
+
+impl KvCacheDtype {
+    /// The flag spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Bf16 => "bf16",
+            Self::Fp8 => "fp8",
+        }
+    }
+}
+
+/// Waiting-queue order (`--scheduling-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulingPolicy {
+    /// First come, first served.
+    #[default]
+    Fcfs,
+    /// Lower request `priority` first (ties by arrival).
+    Priority,
+}
+
+/// How to obtain the model (`--load-format`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LoadFormat {
+    /// Load the checkpoint's weights.
+    #[default]
+    Auto,
+    /// Random weights with the checkpoint's shapes (performance work without a download).
+    Dummy,
+    /// No model at all: a deterministic fake that favours a token derived from the context
+    /// (tests, router development). See [`crate::runner::FakeRunner`].
+    Fake,
+    /// No model: replay the scripted responses in this file
+    /// (see [`crate::runner::ScriptedRunner`]).
+    Scripted(PathBuf),
+}
+
+impl fmt::Display for LoadFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Dummy => f.write_str("dummy"),
+            Self::Fake => f.write_str("fake"),
+            Self::Scripted(p) => write!(f, "scripted:{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for LoadFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "dummy" => Ok(Self::Dummy),
+            "fake" => Ok(Self::Fake),
+            _ => match s.strip_prefix("scripted:") {
+                Some(p) if !p.is_empty() => Ok(Self::Scripted(PathBuf::from(p))),
+                _ => Err(format!(
+                    "unknown load format {s:?}: expected auto, dummy, fake or scripted:<path>"
+                )),
+            },
+        }
+    }
+}
+
+impl Serialize for LoadFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LoadFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A byte count written as an integer or with a unit (`"20GiB"`, `"512M"`, `"1.5G"`;
+/// K/M/G/T are powers of 1000, Ki/Mi/Gi/Ti powers of 1024, a trailing `B` is optional).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" => 1,
+            "k" => 1_000,
+            "m" => 1_000_000,
+            "g" => 1_000_000_000,
+            "t" => 1_000_000_000_000,
+            "ki" => 1 << 10,
+            "mi" => 1 << 20,
+            "gi" => 1 << 30,
+            "ti" => 1 << 40,
+            _ => return Err(format!("invalid byte size {s:?}: unknown unit")),
+        };
+        let value: f64 = num.parse().map_err(|_| {
+            format!("invalid byte size {s:?}: expected a number with an optional unit")
+        })?;
+        let bytes = value * mult as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("invalid byte size {s:?}: out of range"));
+        }
+        Ok(Self(bytes as u64))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}

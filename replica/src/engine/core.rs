@@ -1,0 +1,497 @@
+//! The engine loop, on its own OS thread (vLLM's `EngineCore` busy loop, without the busy):
+//!
+//! ```text
+//! loop {
+//!     drain the inbox (add / abort / shutdown); block on it while nothing is unfinished
+//!     out     = scheduler.schedule()
+//!     logits  = runner.execute(&out)
+//!     sampled = sampler over the logits rows (one per seq with `sample`)
+//!     updates = scheduler.update_from_output(&out, &sampled)
+//!     publish: detokenize, stop strings (→ scheduler.finish), events, metrics
+//! }
+//! ```
+//!
+//! The loop owns all mutable state (scheduler, runner, per-sequence sampler and text state), so
+//! none of it needs a lock; the async side sees it only through events and a stats snapshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use scheduler::{
+    FinishReason, NewRequest, RequestUpdate, Scheduler, SchedulerOutput, SchedulerStats,
+};
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::handle::{Command, Shared};
+use super::{ChoiceDelta, EngineEvent, EngineRequest, Finish, StopReason};
+use crate::metrics::{Metrics, RequestTimings};
+use crate::output::TextOutput;
+use crate::runner::Runner;
+use crate::sampler::{sample_batch, SampleLogprobs, SamplingParams, SeqSampler};
+
+/// How long an engine with unfinished but unschedulable work waits for commands before
+/// trying again (no busy spin).
+const STALL_WAIT: Duration = Duration::from_millis(5);
+
+/// Everything the engine thread needs besides its channels.
+pub(crate) struct EngineParts {
+    pub scheduler: Scheduler,
+    pub runner: Box<dyn Runner>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub eos_token_ids: Vec<u32>,
+    pub metrics: Metrics,
+    /// Seeds the RNG that seeds requests without a `seed`.
+    pub seed: u64,
+}
+
+/// One scheduler request (one choice) in flight.
+struct SeqState {
+    index: u32,
+    events: UnboundedSender<EngineEvent>,
+    sampler: SeqSampler,
+    text: TextOutput,
+    include_stop: bool,
+    min_tokens: usize,
+    /// Logprobs of the token sampled in the current step, until the update arrives.
+    pending_logprobs: Option<SampleLogprobs>,
+    num_prompt_tokens: usize,
+    num_cached_tokens: usize,
+    arrival: Instant,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl SeqState {
+    fn generated(&self) -> usize {
+        self.sampler.num_generated()
+    }
+}
+
+pub(crate) struct EngineCore {
+    scheduler: Scheduler,
+    runner: Box<dyn Runner>,
+    tokenizer: Arc<Tokenizer>,
+    eos_token_ids: Vec<u32>,
+    metrics: Metrics,
+    seed_rng: StdRng,
+    valid_vocab: usize,
+    seqs: HashMap<u64, SeqState>,
+    inbox: Receiver<Command>,
+    shared: Arc<Shared>,
+    prev_stats: SchedulerStats,
+    /// Requests that ended this loop turn; reported to the handle after the stats snapshot so
+    /// that whoever sees `in_flight` drop also sees the scheduler state that goes with it.
+    ended_this_turn: usize,
+}
+
+/// Marks the engine dead when the thread ends, normally or by panic, and wakes drain waiters.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+        self.0.idle.notify_waiters();
+    }
+}
+
+impl EngineCore {
+    pub(crate) fn new(parts: EngineParts, inbox: Receiver<Command>, shared: Arc<Shared>) -> Self {
+        let valid_vocab =
+            crate::output::tokenizer_size(&parts.tokenizer).min(parts.runner.vocab_size());
+        let prev_stats = parts.scheduler.stats();
+        Self {
+            scheduler: parts.scheduler,
+            runner: parts.runner,
+            tokenizer: parts.tokenizer,
+            eos_token_ids: parts.eos_token_ids,
+            metrics: parts.metrics,
+            seed_rng: StdRng::seed_from_u64(parts.seed),
+            valid_vocab,
+            seqs: HashMap::new(),
+            inbox,
+            shared,
+            prev_stats,
+            ended_this_turn: 0,
+        }
+    }
+
+    /// Runs until shutdown or until every handle is dropped.
+    pub(crate) fn run(mut self) {
+        let _alive = AliveGuard(self.shared.clone());
+        loop {
+            if !self.drain_inbox() {
+                break;
+            }
+            if self.scheduler.has_unfinished() && !self.step() {
+                // Nothing could be scheduled: wait briefly for commands instead of spinning.
+                match self.inbox.recv_timeout(STALL_WAIT) {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            self.publish_stats();
+        }
+        self.abort_all();
+        self.publish_stats();
+    }
+
+    /// Applies queued commands; blocks for the next one while there is no work. False means
+    /// stop.
+    fn drain_inbox(&mut self) -> bool {
+        if !self.scheduler.has_unfinished() {
+            match self.inbox.recv() {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match self.inbox.try_recv() {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return false;
+                    }
+                }
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add {
+                request,
+                ids,
+                events,
+            } => self.add(*request, ids, events),
+            Command::Abort(ids) => {
+                for id in ids {
+                    self.abort(id, false);
+                }
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn add(&mut self, req: EngineRequest, ids: Vec<u64>, events: UnboundedSender<EngineEvent>) {
+        let base_seed = req.sampling.seed;
+        let mut min_tokens_mask: Vec<u32> = req.stop_token_ids.clone();
+        if !req.ignore_eos {
+            min_tokens_mask.extend(&self.eos_token_ids);
+        }
+        for (i, id) in ids.into_iter().enumerate() {
+            let index = req.choice_base + i as u32;
+            let seed = match base_seed {
+                Some(s) => s.wrapping_add(i as u64),
+                None => self.seed_rng.gen(),
+            };
+            let new = NewRequest {
+                id,
+                prompt_token_ids: req.prompt_token_ids.clone(),
+                max_tokens: req.max_tokens,
+                min_tokens: req.sampling.min_tokens,
+                priority: req.priority,
+                cache_salt: req.cache_salt.clone(),
+                eos_token_ids: self.eos_token_ids.clone(),
+                stop_token_ids: req.stop_token_ids.clone(),
+                ignore_eos: req.ignore_eos,
+            };
+            if let Err(e) = self.scheduler.add_request(new) {
+                let _ = events.send(EngineEvent::Error {
+                    index,
+                    message: e.to_string(),
+                });
+                self.ended_this_turn += 1;
+                continue;
+            }
+            let sampler = SeqSampler::new(
+                req.sampling.clone(),
+                seed,
+                &req.prompt_token_ids,
+                min_tokens_mask.clone(),
+            );
+            let text = TextOutput::new(
+                self.tokenizer.clone(),
+                &req.prompt_token_ids,
+                req.skip_special_tokens,
+                req.stop.clone(),
+                req.include_stop_str_in_output,
+            );
+            self.seqs.insert(
+                id,
+                SeqState {
+                    index,
+                    events: events.clone(),
+                    sampler,
+                    text,
+                    include_stop: req.include_stop_str_in_output,
+                    min_tokens: req.sampling.min_tokens,
+                    pending_logprobs: None,
+                    num_prompt_tokens: req.prompt_token_ids.len(),
+                    num_cached_tokens: 0,
+                    arrival: req.arrival,
+                    first_scheduled: None,
+                    first_token: None,
+                    last_token: None,
+                },
+            );
+        }
+    }
+
+    /// Removes a request. `notify` sends a final abort delta (engine-initiated aborts); a
+    /// client-initiated abort has nobody left to tell.
+    fn abort(&mut self, id: u64, notify: bool) {
+        self.scheduler.abort(id);
+        if let Some(seq) = self.seqs.remove(&id) {
+            if notify {
+                let delta = Self::delta(&seq, String::new(), Vec::new(), Vec::new());
+                let _ = seq.events.send(EngineEvent::Delta(ChoiceDelta {
+                    finish: Some(Finish {
+                        reason: FinishReason::Abort,
+                        stop_reason: None,
+                    }),
+                    ..delta
+                }));
+            }
+            self.finished(id, &seq, FinishReason::Abort);
+        }
+    }
+
+    fn abort_all(&mut self) {
+        let ids: Vec<u64> = self.seqs.keys().copied().collect();
+        for id in ids {
+            self.abort(id, true);
+        }
+    }
+
+    fn finished(&mut self, id: u64, seq: &SeqState, reason: FinishReason) {
+        self.runner.release(&[id]);
+        self.ended_this_turn += 1;
+        let now = Instant::now();
+        let first_scheduled = seq.first_scheduled.unwrap_or(now);
+        let first_token = seq.first_token.unwrap_or(now);
+        let last_token = seq.last_token.unwrap_or(first_token);
+        self.metrics.record_finished(
+            reason,
+            &RequestTimings {
+                queue: first_scheduled.saturating_duration_since(seq.arrival),
+                prefill: first_token.saturating_duration_since(first_scheduled),
+                decode: last_token.saturating_duration_since(first_token),
+                e2e: now.saturating_duration_since(seq.arrival),
+                prompt_tokens: seq.num_prompt_tokens,
+                generation_tokens: seq.generated(),
+            },
+        );
+    }
+
+    /// One scheduler step. False when nothing was scheduled.
+    fn step(&mut self) -> bool {
+        let out = self.scheduler.schedule();
+        if out.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        for s in &out.seqs {
+            if let Some(seq) = self.seqs.get_mut(&s.id) {
+                seq.first_scheduled.get_or_insert(now);
+            }
+        }
+        self.metrics.record_iteration(out.num_batched_tokens);
+        let sampled = match self.execute_and_sample(&out) {
+            Ok(sampled) => sampled,
+            Err(message) => {
+                self.fail_batch(&out, &message);
+                return true;
+            }
+        };
+        let updates = self.scheduler.update_from_output(&out, &sampled);
+        let now = Instant::now();
+        for update in updates {
+            self.publish(update, now);
+        }
+        true
+    }
+
+    fn execute_and_sample(
+        &mut self,
+        out: &SchedulerOutput,
+    ) -> Result<Vec<(u64, Vec<u32>)>, String> {
+        let mut logits = self.runner.execute(out).map_err(|e| e.to_string())?;
+        logits.check_shape().map_err(|e| e.to_string())?;
+        let ids: Vec<u64> = out.sampling_seqs().map(|s| s.id).collect();
+        if logits.rows != ids.len() {
+            return Err(format!(
+                "runner returned {} logits rows for {} sampling sequences",
+                logits.rows,
+                ids.len()
+            ));
+        }
+        // Take the sampled sequences out of the map for the batch and put them back after.
+        // A row without state cannot happen (aborts are applied between steps); it would be
+        // sampled greedily with throwaway state so the rows stay aligned.
+        let mut taken: Vec<Option<SeqState>> = ids.iter().map(|id| self.seqs.remove(id)).collect();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        let mut orphans: Vec<SeqSampler> = taken
+            .iter()
+            .filter(|t| t.is_none())
+            .map(|_| SeqSampler::new(greedy.clone(), 0, &[], Vec::new()))
+            .collect();
+        let samples = {
+            let mut orphan_iter = orphans.iter_mut();
+            let mut states: Vec<&mut SeqSampler> = Vec::with_capacity(taken.len());
+            for t in taken.iter_mut() {
+                match t {
+                    Some(seq) => states.push(&mut seq.sampler),
+                    None => states.extend(orphan_iter.next()),
+                }
+            }
+            sample_batch(&mut logits, &mut states, self.valid_vocab)
+        };
+        let mut result = Vec::with_capacity(samples.len());
+        for ((id, state), sample) in ids.into_iter().zip(taken).zip(samples) {
+            if let Some(mut seq) = state {
+                seq.pending_logprobs = sample.logprobs;
+                self.seqs.insert(id, seq);
+            }
+            result.push((id, vec![sample.token]));
+        }
+        Ok(result)
+    }
+
+    /// The model step failed: every request in the batch fails (the replica keeps serving).
+    fn fail_batch(&mut self, out: &SchedulerOutput, message: &str) {
+        tracing::error!("engine step failed: {message}");
+        let ids: Vec<u64> = out.seqs.iter().map(|s| s.id).collect();
+        for id in &ids {
+            self.scheduler.abort(*id);
+        }
+        let _ = self.scheduler.update_from_output(out, &[]);
+        for id in ids {
+            if let Some(seq) = self.seqs.remove(&id) {
+                let _ = seq.events.send(EngineEvent::Error {
+                    index: seq.index,
+                    message: message.to_owned(),
+                });
+                self.finished(id, &seq, FinishReason::Abort);
+            }
+        }
+    }
+
+    fn delta(
+        seq: &SeqState,
+        text: String,
+        token_ids: Vec<u32>,
+        logprobs: Vec<SampleLogprobs>,
+    ) -> ChoiceDelta {
+        ChoiceDelta {
+            index: seq.index,
+            text,
+            token_ids,
+            logprobs,
+            finish: None,
+            num_prompt_tokens: seq.num_prompt_tokens,
+            num_cached_tokens: seq.num_cached_tokens,
+            num_generated: seq.generated(),
+        }
+    }
+
+    /// Turns one scheduler update into an event: text, stop strings, finish, metrics.
+    fn publish(&mut self, update: RequestUpdate, now: Instant) {
+        let Some(seq) = self.seqs.get_mut(&update.id) else {
+            return;
+        };
+        seq.num_cached_tokens = update.num_cached_tokens;
+        seq.num_prompt_tokens = update.num_prompt_tokens;
+        let n_new = update.new_token_ids.len();
+        if n_new > 0 {
+            match seq.last_token {
+                None => self.metrics.record_first_token(
+                    now.saturating_duration_since(seq.arrival),
+                    seq.num_prompt_tokens,
+                ),
+                Some(prev) => self
+                    .metrics
+                    .record_inter_token(now.saturating_duration_since(prev)),
+            }
+            seq.first_token.get_or_insert(now);
+            seq.last_token = Some(now);
+            self.metrics.record_generated(n_new);
+        }
+        seq.sampler.observe(&update.new_token_ids);
+        // A finishing stop token is not part of the text (unless asked for).
+        let visible = match update.stop_token {
+            Some(_) if !seq.include_stop => &update.new_token_ids[..n_new.saturating_sub(1)],
+            _ => &update.new_token_ids[..],
+        };
+        let check_stop = seq.generated() >= seq.min_tokens;
+        let mut text = seq.text.push(visible, check_stop);
+        let logprobs: Vec<SampleLogprobs> = seq
+            .pending_logprobs
+            .take()
+            .into_iter()
+            .take(n_new)
+            .collect();
+        let finish = if let Some(stop) = text.stop.take() {
+            Some(Finish {
+                reason: FinishReason::Stop,
+                stop_reason: Some(StopReason::Text(stop)),
+            })
+        } else {
+            // As vLLM: the primary EOS is not reported as a stop reason, other stop ids are.
+            let primary_eos = self.eos_token_ids.first().copied();
+            update.finished.map(|reason| {
+                text.text.push_str(&seq.text.finish());
+                Finish {
+                    reason,
+                    stop_reason: update
+                        .stop_token
+                        .filter(|t| Some(*t) != primary_eos)
+                        .map(StopReason::Token),
+                }
+            })
+        };
+        let mut delta = Self::delta(seq, text.text, update.new_token_ids, logprobs);
+        delta.finish = finish.clone();
+        let _ = seq.events.send(EngineEvent::Delta(delta));
+        if let Some(finish) = finish {
+            if update.finished.is_none() {
+                // Stop string: the scheduler still holds the request.
+                self.scheduler.finish(update.id, FinishReason::Stop);
+            }
+            if let Some(seq) = self.seqs.remove(&update.id) {
+                self.finished(update.id, &seq, finish.reason);
+            }
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        let stats = self.scheduler.stats();
+        self.metrics.record_scheduler(&stats, &self.prev_stats);
+        self.shared.set_stats(stats.clone());
+        self.prev_stats = stats;
+        if self.ended_this_turn > 0 {
+            self.shared
+                .finished(std::mem::take(&mut self.ended_this_turn));
+        }
+    }
+}

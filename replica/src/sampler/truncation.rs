@@ -1,0 +1,285 @@
+//! top_k / top_p truncation and the final draw, in time linear in the vocabulary.
+//!
+//! A histogram of weights (8 buckets per octave, read off the float's bits) finds the bucket
+//! where the kept set ends: by count for top_k, by mass for top_p. Tokens in better buckets are
+//! kept whole; only the crossing bucket is resolved, by selection (`select_nth` for top_k, a
+//! weighted quickselect for top_p). The nucleus is never sorted, so flat distributions (high
+//! temperatures) cost as little as peaked ones.
+
+use super::{argmax, SamplingParams};
+
+/// Weight buckets: 8 per octave over the positive `f32` range below 1 (see [`bucket`]).
+const NUM_BUCKETS: usize = (0x3F80_0000 >> 20) + 1;
+/// Relative slack on the top_p mass, so that `top_p` given as f32 (0.1 is 0.100000001) does
+/// not pull in one extra token of a flat distribution.
+const TOP_P_SLACK: f64 = 1e-6;
+/// Below this many candidates a weighted selection just sorts.
+const SMALL_SORT: usize = 32;
+
+/// Temperature, min_p, top_k and top_p, then one draw with `u ∈ [0, 1)`.
+pub(super) fn draw(row: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    let inv_t = 1.0 / p.temperature;
+    let floor = p.min_p.max(0.0);
+    // Weights relative to the best token: w = exp((x - max) / T) ∈ [0, 1]; p_i ∝ w_i. min_p
+    // compares p_i / p_max = w_i with the floor.
+    for x in row.iter_mut() {
+        let w = ((*x - max) * inv_t).exp();
+        *x = if w >= floor { w } else { 0.0 };
+    }
+    if p.top_k > 0 || p.top_p < 1.0 {
+        return truncate_and_draw(row, p, u);
+    }
+    let total: f64 = row.iter().map(|&w| f64::from(w)).sum();
+    let mut target = u * total;
+    let mut last = 0;
+    for (i, &w) in row.iter().enumerate() {
+        if w > 0.0 {
+            last = i;
+            target -= f64::from(w);
+            if target < 0.0 {
+                return i as u32;
+            }
+        }
+    }
+    last as u32
+}
+
+/// Histogram bucket of a weight in (0, 1]: monotone (larger weight → smaller bucket), 8 buckets
+/// per octave (exponent and top 3 mantissa bits of the float).
+#[inline]
+fn bucket(w: f32) -> usize {
+    (0x3F80_0000u32.saturating_sub(w.to_bits()) >> 20) as usize
+}
+
+/// Orders candidates by weight, best first (ties: lower id first).
+pub(super) fn by_weight(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Reorders `list` so that its first `k` entries are the smallest prefix (by weight, best
+/// first) whose mass reaches `need`, and returns `k` (at least 1 for a non-empty list).
+/// Weighted quickselect: expected linear time.
+fn weighted_select(list: &mut [(u32, f32)], need: f64) -> usize {
+    let (mut lo, mut hi, mut need) = (0usize, list.len(), need);
+    loop {
+        if hi - lo <= SMALL_SORT {
+            let part = &mut list[lo..hi];
+            part.sort_by(by_weight);
+            let mut cum = 0.0;
+            for (i, c) in part.iter().enumerate() {
+                cum += f64::from(c.1);
+                if cum >= need {
+                    return lo + i + 1;
+                }
+            }
+            return hi.max(1);
+        }
+        let mid = lo + (hi - lo) / 2;
+        let mut three = [list[lo].1, list[mid].1, list[hi - 1].1];
+        three.sort_by(f32::total_cmp);
+        let pivot = three[1];
+        // Three-way partition of list[lo..hi]: > pivot, == pivot, < pivot.
+        let (mut gt, mut i, mut lt) = (lo, lo, hi);
+        while i < lt {
+            let w = list[i].1;
+            if w > pivot {
+                list.swap(gt, i);
+                gt += 1;
+                i += 1;
+            } else if w < pivot {
+                lt -= 1;
+                list.swap(i, lt);
+            } else {
+                i += 1;
+            }
+        }
+        let m_gt: f64 = list[lo..gt].iter().map(|c| f64::from(c.1)).sum();
+        let m_eq = f64::from(pivot) * (lt - gt) as f64;
+        if m_gt >= need {
+            hi = gt;
+        } else if m_gt + m_eq >= need {
+            let k = ((need - m_gt) / f64::from(pivot)).ceil() as usize;
+            return gt + k.clamp(1, lt - gt);
+        } else if lt == hi {
+            return hi;
+        } else {
+            need -= m_gt + m_eq;
+            lo = lt;
+        }
+    }
+}
+
+/// Draws with `u · total` from `cands` in their order; the last one on rounding.
+fn draw_from(cands: &[(u32, f32)], u: f64) -> u32 {
+    let total: f64 = cands.iter().map(|c| f64::from(c.1)).sum();
+    let mut target = u * total;
+    for c in cands {
+        target -= f64::from(c.1);
+        if target < 0.0 {
+            return c.0;
+        }
+    }
+    cands.last().map_or(0, |c| c.0)
+}
+
+/// top_k / top_p over weights `w` (best = 1; tokens below the min_p floor already zeroed).
+///
+/// A histogram of masses and counts per [`bucket`] locates the bucket in which the kept set
+/// ends: by count for top_k, by mass for top_p. Tokens in better buckets are kept whole; only
+/// the crossing bucket is resolved by selection. top_p then applies within the top-k set.
+fn truncate_and_draw(w: &[f32], p: &SamplingParams, u: f64) -> u32 {
+    let mut mass = vec![0f64; NUM_BUCKETS];
+    let mut count = vec![0usize; NUM_BUCKETS];
+    for &x in w.iter().filter(|&&x| x > 0.0) {
+        let b = bucket(x);
+        mass[b] += f64::from(x);
+        count[b] += 1;
+    }
+    let total_count: usize = count.iter().sum();
+    if total_count == 0 {
+        return argmax(w);
+    }
+    if p.top_k > 0 && p.top_k < total_count {
+        // Crossing bucket by count: buckets before it hold fewer than k tokens.
+        let (mut above, mut b) = (0usize, 0usize);
+        while above + count[b] < p.top_k {
+            above += count[b];
+            b += 1;
+        }
+        let mut kept: Vec<(u32, f32)> = Vec::with_capacity(p.top_k);
+        let mut cross: Vec<(u32, f32)> = Vec::with_capacity(count[b]);
+        for (i, &x) in w.iter().enumerate().filter(|(_, &x)| x > 0.0) {
+            match bucket(x).cmp(&b) {
+                std::cmp::Ordering::Less => kept.push((i as u32, x)),
+                std::cmp::Ordering::Equal => cross.push((i as u32, x)),
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        let rest = p.top_k - above;
+        if rest < cross.len() {
+            cross.select_nth_unstable_by(rest - 1, by_weight);
+            cross.truncate(rest);
+        }
+        kept.extend(cross);
+        if p.top_p < 1.0 {
+            let kept_mass: f64 = kept.iter().map(|c| f64::from(c.1)).sum();
+            let n = weighted_select(
+                &mut kept,
+                f64::from(p.top_p) * kept_mass * (1.0 - TOP_P_SLACK),
+            );
+            kept.truncate(n);
+        }
+        return draw_from(&kept, u);
+    }
+    if p.top_p >= 1.0 {
+        // top_k keeps everything: sample over all positive weights.
+        let all: Vec<(u32, f32)> = w
+            .iter()
+            .enumerate()
+            .filter(|(_, &x)| x > 0.0)
+            .map(|(i, &x)| (i as u32, x))
+            .collect();
+        return draw_from(&all, u);
+    }
+    let total: f64 = mass.iter().sum();
+    let need = f64::from(p.top_p) * total * (1.0 - TOP_P_SLACK);
+    // Crossing bucket by mass: buckets before it hold less than `need`.
+    let last = count.iter().rposition(|&c| c > 0).unwrap_or(0);
+    let (mut above, mut b) = (0f64, 0usize);
+    while b < last && above + mass[b] < need {
+        above += mass[b];
+        b += 1;
+    }
+    let mut cross: Vec<(u32, f32)> = w
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x > 0.0 && bucket(x) == b)
+        .map(|(i, &x)| (i as u32, x))
+        .collect();
+    let n = weighted_select(&mut cross, need - above);
+    cross.truncate(n);
+    let nucleus = above + cross.iter().map(|c| f64::from(c.1)).sum::<f64>();
+    let mut target = u * nucleus;
+    for (i, &x) in w.iter().enumerate() {
+        if x > 0.0 && bucket(x) < b {
+            target -= f64::from(x);
+            if target < 0.0 {
+                return i as u32;
+            }
+        }
+    }
+    draw_from(
+        &cross,
+        (target.max(0.0) / (nucleus - above).max(f64::MIN_POSITIVE)).min(1.0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::sampler::SeqSampler;
+
+    fn params() -> SamplingParams {
+        SamplingParams::default()
+    }
+
+    fn state(p: SamplingParams, seed: u64) -> SeqSampler {
+        SeqSampler::new(p, seed, &[], vec![])
+    }
+
+    #[test]
+    fn weighted_select_finds_the_smallest_heavy_prefix() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for _ in 0..50 {
+            let n = rng.gen_range(1..300);
+            let mut list: Vec<(u32, f32)> = (0..n)
+                .map(|i| (i, rng.gen_range(0.0..1.0f32).max(1e-6)))
+                .collect();
+            let total: f64 = list.iter().map(|c| f64::from(c.1)).sum();
+            let need = total * rng.gen_range(0.01..1.0);
+            let mut sorted = list.clone();
+            sorted.sort_by(by_weight);
+            let mut cum = 0.0;
+            let expect = sorted
+                .iter()
+                .position(|c| {
+                    cum += f64::from(c.1);
+                    cum >= need
+                })
+                .map_or(n as usize, |i| i + 1);
+            let k = weighted_select(&mut list, need);
+            assert_eq!(k, expect);
+            let mut chosen: Vec<u32> = list[..k].iter().map(|c| c.0).collect();
+            let mut want: Vec<u32> = sorted[..k].iter().map(|c| c.0).collect();
+            chosen.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(chosen, want);
+        }
+    }
+
+    #[test]
+    fn top_p_on_a_flat_distribution_keeps_the_right_share() {
+        // 1000 equal tokens: top_p 0.1 keeps 100 of them.
+        let mut s = state(
+            SamplingParams {
+                top_p: 0.1,
+                ..params()
+            },
+            4,
+        );
+        let mut seen = HashSet::new();
+        for _ in 0..2000 {
+            seen.insert(s.sample_row(&mut vec![0.5; 1000], 1000).token);
+        }
+        assert!(seen.len() <= 100 && seen.len() > 90, "{}", seen.len());
+    }
+}
