@@ -42,24 +42,29 @@ impl TensorStore {
         }
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
-                path: index_path.clone(),
-                message: e.to_string(),
-            })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::Safetensors {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    message: e.to_string(),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Safetensors {
                     path: index_path.clone(),
                     message: "no `weight_map` object".into(),
-                }
-            })?;
+                })?;
             let mut names: Vec<String> = map
                 .values()
                 .map(|f| {
-                    f.as_str().map(String::from).ok_or_else(|| ModelError::Safetensors {
-                        path: index_path.clone(),
-                        message: format!("weight_map value {f} is not a file name"),
-                    })
+                    f.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| ModelError::Safetensors {
+                            path: index_path.clone(),
+                            message: format!("weight_map value {f} is not a file name"),
+                        })
                 })
                 .collect::<Result<_>>()?;
             names.sort();
@@ -73,7 +78,8 @@ impl TensorStore {
             if !single.exists() {
                 return Err(ModelError::Safetensors {
                     path: single,
-                    message: "no model.safetensors or model.safetensors.index.json in the folder".into(),
+                    message: "no model.safetensors or model.safetensors.index.json in the folder"
+                        .into(),
                 });
             }
             vec![single]
@@ -132,7 +138,10 @@ impl TensorStore {
 
     /// Total bytes of tensor data across shards (for progress reporting).
     pub fn total_bytes(&self) -> u64 {
-        self.shards.iter().map(|s| (s.mmap.len() - s.data_start) as u64).sum()
+        self.shards
+            .iter()
+            .map(|s| (s.mmap.len() - s.data_start) as u64)
+            .sum()
     }
 }
 
@@ -157,10 +166,11 @@ impl Shard {
         // SAFETY: the checkpoint is opened read-only; a concurrent writer truncating it is outside
         // what any loader can defend against (the same contract as transformers/safetensors).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let (n, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Safetensors {
-            path: path.to_path_buf(),
-            message: format!("{e:?}"),
-        })?;
+        let (n, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.to_path_buf(),
+                message: format!("{e:?}"),
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             data_start: 8 + n,
@@ -174,7 +184,10 @@ impl Shard {
 pub fn to_f32(t: &RawTensor<'_>) -> Result<Vec<f32>> {
     let b = t.bytes;
     Ok(match t.dtype {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::BF16 => b
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())

@@ -135,12 +135,18 @@ impl Glm4MoeConfig {
         }
         if let Some(mt) = &raw.model_type {
             if mt != "glm4_moe" {
-                return Err(ModelError::key("model_type", format!("`{mt}` is not glm4_moe")));
+                return Err(ModelError::key(
+                    "model_type",
+                    format!("`{mt}` is not glm4_moe"),
+                ));
             }
         }
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
-                return Err(ModelError::key("hidden_act", format!("`{act}` is not supported (silu only)")));
+                return Err(ModelError::key(
+                    "hidden_act",
+                    format!("`{act}` is not supported (silu only)"),
+                ));
             }
         }
         // RoPE: transformers-5 `rope_parameters` wins over the legacy top-level keys.
@@ -164,9 +170,15 @@ impl Glm4MoeConfig {
         }
         if let Some(rs) = &raw.rope_scaling {
             if !rs.is_null() {
-                let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str);
+                let kind = rs
+                    .get("rope_type")
+                    .or_else(|| rs.get("type"))
+                    .and_then(Value::as_str);
                 if kind != Some("default") {
-                    return Err(ModelError::key("rope_scaling", "RoPE scaling is not supported"));
+                    return Err(ModelError::key(
+                        "rope_scaling",
+                        "RoPE scaling is not supported",
+                    ));
                 }
             }
         }
@@ -185,7 +197,9 @@ impl Glm4MoeConfig {
             num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
             num_attention_heads: heads,
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
-            head_dim: raw.head_dim.unwrap_or(if heads > 0 { hidden_size / heads } else { 0 }),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(hidden_size.checked_div(heads).unwrap_or(0)),
             n_routed_experts,
             n_shared_experts: raw.n_shared_experts.unwrap_or(1),
             num_experts_per_tok: need(raw.num_experts_per_tok, "num_experts_per_tok")?,
@@ -210,7 +224,10 @@ impl Glm4MoeConfig {
                 Some(v) => token_ids(v, "pad_token_id")?.first().copied(),
                 None => None,
             },
-            dtype: raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "bfloat16".into()),
+            dtype: raw
+                .dtype
+                .or(raw.torch_dtype)
+                .unwrap_or_else(|| "bfloat16".into()),
             quantization,
         };
         cfg.validate()?;
@@ -235,7 +252,7 @@ impl Glm4MoeConfig {
         pos("n_routed_experts", self.n_routed_experts)?;
         pos("num_experts_per_tok", self.num_experts_per_tok)?;
         pos("n_group", self.n_group)?;
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(ModelError::key(
                 "num_key_value_heads",
                 format!(
@@ -245,13 +262,13 @@ impl Glm4MoeConfig {
             ));
         }
         let rot = self.rotary_dim();
-        if rot == 0 || rot % 2 != 0 || rot > self.head_dim {
+        if rot == 0 || !rot.is_multiple_of(2) || rot > self.head_dim {
             return Err(ModelError::key(
                 "partial_rotary_factor",
                 format!("gives rotary dim {rot}, which must be even and in 2..=head_dim"),
             ));
         }
-        if self.n_routed_experts % self.n_group != 0 {
+        if !self.n_routed_experts.is_multiple_of(self.n_group) {
             return Err(ModelError::key("n_group", "must divide n_routed_experts"));
         }
         if self.topk_group == 0 || self.topk_group > self.n_group {
@@ -259,7 +276,10 @@ impl Glm4MoeConfig {
         }
         let per_group = self.n_routed_experts / self.n_group;
         if self.n_group > 1 && per_group < 2 {
-            return Err(ModelError::key("n_group", "groups need at least 2 experts each"));
+            return Err(ModelError::key(
+                "n_group",
+                "groups need at least 2 experts each",
+            ));
         }
         if self.num_experts_per_tok > per_group * self.topk_group {
             return Err(ModelError::key(
@@ -267,14 +287,17 @@ impl Glm4MoeConfig {
                 "exceeds the experts available in topk_group groups",
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(ModelError::key("rms_norm_eps", "must be > 0"));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(ModelError::key("rope_theta", "must be > 0"));
         }
         if self.num_nextn_predict_layers > 1 {
-            return Err(ModelError::key("num_nextn_predict_layers", "at most 1 MTP layer is supported"));
+            return Err(ModelError::key(
+                "num_nextn_predict_layers",
+                "at most 1 MTP layer is supported",
+            ));
         }
         Ok(())
     }
@@ -327,7 +350,11 @@ fn parse_quantization(q: &Value) -> Result<Quantization> {
             let ignore = q
                 .get("ignore")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             Ok(Quantization::Fp8Channel { ignore })
         }
@@ -337,7 +364,10 @@ fn parse_quantization(q: &Value) -> Result<Quantization> {
                     let b0 = a[0].as_u64().unwrap_or(0) as usize;
                     let b1 = a[1].as_u64().unwrap_or(0) as usize;
                     if b0 == 0 || b1 == 0 {
-                        return Err(ModelError::key("quantization_config.weight_block_size", "must be positive"));
+                        return Err(ModelError::key(
+                            "quantization_config.weight_block_size",
+                            "must be positive",
+                        ));
                     }
                     [b0, b1]
                 }
@@ -407,9 +437,11 @@ mod tests {
     fn errors_name_the_key() {
         let e = Glm4MoeConfig::from_json(&AIR.replace("\"hidden_size\":4096,", "")).unwrap_err();
         assert!(e.to_string().contains("hidden_size"), "{e}");
-        let e = Glm4MoeConfig::from_json(&AIR.replace("\"n_group\":1", "\"n_group\":3")).unwrap_err();
+        let e =
+            Glm4MoeConfig::from_json(&AIR.replace("\"n_group\":1", "\"n_group\":3")).unwrap_err();
         assert!(e.to_string().contains("n_group"), "{e}");
-        let e = Glm4MoeConfig::from_json(&AIR.replace("Glm4MoeForCausalLM", "LlamaForCausalLM")).unwrap_err();
+        let e = Glm4MoeConfig::from_json(&AIR.replace("Glm4MoeForCausalLM", "LlamaForCausalLM"))
+            .unwrap_err();
         assert!(e.to_string().contains("architectures"), "{e}");
         let e = Glm4MoeConfig::from_json("{not json").unwrap_err();
         assert!(e.to_string().contains("config.json"), "{e}");
@@ -424,7 +456,9 @@ mod tests {
         );
         assert_eq!(
             Glm4MoeConfig::from_json(&ct).unwrap().quantization,
-            Quantization::Fp8Channel { ignore: vec!["lm_head".into()] }
+            Quantization::Fp8Channel {
+                ignore: vec!["lm_head".into()]
+            }
         );
         let blk = AIR.replace(
             "\"hidden_act\":\"silu\"",
@@ -438,6 +472,9 @@ mod tests {
             "\"hidden_act\":\"silu\"",
             r#""hidden_act":"silu","quantization_config":{"quant_method":"gptq"}"#,
         );
-        assert!(Glm4MoeConfig::from_json(&bad).unwrap_err().to_string().contains("gptq"));
+        assert!(Glm4MoeConfig::from_json(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("gptq"));
     }
 }

@@ -47,13 +47,29 @@ impl<B: Backend> ParamSource<B> for DummySource<B> {
     }
 
     fn vec(&mut self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        let (mean, std) = if name.ends_with("bias") { (0.0, 0.02) } else { (1.0, 0.02) };
-        Ok(Tensor::random([len], Distribution::Normal(mean, std), &self.device))
+        let (mean, std) = if name.ends_with("bias") {
+            (0.0, 0.02)
+        } else {
+            (1.0, 0.02)
+        };
+        Ok(Tensor::random(
+            [len],
+            Distribution::Normal(mean, std),
+            &self.device,
+        ))
     }
 
     fn mat(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
-        let std = if name.contains("embed_tokens") { 1.0 } else { 1.0 / (shape[1] as f64).sqrt() };
-        Ok(Tensor::random(shape, Distribution::Normal(0.0, std), &self.device))
+        let std = if name.contains("embed_tokens") {
+            1.0
+        } else {
+            1.0 / (shape[1] as f64).sqrt()
+        };
+        Ok(Tensor::random(
+            shape,
+            Distribution::Normal(0.0, std),
+            &self.device,
+        ))
     }
 
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {

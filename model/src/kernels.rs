@@ -46,16 +46,34 @@ pub trait Kernels<B: Backend>: Send + Sync {
     /// `y = x Wᵀ + b`.
     fn linear(&self, x: Tensor<B, 2>, w: &Linear<B>, act: Fp8Activations) -> Tensor<B, 2>;
     /// `down(silu(gate(x)) * up(x))`.
-    fn swiglu(&self, x: Tensor<B, 2>, gate: &Linear<B>, up: &Linear<B>, down: &Linear<B>, act: Fp8Activations)
-        -> Tensor<B, 2> {
+    fn swiglu(
+        &self,
+        x: Tensor<B, 2>,
+        gate: &Linear<B>,
+        up: &Linear<B>,
+        down: &Linear<B>,
+        act: Fp8Activations,
+    ) -> Tensor<B, 2> {
         let g = self.linear(x.clone(), gate, act);
         let u = self.linear(x, up, act);
         self.linear(silu(g) * u, down, act)
     }
     /// Writes `k, v [T, kvh, d]` into the cache slots `slots [T]`.
-    fn write_kv(&self, cache: &mut LayerKv<B>, k: Tensor<B, 3>, v: Tensor<B, 3>, slots: &Tensor<B, 1, Int>);
+    fn write_kv(
+        &self,
+        cache: &mut LayerKv<B>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        slots: &Tensor<B, 1, Int>,
+    );
     /// Causal GQA attention of `q [T, h, d]` over each sequence's cached context -> `[T, h, d]`.
-    fn paged_attention(&self, q: Tensor<B, 3>, cache: &LayerKv<B>, batch: &AttnBatch<B>, scale: f32) -> Tensor<B, 3>;
+    fn paged_attention(
+        &self,
+        q: Tensor<B, 3>,
+        cache: &LayerKv<B>,
+        batch: &AttnBatch<B>,
+        scale: f32,
+    ) -> Tensor<B, 3>;
 }
 
 /// Plain burn tensor ops.
@@ -95,7 +113,13 @@ impl<B: Backend> Kernels<B> for Reference {
         w.forward(x, act)
     }
 
-    fn write_kv(&self, cache: &mut LayerKv<B>, k: Tensor<B, 3>, v: Tensor<B, 3>, slots: &Tensor<B, 1, Int>) {
+    fn write_kv(
+        &self,
+        cache: &mut LayerKv<B>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        slots: &Tensor<B, 1, Int>,
+    ) {
         // burn's select_assign adds on some backends whatever op is asked for; writing the difference
         // to the old contents with `Add` is correct under either semantics.
         use burn::tensor::IndexingUpdateOp;
@@ -107,7 +131,13 @@ impl<B: Backend> Kernels<B> for Reference {
         }
     }
 
-    fn paged_attention(&self, q: Tensor<B, 3>, cache: &LayerKv<B>, batch: &AttnBatch<B>, scale: f32) -> Tensor<B, 3> {
+    fn paged_attention(
+        &self,
+        q: Tensor<B, 3>,
+        cache: &LayerKv<B>,
+        batch: &AttnBatch<B>,
+        scale: f32,
+    ) -> Tensor<B, 3> {
         let [_, heads, d] = q.dims();
         let kvh = cache.k.dims()[1];
         let group = heads / kvh;
@@ -121,15 +151,31 @@ impl<B: Backend> Kernels<B> for Reference {
                 .reshape([n, kvh, group, d])
                 .permute([1, 2, 0, 3])
                 .reshape([kvh, group * n, d]);
-            let k = cache.k.clone().select(0, s.ctx_slots.clone()).swap_dims(0, 1); // [kvh, ctx, d]
-            let v = cache.v.clone().select(0, s.ctx_slots.clone()).swap_dims(0, 1);
+            let k = cache
+                .k
+                .clone()
+                .select(0, s.ctx_slots.clone())
+                .swap_dims(0, 1); // [kvh, ctx, d]
+            let v = cache
+                .v
+                .clone()
+                .select(0, s.ctx_slots.clone())
+                .swap_dims(0, 1);
             let mut scores = qs.matmul(k.swap_dims(1, 2)) * scale; // [kvh, group*n, ctx]
             if let Some(mask) = &s.mask {
-                scores = scores.mask_fill(mask.clone().unsqueeze_dim::<3>(0).expand([kvh, group * n, s.ctx_len]), f32::NEG_INFINITY);
+                scores = scores.mask_fill(
+                    mask.clone()
+                        .unsqueeze_dim::<3>(0)
+                        .expand([kvh, group * n, s.ctx_len]),
+                    f32::NEG_INFINITY,
+                );
             }
             let p = softmax(scores, 2);
             let o = p.matmul(v); // [kvh, group*n, d]
-            let o = o.reshape([kvh, group, n, d]).permute([2, 0, 1, 3]).reshape([n, heads, d]);
+            let o = o
+                .reshape([kvh, group, n, d])
+                .permute([2, 0, 1, 3])
+                .reshape([n, heads, d]);
             outs.push(o);
         }
         Tensor::cat(outs, 0)
@@ -137,8 +183,13 @@ impl<B: Backend> Kernels<B> for Reference {
 }
 
 /// Builds the per-batch attention metadata on the host.
-pub(crate) fn causal_mask<B: Backend>(n: usize, group: usize, start: usize, ctx: usize, device: &B::Device)
-    -> Option<Tensor<B, 2, Bool>> {
+pub(crate) fn causal_mask<B: Backend>(
+    n: usize,
+    group: usize,
+    start: usize,
+    ctx: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
     if n == 1 {
         return None; // a single new token sees the whole context
     }
@@ -151,5 +202,8 @@ pub(crate) fn causal_mask<B: Backend>(n: usize, group: usize, start: usize, ctx:
             }
         }
     }
-    Some(Tensor::from_data(TensorData::new(m, [group * n, ctx]), device))
+    Some(Tensor::from_data(
+        TensorData::new(m, [group * n, ctx]),
+        device,
+    ))
 }

@@ -31,7 +31,9 @@ impl<B: Backend> PagedKvCache<B> {
         device: &B::Device,
     ) -> Result<Self> {
         if block_size == 0 || num_blocks == 0 {
-            return Err(ModelError::KvCache("block size and block count must be > 0".into()));
+            return Err(ModelError::KvCache(
+                "block size and block count must be > 0".into(),
+            ));
         }
         let slots = num_blocks * block_size;
         let shape = [slots, cfg.num_key_value_heads, cfg.head_dim];
@@ -49,7 +51,12 @@ impl<B: Backend> PagedKvCache<B> {
     }
 
     /// Bytes per block across all layers for f32/bf16/fp8 elements of `elem_bytes`.
-    pub fn bytes_per_block(cfg: &Glm4MoeConfig, num_layers: usize, block_size: usize, elem_bytes: usize) -> usize {
+    pub fn bytes_per_block(
+        cfg: &Glm4MoeConfig,
+        num_layers: usize,
+        block_size: usize,
+        elem_bytes: usize,
+    ) -> usize {
         cfg.kv_bytes_per_token_per_layer(elem_bytes) * num_layers * block_size
     }
 

@@ -127,7 +127,11 @@ impl<B: Backend> Linear<B> {
 fn w8a8<B: Backend>(x: Tensor<B, 2>, w: &Fp8Weight) -> Tensor<B, 2> {
     let device = x.device();
     let [t, k] = x.dims();
-    let xs: Vec<f32> = x.into_data().convert::<f32>().to_vec().expect("f32 activations");
+    let xs: Vec<f32> = x
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 activations");
     let (o, wv) = (w.out_features, w.values());
     match &w.scales {
         Fp8Scales::Channel(ws) => {
@@ -152,7 +156,10 @@ fn w8a8<B: Backend>(x: Tensor<B, 2>, w: &Fp8Weight) -> Tensor<B, 2> {
                 let mut xq = vec![0f32; t * kw];
                 let mut st = vec![0f32; t];
                 for r in 0..t {
-                    st[r] = fp8::quantize_row(&xs[r * k + c0..r * k + c1], &mut xq[r * kw..(r + 1) * kw]);
+                    st[r] = fp8::quantize_row(
+                        &xs[r * k + c0..r * k + c1],
+                        &mut xq[r * kw..(r + 1) * kw],
+                    );
                 }
                 let mut wg = vec![0f32; o * kw];
                 for r in 0..o {

@@ -36,7 +36,12 @@ pub struct WeightLoader<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> WeightLoader<'a, B> {
-    pub fn new(store: &'a TensorStore, cfg: &'a Glm4MoeConfig, device: B::Device, show_progress: bool) -> Self {
+    pub fn new(
+        store: &'a TensorStore,
+        cfg: &'a Glm4MoeConfig,
+        device: B::Device,
+        show_progress: bool,
+    ) -> Self {
         let progress = (show_progress && store.total_bytes() > 256 << 20).then(|| {
             let pb = indicatif::ProgressBar::new(store.total_bytes());
             pb.set_style(
@@ -133,7 +138,10 @@ impl<B: Backend> ParamSource<B> for WeightLoader<'_, B> {
                 expected: vec![len],
             });
         }
-        Ok(Tensor::from_data(TensorData::new(to_f32(&t)?, [len]), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(to_f32(&t)?, [len]),
+            &self.device,
+        ))
     }
 
     fn mat(&mut self, name: &str, shape: [usize; 2]) -> Result<Tensor<B, 2>> {
@@ -145,7 +153,10 @@ impl<B: Backend> ParamSource<B> for WeightLoader<'_, B> {
                 dtype: "F8_E4M3 where a high-precision tensor is required".into(),
             });
         }
-        Ok(Tensor::from_data(TensorData::new(to_f32(&t)?, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(to_f32(&t)?, shape),
+            &self.device,
+        ))
     }
 
     fn linear(&mut self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {

@@ -70,7 +70,9 @@ impl ParamMemory {
     }
     pub(crate) fn add_linear<B: Backend>(&mut self, l: &Linear<B>) {
         match &l.weight {
-            crate::linear::LinearWeight::Dense(w) => self.float_elements += w.dims().iter().product::<usize>(),
+            crate::linear::LinearWeight::Dense(w) => {
+                self.float_elements += w.dims().iter().product::<usize>()
+            }
             crate::linear::LinearWeight::Fp8(w) => self.fp8_bytes += w.bytes.len(),
         }
         if let Some(b) = &l.bias {
@@ -147,12 +149,24 @@ impl<B: Backend> Glm4Moe<B> {
         Self::from_store(config, &store, device, opts)
     }
 
-    pub fn from_store(config: Glm4MoeConfig, store: &TensorStore, device: &B::Device, opts: &LoadOptions) -> Result<Self> {
+    pub fn from_store(
+        config: Glm4MoeConfig,
+        store: &TensorStore,
+        device: &B::Device,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let c = config.clone();
         let mut w = WeightLoader::<B>::new(store, &c, device.clone(), opts.progress);
         let mtp_prefix = format!("model.layers.{}.", c.num_hidden_layers);
-        let has_mtp = c.num_nextn_predict_layers > 0 && w.has(&format!("{mtp_prefix}eh_proj.weight"));
-        let model = Self::build(config, &mut w, device, has_mtp && opts.load_mtp, opts.fp8_activations)?;
+        let has_mtp =
+            c.num_nextn_predict_layers > 0 && w.has(&format!("{mtp_prefix}eh_proj.weight"));
+        let model = Self::build(
+            config,
+            &mut w,
+            device,
+            has_mtp && opts.load_mtp,
+            opts.fp8_activations,
+        )?;
         let mut allowed = vec![];
         if !opts.load_mtp || !has_mtp {
             // an MTP layer we do not run is not an error (transformers ignores it too)
@@ -169,7 +183,12 @@ impl<B: Backend> Glm4Moe<B> {
 
     /// Random weights of the right shapes from a config alone (`--load-format dummy`), for benchmarks
     /// and tests of everything around the model. FP8 configs get FP8 weights.
-    pub fn dummy(config: Glm4MoeConfig, device: &B::Device, seed: u64, opts: &LoadOptions) -> Result<Self> {
+    pub fn dummy(
+        config: Glm4MoeConfig,
+        device: &B::Device,
+        seed: u64,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let mut src = crate::dummy::DummySource::<B>::new(&config, device.clone(), seed);
         let mtp = config.num_nextn_predict_layers > 0 && opts.load_mtp;
@@ -198,7 +217,11 @@ impl<B: Backend> Glm4Moe<B> {
         } else {
             w.linear("lm_head", c.vocab_size, c.hidden_size, false)?
         };
-        let mtp = if with_mtp { Some(load_mtp(w, &c)?) } else { None };
+        let mtp = if with_mtp {
+            Some(load_mtp(w, &c)?)
+        } else {
+            None
+        };
         Ok(Self {
             config,
             device: device.clone(),
@@ -229,7 +252,10 @@ impl<B: Backend> Glm4Moe<B> {
         m.add_tensor(self.embed.dims().iter().product());
         m.add_tensor(self.norm.dims()[0]);
         m.add_linear(&self.lm_head);
-        let layers = self.layers.iter().chain(self.mtp.as_ref().map(|t| &t.layer));
+        let layers = self
+            .layers
+            .iter()
+            .chain(self.mtp.as_ref().map(|t| &t.layer));
         for l in layers {
             m.add_tensor(l.input_norm.dims()[0] + l.post_norm.dims()[0]);
             for lin in [&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o] {
@@ -259,7 +285,13 @@ impl<B: Backend> Glm4Moe<B> {
 
     /// A KV cache sized for this model.
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<PagedKvCache<B>> {
-        PagedKvCache::new(&self.config, self.num_kv_layers(), num_blocks, block_size, &self.device)
+        PagedKvCache::new(
+            &self.config,
+            self.num_kv_layers(),
+            num_blocks,
+            block_size,
+            &self.device,
+        )
     }
 
     fn check_batch(&self, seqs: &[SeqInput<'_>], kv: &PagedKvCache<B>) -> Result<()> {
@@ -270,7 +302,11 @@ impl<B: Backend> Glm4Moe<B> {
             if s.tokens.is_empty() {
                 return Err(ModelError::Input(format!("sequence {i} has no tokens")));
             }
-            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            if let Some(&bad) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
                 return Err(ModelError::Input(format!(
                     "token id {bad} is outside the vocabulary (size {})",
                     self.config.vocab_size
@@ -286,7 +322,9 @@ impl<B: Backend> Glm4Moe<B> {
             kv.slot(s.block_table, end - 1)?;
         }
         if kv.layers.len() < self.config.num_hidden_layers {
-            return Err(ModelError::KvCache("cache has fewer layers than the model".into()));
+            return Err(ModelError::KvCache(
+                "cache has fewer layers than the model".into(),
+            ));
         }
         Ok(())
     }
@@ -314,7 +352,11 @@ impl<B: Backend> Glm4Moe<B> {
         )
     }
 
-    fn attn_batch(&self, seqs: &[SeqInput<'_>], kv: &PagedKvCache<B>) -> Result<(AttnBatch<B>, Vec<usize>)> {
+    fn attn_batch(
+        &self,
+        seqs: &[SeqInput<'_>],
+        kv: &PagedKvCache<B>,
+    ) -> Result<(AttnBatch<B>, Vec<usize>)> {
         let group = self.config.num_attention_heads / self.config.num_key_value_heads;
         let mut positions = Vec::new();
         let mut new_slots = Vec::new();
@@ -327,10 +369,8 @@ impl<B: Backend> Glm4Moe<B> {
             for p in 0..ctx {
                 ctx_slots.push(kv.slot(s.block_table, p)? as i64);
             }
-            for p in s.start_pos..ctx {
-                positions.push(p);
-                new_slots.push(ctx_slots[p] as i64);
-            }
+            positions.extend(s.start_pos..ctx);
+            new_slots.extend_from_slice(&ctx_slots[s.start_pos..ctx]);
             metas.push(SeqAttn {
                 rows: row..row + n,
                 ctx_len: ctx,
@@ -341,11 +381,20 @@ impl<B: Backend> Glm4Moe<B> {
         }
         let (cos, sin) = self.rope_tables(&positions);
         let mut seen = std::collections::HashSet::with_capacity(new_slots.len());
-        let keep_last: Vec<bool> = new_slots.iter().rev().map(|s| seen.insert(*s)).collect::<Vec<_>>().into_iter().rev().collect();
+        let keep_last: Vec<bool> = new_slots
+            .iter()
+            .rev()
+            .map(|s| seen.insert(*s))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let write_rows = if keep_last.iter().all(|&k| k) {
             None
         } else {
-            let rows: Vec<i64> = (0..new_slots.len() as i64).filter(|&r| keep_last[r as usize]).collect();
+            let rows: Vec<i64> = (0..new_slots.len() as i64)
+                .filter(|&r| keep_last[r as usize])
+                .collect();
             new_slots.retain({
                 let mut i = 0;
                 move |_| {
@@ -375,7 +424,11 @@ impl<B: Backend> Glm4Moe<B> {
     /// Runs the batch: writes the new tokens' K/V into `kv` and returns logits of the sampled sequences.
     ///
     /// Shapes: with `T = Σ tokens`, hidden states are `[T, H]`; the result's logits `[S, vocab]`.
-    pub fn forward(&self, seqs: &[SeqInput<'_>], kv: &mut PagedKvCache<B>) -> Result<ForwardOutput<B>> {
+    pub fn forward(
+        &self,
+        seqs: &[SeqInput<'_>],
+        kv: &mut PagedKvCache<B>,
+    ) -> Result<ForwardOutput<B>> {
         self.check_batch(seqs, kv)?;
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let (batch, _) = self.attn_batch(seqs, kv)?;
@@ -383,7 +436,9 @@ impl<B: Backend> Glm4Moe<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             h = self.layer_forward(layer, h, &mut kv.layers[l], &batch);
         }
-        let hidden = self.kernels.rms_norm(h, &self.norm, self.config.rms_norm_eps);
+        let hidden = self
+            .kernels
+            .rms_norm(h, &self.norm, self.config.rms_norm_eps);
         let mut sample_rows = Vec::new();
         let mut row = 0;
         for s in seqs {
@@ -393,8 +448,12 @@ impl<B: Backend> Glm4Moe<B> {
             }
         }
         let logits = (!sample_rows.is_empty()).then(|| {
-            let rows = int_tensor::<B>(sample_rows.iter().map(|&r| r as i64).collect(), &self.device);
-            self.kernels.linear(hidden.clone().select(0, rows), &self.lm_head, self.act)
+            let rows = int_tensor::<B>(
+                sample_rows.iter().map(|&r| r as i64).collect(),
+                &self.device,
+            );
+            self.kernels
+                .linear(hidden.clone().select(0, rows), &self.lm_head, self.act)
         });
         Ok(ForwardOutput {
             logits,
@@ -430,7 +489,9 @@ impl<B: Backend> Glm4Moe<B> {
             None => (kk, v),
         };
         k.write_kv(kv, kw, vw, &batch.new_slots);
-        let o = k.paged_attention(q, kv, batch, (d as f32).powf(-0.5)).reshape([t, nh * d]);
+        let o = k
+            .paged_attention(q, kv, batch, (d as f32).powf(-0.5))
+            .reshape([t, nh * d]);
         let h = h + k.linear(o, &a.o, self.act);
         let x = k.rms_norm(h.clone(), &layer.post_norm, c.rms_norm_eps);
         let y = match &layer.mlp {
@@ -458,7 +519,9 @@ impl<B: Backend> Glm4Moe<B> {
         self.check_batch(seqs, kv)?;
         let lid = self.config.num_hidden_layers;
         if kv.layers.len() <= lid {
-            return Err(ModelError::KvCache("cache has no layer for the MTP layer".into()));
+            return Err(ModelError::KvCache(
+                "cache has no layer for the MTP layer".into(),
+            ));
         }
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         if hidden.dims()[0] != tokens.len() {
@@ -475,13 +538,26 @@ impl<B: Backend> Glm4Moe<B> {
         let hn = k.rms_norm(hidden, &mtp.hnorm, eps);
         let u = k.linear(Tensor::cat(vec![e, hn], 1), &mtp.eh_proj, self.act);
         let y = self.layer_forward(&mtp.layer, u, &mut kv.layers[lid], &batch);
-        let logits = k.linear(k.rms_norm(y.clone(), &mtp.head_norm, eps), &mtp.head, self.act);
+        let logits = k.linear(
+            k.rms_norm(y.clone(), &mtp.head_norm, eps),
+            &mtp.head,
+            self.act,
+        );
         Ok((logits, y))
     }
 }
 
-fn load_attention<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig, p: &str) -> Result<Attention<B>> {
-    let (h, nh, nkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+fn load_attention<B: Backend>(
+    w: &mut dyn ParamSource<B>,
+    c: &Glm4MoeConfig,
+    p: &str,
+) -> Result<Attention<B>> {
+    let (h, nh, nkv, d) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
     let bias = c.attention_bias;
     let (q_norm, k_norm) = if c.use_qk_norm {
         (
@@ -501,7 +577,12 @@ fn load_attention<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig, p: 
     })
 }
 
-pub(crate) fn load_swiglu<B: Backend>(w: &mut dyn ParamSource<B>, p: &str, h: usize, i: usize) -> Result<DenseMlp<B>> {
+pub(crate) fn load_swiglu<B: Backend>(
+    w: &mut dyn ParamSource<B>,
+    p: &str,
+    h: usize,
+    i: usize,
+) -> Result<DenseMlp<B>> {
     Ok(DenseMlp {
         gate: w.linear(&format!("{p}.gate_proj"), i, h, false)?,
         up: w.linear(&format!("{p}.up_proj"), i, h, false)?,
@@ -509,7 +590,11 @@ pub(crate) fn load_swiglu<B: Backend>(w: &mut dyn ParamSource<B>, p: &str, h: us
     })
 }
 
-fn load_layer<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig, l: usize) -> Result<DecoderLayer<B>> {
+fn load_layer<B: Backend>(
+    w: &mut dyn ParamSource<B>,
+    c: &Glm4MoeConfig,
+    l: usize,
+) -> Result<DecoderLayer<B>> {
     let p = format!("model.layers.{l}");
     let h = c.hidden_size;
     let mlp = if c.is_moe_layer(l) {

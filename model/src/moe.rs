@@ -134,7 +134,13 @@ impl<B: Backend> Moe<B> {
     }
 
     /// `x [T, H]` -> `[T, H]`.
-    pub(crate) fn forward(&self, x: Tensor<B, 2>, c: &Glm4MoeConfig, k: &dyn Kernels<B>, act: Fp8Activations) -> Tensor<B, 2> {
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        c: &Glm4MoeConfig,
+        k: &dyn Kernels<B>,
+        act: Fp8Activations,
+    ) -> Tensor<B, 2> {
         let device = x.device();
         let [t, h] = x.dims();
         let logits: Vec<f32> = x
@@ -154,7 +160,13 @@ impl<B: Backend> Moe<B> {
                 per_expert[e].1.push(wgt);
             }
         }
-        let mut out = k.swiglu(x.clone(), &self.shared.gate, &self.shared.up, &self.shared.down, act);
+        let mut out = k.swiglu(
+            x.clone(),
+            &self.shared.gate,
+            &self.shared.up,
+            &self.shared.down,
+            act,
+        );
         for (e, (toks, wts)) in per_expert.into_iter().enumerate() {
             if toks.is_empty() {
                 continue;

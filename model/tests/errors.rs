@@ -15,7 +15,10 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn opts() -> LoadOptions {
-    LoadOptions { progress: false, ..Default::default() }
+    LoadOptions {
+        progress: false,
+        ..Default::default()
+    }
 }
 
 /// Copies a fixture to a temp dir and lets the test edit it.
@@ -39,7 +42,10 @@ fn load_err(dir: &Path) -> String {
 }
 
 /// Rewrites model.safetensors through a closure over (name -> (dtype, shape, bytes)).
-fn rewrite_tensors(dir: &Path, f: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_tensors(
+    dir: &Path,
+    f: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut v: Vec<_> = st
@@ -50,7 +56,12 @@ fn rewrite_tensors(dir: &Path, f: impl FnOnce(&mut Vec<(String, safetensors::Dty
     f(&mut v);
     let views: Vec<(String, safetensors::tensor::TensorView)> = v
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
@@ -64,29 +75,47 @@ fn missing_folder() {
 #[test]
 fn missing_tensor_is_named() {
     let d = edited("tiny-b", "missing", |d| {
-        rewrite_tensors(d, |v| v.retain(|(n, ..)| n != "model.layers.1.mlp.experts.3.up_proj.weight"))
+        rewrite_tensors(d, |v| {
+            v.retain(|(n, ..)| n != "model.layers.1.mlp.experts.3.up_proj.weight")
+        })
     });
     let e = load_err(&d);
-    assert!(e.contains("model.layers.1.mlp.experts.3.up_proj.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.layers.1.mlp.experts.3.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
 fn misshaped_tensor_is_named() {
     let d = edited("tiny-b", "shape", |d| {
         rewrite_tensors(d, |v| {
-            let t = v.iter_mut().find(|(n, ..)| n == "model.norm.weight").unwrap();
+            let t = v
+                .iter_mut()
+                .find(|(n, ..)| n == "model.norm.weight")
+                .unwrap();
             t.2 = vec![t.2[0] / 2];
             t.3.truncate(t.3.len() / 2);
         })
     });
     let e = load_err(&d);
-    assert!(e.contains("model.norm.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
     let d = edited("tiny-b", "extra", |d| {
-        rewrite_tensors(d, |v| v.push(("model.layers.0.mystery.weight".into(), safetensors::Dtype::F32, vec![1], vec![0; 4])))
+        rewrite_tensors(d, |v| {
+            v.push((
+                "model.layers.0.mystery.weight".into(),
+                safetensors::Dtype::F32,
+                vec![1],
+                vec![0; 4],
+            ))
+        })
     });
     let e = load_err(&d);
     assert!(e.contains("model.layers.0.mystery.weight"), "{e}");
@@ -96,12 +125,18 @@ fn unexpected_tensor_is_named() {
 fn unknown_dtype_is_named() {
     let d = edited("tiny-b", "dtype", |d| {
         rewrite_tensors(d, |v| {
-            let t = v.iter_mut().find(|(n, ..)| n == "model.norm.weight").unwrap();
+            let t = v
+                .iter_mut()
+                .find(|(n, ..)| n == "model.norm.weight")
+                .unwrap();
             t.1 = safetensors::Dtype::I16;
         })
     });
     let e = load_err(&d);
-    assert!(e.contains("model.norm.weight") && e.contains("dtype"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("dtype"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,7 +156,9 @@ fn corrupt_safetensors_header() {
 fn bad_config_is_named() {
     let d = edited("tiny-b", "config", |d| {
         let p = d.join("config.json");
-        let s = std::fs::read_to_string(&p).unwrap().replace("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 99");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 99");
         std::fs::write(p, s).unwrap();
     });
     let e = load_err(&d);
@@ -131,7 +168,11 @@ fn bad_config_is_named() {
 #[test]
 fn shard_index_cannot_escape_folder() {
     let d = edited("tiny-b", "escape", |d| {
-        std::fs::rename(d.join("model.safetensors"), d.join("model-00001-of-00001.safetensors")).unwrap();
+        std::fs::rename(
+            d.join("model.safetensors"),
+            d.join("model-00001-of-00001.safetensors"),
+        )
+        .unwrap();
         std::fs::write(
             d.join("model.safetensors.index.json"),
             r#"{"metadata":{},"weight_map":{"model.norm.weight":"../../etc/passwd"}}"#,
@@ -154,7 +195,10 @@ fn sharded_checkpoint_loads() {
         let mut map = serde_json::Map::new();
         for (i, part) in [a, b].iter().enumerate() {
             let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-            let views: Vec<_> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+            let views: Vec<_> = part
+                .iter()
+                .map(|n| (n.clone(), st.tensor(n).unwrap()))
+                .collect();
             safetensors::serialize_to_file(views, None, &d.join(&file)).unwrap();
             for n in part.iter() {
                 map.insert(n.clone(), serde_json::Value::String(file.clone()));
@@ -172,14 +216,50 @@ fn bad_input_is_an_error() {
     let m = Glm4Moe::<B>::load(&fixture("tiny-b"), &Default::default(), &opts()).unwrap();
     let mut kv = m.new_kv_cache(4, 16).unwrap();
     let table = [0u32, 1];
-    let e = m.forward(&[SeqInput { tokens: &[9999], start_pos: 0, block_table: &table, sample: true }], &mut kv);
-    assert!(e.err().unwrap().to_string().contains("outside the vocabulary"));
-    let e = m.forward(&[SeqInput { tokens: &[], start_pos: 0, block_table: &table, sample: true }], &mut kv);
+    let e = m.forward(
+        &[SeqInput {
+            tokens: &[9999],
+            start_pos: 0,
+            block_table: &table,
+            sample: true,
+        }],
+        &mut kv,
+    );
+    assert!(e
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("outside the vocabulary"));
+    let e = m.forward(
+        &[SeqInput {
+            tokens: &[],
+            start_pos: 0,
+            block_table: &table,
+            sample: true,
+        }],
+        &mut kv,
+    );
     assert!(e.err().unwrap().to_string().contains("no tokens"));
-    let e = m.forward(&[SeqInput { tokens: &[1; 40], start_pos: 0, block_table: &table, sample: true }], &mut kv);
+    let e = m.forward(
+        &[SeqInput {
+            tokens: &[1; 40],
+            start_pos: 0,
+            block_table: &table,
+            sample: true,
+        }],
+        &mut kv,
+    );
     assert!(e.err().unwrap().to_string().contains("does not cover"));
     let bad_table = [7u32];
-    let e = m.forward(&[SeqInput { tokens: &[1], start_pos: 0, block_table: &bad_table, sample: true }], &mut kv);
+    let e = m.forward(
+        &[SeqInput {
+            tokens: &[1],
+            start_pos: 0,
+            block_table: &bad_table,
+            sample: true,
+        }],
+        &mut kv,
+    );
     assert!(e.err().unwrap().to_string().contains("out of range"));
 }
 
@@ -190,8 +270,24 @@ fn dummy_weights_from_config_alone() {
         let cfg = model::Glm4MoeConfig::from_dir(&fixture(name)).unwrap();
         let m = Glm4Moe::<B>::dummy(cfg, &Default::default(), 1, &opts()).unwrap();
         let mut kv = m.new_kv_cache(2, 16).unwrap();
-        let out = m.forward(&[SeqInput { tokens: &[1, 2, 3], start_pos: 0, block_table: &[0, 1], sample: true }], &mut kv).unwrap();
-        let v: Vec<f32> = out.logits.unwrap().into_data().convert::<f32>().to_vec().unwrap();
+        let out = m
+            .forward(
+                &[SeqInput {
+                    tokens: &[1, 2, 3],
+                    start_pos: 0,
+                    block_table: &[0, 1],
+                    sample: true,
+                }],
+                &mut kv,
+            )
+            .unwrap();
+        let v: Vec<f32> = out
+            .logits
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
         assert_eq!(v.len(), m.config.vocab_size);
         assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite logits");
         let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();

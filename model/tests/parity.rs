@@ -21,7 +21,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
 }
 
 fn load(name: &str, act: Fp8Activations) -> Glm4Moe<B> {
@@ -34,11 +35,19 @@ fn load(name: &str, act: Fp8Activations) -> Glm4Moe<B> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
@@ -58,18 +67,33 @@ fn last_logits(m: &Glm4Moe<B>, prompt: &[u32]) -> Vec<f32> {
     let split = prompt.len() / 2;
     if split > 0 {
         m.forward(
-            &[SeqInput { tokens: &prompt[..split], start_pos: 0, block_table: &table, sample: false }],
+            &[SeqInput {
+                tokens: &prompt[..split],
+                start_pos: 0,
+                block_table: &table,
+                sample: false,
+            }],
             &mut kv,
         )
         .unwrap();
     }
     let out = m
         .forward(
-            &[SeqInput { tokens: &prompt[split..], start_pos: split, block_table: &table, sample: true }],
+            &[SeqInput {
+                tokens: &prompt[split..],
+                start_pos: split,
+                block_table: &table,
+                sample: true,
+            }],
             &mut kv,
         )
         .unwrap();
-    out.logits.unwrap().into_data().convert::<f32>().to_vec().unwrap()
+    out.logits
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap()
 }
 
 fn check_model(name: &str, act: Fp8Activations, tol: f64, check_greedy: bool) -> f64 {
@@ -81,9 +105,17 @@ fn check_model(name: &str, act: Fp8Activations, tol: f64, check_greedy: bool) ->
         let got = last_logits(&m, &prompt);
         let err = rel_l2(&got, &floats(&p["last_logits"]));
         worst = worst.max(err);
-        assert!(err < tol, "{name}: prompt len {} rel L2 {err:e} >= {tol:e}", prompt.len());
+        assert!(
+            err < tol,
+            "{name}: prompt len {} rel L2 {err:e} >= {tol:e}",
+            prompt.len()
+        );
         if check_greedy {
-            let opts = GenerateOptions { max_new_tokens: 24, chunk: 37, ..Default::default() };
+            let opts = GenerateOptions {
+                max_new_tokens: 24,
+                chunk: 37,
+                ..Default::default()
+            };
             let t0 = std::time::Instant::now();
             let cont = generate(&m, &prompt, &opts, &mut Greedy).unwrap();
             eprintln!(
@@ -91,7 +123,12 @@ fn check_model(name: &str, act: Fp8Activations, tol: f64, check_greedy: bool) ->
                 prompt.len(),
                 t0.elapsed().as_secs_f64() * 1e3
             );
-            assert_eq!(cont, ids(&p["greedy"]), "{name}: greedy continuation of a {}-token prompt", prompt.len());
+            assert_eq!(
+                cont,
+                ids(&p["greedy"]),
+                "{name}: greedy continuation of a {}-token prompt",
+                prompt.len()
+            );
         }
     }
     eprintln!("{name} ({act:?}): worst last-logits rel L2 {worst:.3e}");
@@ -127,7 +164,10 @@ fn fp8_w8a8_within_measured_tolerance() {
     let a = check_model("tiny-b-fp8", Fp8Activations::Dynamic, 0.08, false);
     let b = check_model("tiny-b-fp8-block", Fp8Activations::Dynamic, 0.08, false);
     eprintln!("W8A8 worst rel L2: channel {a:.4e}, block {b:.4e}");
-    assert!(a > 1e-6 && b > 1e-6, "W8A8 path must actually quantize activations");
+    assert!(
+        a > 1e-6 && b > 1e-6,
+        "W8A8 path must actually quantize activations"
+    );
 }
 
 #[test]
@@ -137,8 +177,15 @@ fn fp8_weights_stay_fp8_in_memory() {
         let q = load(name, Fp8Activations::WeightOnly).parameter_memory();
         // every quantized projection is held as one byte per weight, not expanded to floats
         assert!(q.fp8_bytes > 0, "{name}: no FP8 weights kept");
-        assert_eq!(q.fp8_bytes + q.float_elements, dense.float_elements, "{name}: parameter count differs");
-        assert!(q.float_elements < dense.float_elements / 2, "{name}: {q:?} vs dense {dense:?}");
+        assert_eq!(
+            q.fp8_bytes + q.float_elements,
+            dense.float_elements,
+            "{name}: parameter count differs"
+        );
+        assert!(
+            q.float_elements < dense.float_elements / 2,
+            "{name}: {q:?} vs dense {dense:?}"
+        );
     }
 }
 
@@ -146,22 +193,40 @@ fn fp8_weights_stay_fp8_in_memory() {
 fn batched_mixed_forward_equals_single() {
     let m = load("tiny-a", Fp8Activations::WeightOnly);
     let r = reference("tiny-a");
-    let prompts: Vec<Vec<u32>> = r["prompts"].as_array().unwrap().iter().map(|p| ids(&p["token_ids"])).collect();
+    let prompts: Vec<Vec<u32>> = r["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| ids(&p["token_ids"]))
+        .collect();
     let bs = 8;
     let per = 20;
     let mut kv = m.new_kv_cache(per * prompts.len(), bs).unwrap();
-    let tables: Vec<Vec<u32>> = (0..prompts.len()).map(|i| ((i * per) as u32..((i + 1) * per) as u32).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|i| ((i * per) as u32..((i + 1) * per) as u32).collect())
+        .collect();
     let seqs: Vec<SeqInput> = prompts
         .iter()
         .zip(&tables)
-        .map(|(p, t)| SeqInput { tokens: p, start_pos: 0, block_table: t, sample: true })
+        .map(|(p, t)| SeqInput {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            sample: true,
+        })
         .collect();
     let out = m.forward(&seqs, &mut kv).unwrap();
     let logits = out.logits.unwrap();
     let rows = logits.dims()[0];
     assert_eq!(rows, prompts.len());
     for (i, p) in r["prompts"].as_array().unwrap().iter().enumerate() {
-        let row: Vec<f32> = logits.clone().slice([i..i + 1]).into_data().convert::<f32>().to_vec().unwrap();
+        let row: Vec<f32> = logits
+            .clone()
+            .narrow(0, i, 1)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
         let err = rel_l2(&row, &floats(&p["last_logits"]));
         assert!(err < 1e-3, "batched row {i}: {err:e}");
     }
@@ -180,16 +245,45 @@ fn mtp_draft_logits_match_script() {
     let mut kv = m.new_kv_cache(blocks, bs).unwrap();
     let table: Vec<u32> = (0..blocks as u32).collect();
     let out = m
-        .forward(&[SeqInput { tokens: &tokens, start_pos: 0, block_table: &table, sample: true }], &mut kv)
+        .forward(
+            &[SeqInput {
+                tokens: &tokens,
+                start_pos: 0,
+                block_table: &table,
+                sample: true,
+            }],
+            &mut kv,
+        )
         .unwrap();
-    let last_hidden: Vec<f32> = out.hidden.clone().slice([tokens.len() - 1..tokens.len()]).into_data().convert::<f32>().to_vec().unwrap();
+    let last_hidden: Vec<f32> = out
+        .hidden
+        .clone()
+        .narrow(0, tokens.len() - 1, 1)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
     assert!(rel_l2(&last_hidden, &floats(&mtp["hidden_last"])) < 1e-3);
-    let hidden: Tensor<B, 2> = out.hidden.slice([0..n]);
+    let hidden: Tensor<B, 2> = out.hidden.narrow(0, 0, n);
     let (logits, _) = m
-        .mtp_forward(&[SeqInput { tokens: &tokens[1..], start_pos: 0, block_table: &table, sample: true }], hidden, &mut kv)
+        .mtp_forward(
+            &[SeqInput {
+                tokens: &tokens[1..],
+                start_pos: 0,
+                block_table: &table,
+                sample: true,
+            }],
+            hidden,
+            &mut kv,
+        )
         .unwrap();
     let got: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap();
-    let want: Vec<f32> = mtp["mtp_logits"].as_array().unwrap().iter().flat_map(floats).collect();
+    let want: Vec<f32> = mtp["mtp_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(floats)
+        .collect();
     let err = rel_l2(&got, &want);
     assert!(err < 1e-3, "MTP logits rel L2 {err:e}");
 }
@@ -206,12 +300,28 @@ fn siblings_writing_the_same_slot_in_one_batch() {
     let table: Vec<u32> = (0..n.div_ceil(16) as u32).collect();
     let mut kv = m.new_kv_cache(table.len(), 16).unwrap();
     let seqs = [
-        SeqInput { tokens: &prompt, start_pos: 0, block_table: &table, sample: true },
-        SeqInput { tokens: &prompt[n - 1..], start_pos: n - 1, block_table: &table, sample: true },
+        SeqInput {
+            tokens: &prompt,
+            start_pos: 0,
+            block_table: &table,
+            sample: true,
+        },
+        SeqInput {
+            tokens: &prompt[n - 1..],
+            start_pos: n - 1,
+            block_table: &table,
+            sample: true,
+        },
     ];
     let logits = m.forward(&seqs, &mut kv).unwrap().logits.unwrap();
     for i in 0..2 {
-        let row: Vec<f32> = logits.clone().slice([i..i + 1]).into_data().convert::<f32>().to_vec().unwrap();
+        let row: Vec<f32> = logits
+            .clone()
+            .narrow(0, i, 1)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
         let err = rel_l2(&row, &floats(&p["last_logits"]));
         assert!(err < 1e-3, "row {i}: {err:e}");
     }

@@ -2,6 +2,12 @@
 //! which builds it for `ops/cli`'s own integration tests) on loopback with ephemeral ports, finds the
 //! ports from the `{"event":"listening",...}` line each server prints on stdout, and stops processes on
 //! drop. Everything here is bounded in time.
+//!
+//! [`http`] is the client (whole replies and SSE streams), [`prom`] reads `/metrics`, [`Fleet`]
+//! is N `glmfleet serve` replicas behind a `glmfleet router`, all owned by the test.
+
+pub mod http;
+pub mod prom;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,7 +23,11 @@ pub fn glmfleet_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/glmfleet
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("glmfleet");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("glmfleet");
     assert!(
         bin.exists(),
         "{} not found: run `cargo build -p glmfleet` (cargo test --workspace builds it) or set GLMFLEET_BIN",
@@ -49,8 +59,14 @@ impl Proc {
     pub fn start(args: &[&str], component: &str, timeout: Duration) -> Proc {
         let mut child = Command::new(glmfleet_bin())
             .args(args)
-            .env("GLMFLEET_CACHE", std::env::temp_dir().join("glmfleet-e2e-cache"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "GLMFLEET_CACHE",
+                std::env::temp_dir().join("glmfleet-e2e-cache"),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -71,11 +87,16 @@ impl Proc {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(addr) = parse_announce(&line, component) {
-                        return Proc { child, addr, lines: rx };
+                        return Proc {
+                            child,
+                            addr,
+                            lines: rx,
+                        };
                     }
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("glmfleet {args:?}: no `{component}` listening line within {timeout:?}");
                 }
             }
@@ -140,4 +161,198 @@ pub fn serve(model: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["serve", model, "--host", "127.0.0.1", "--port", "0"];
     args.extend_from_slice(extra);
     Proc::start(&args, "replica", Duration::from_secs(120))
+}
+
+/// `glmfleet serve MODEL --port PORT EXTRA...` on a given port (a restart on the same address).
+pub fn serve_on(model: &str, port: u16, extra: &[&str]) -> Proc {
+    let port = port.to_string();
+    let mut args = vec!["serve", model, "--host", "127.0.0.1", "--port", &port];
+    args.extend_from_slice(extra);
+    Proc::start(&args, "replica", Duration::from_secs(120))
+}
+
+/// Polls `f` every `every` until it returns true or `timeout` passes; returns the last result.
+pub fn wait_until(timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Router flags that make health and load tracking fast enough for tests (defaults are 1 s / 200 ms).
+pub const FAST_ROUTER_FLAGS: [&str; 6] = [
+    "--health-interval-ms",
+    "100",
+    "--load-poll-interval-ms",
+    "50",
+    "--health-timeout-ms",
+    "1000",
+];
+
+/// N replicas started with `serve` and a router in front of them, every process owned by the
+/// test (so a test can kill, stop and restart replicas by pid).
+pub struct Fleet {
+    pub model: String,
+    pub serve_flags: Vec<String>,
+    /// `None` while a replica is down (killed or stopped by the test).
+    pub replicas: Vec<Option<Proc>>,
+    /// The replicas' addresses (stable across restarts).
+    pub addrs: Vec<SocketAddr>,
+    pub router: Proc,
+}
+
+impl Fleet {
+    /// Starts `n` replicas of `model` with `serve_flags` (in parallel), then the router with
+    /// [`FAST_ROUTER_FLAGS`] and `router_flags`, and waits until the router sees all healthy.
+    pub fn start(n: usize, model: &str, serve_flags: &[&str], router_flags: &[&str]) -> Fleet {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let model = model.to_owned();
+                let flags: Vec<String> = serve_flags.iter().map(|s| s.to_string()).collect();
+                std::thread::spawn(move || {
+                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                    serve(&model, &flags)
+                })
+            })
+            .collect();
+        let replicas: Vec<Proc> = handles
+            .into_iter()
+            .map(|h| h.join().expect("replica start"))
+            .collect();
+        let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+        let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
+        let mut args: Vec<&str> = vec!["router", "--host", "127.0.0.1", "--port", "0"];
+        for u in &urls {
+            args.extend(["--replica", u.as_str()]);
+        }
+        args.extend(FAST_ROUTER_FLAGS);
+        args.extend_from_slice(router_flags);
+        let router = Proc::start(&args, "router", Duration::from_secs(30));
+        let fleet = Fleet {
+            model: model.to_owned(),
+            serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
+            replicas: replicas.into_iter().map(Some).collect(),
+            addrs,
+            router,
+        };
+        fleet.wait_healthy(n, Duration::from_secs(20));
+        fleet
+    }
+
+    pub fn router_url(&self) -> String {
+        self.router.url()
+    }
+
+    /// `http://ADDR` of replica `i`, as the router names it (and in `x-glmfleet-replica`).
+    pub fn replica_url(&self, i: usize) -> String {
+        format!("http://{}", self.addrs[i])
+    }
+
+    /// Which replica index a `x-glmfleet-replica` value names.
+    pub fn index_of(&self, replica_header: &str) -> Option<usize> {
+        (0..self.addrs.len()).find(|&i| self.replica_url(i) == replica_header)
+    }
+
+    /// The router's `GET /replicas`.
+    pub fn state(&self) -> serde_json::Value {
+        http::get_json(&format!("{}/replicas", self.router_url()))
+    }
+
+    /// The router's in-flight count for each replica, in [`Fleet::addrs`] order.
+    pub fn inflight(&self) -> Vec<u64> {
+        let state = self.state();
+        (0..self.addrs.len())
+            .map(|i| {
+                let url = self.replica_url(i);
+                state["replicas"]
+                    .as_array()
+                    .and_then(|list| list.iter().find(|r| r["name"] == url.as_str()))
+                    .and_then(|r| r["inflight"].as_u64())
+                    .unwrap_or_else(|| panic!("{url} missing from /replicas: {state}"))
+            })
+            .collect()
+    }
+
+    /// Whether the router has replica `i` in rotation.
+    pub fn is_healthy(&self, i: usize) -> bool {
+        let url = self.replica_url(i);
+        self.state()["replicas"]
+            .as_array()
+            .and_then(|list| {
+                list.iter()
+                    .find(|r| r["name"] == url.as_str())
+                    .map(|r| r["healthy"] == true)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Waits until the router counts `n` healthy replicas (panics after `timeout`).
+    pub fn wait_healthy(&self, n: usize, timeout: Duration) {
+        let ok = wait_until(timeout, Duration::from_millis(50), || {
+            self.state()["healthy"].as_u64() == Some(n as u64)
+        });
+        assert!(
+            ok,
+            "router did not see {n} healthy replicas within {timeout:?}: {}",
+            self.state()
+        );
+    }
+
+    /// SIGKILLs replica `i`.
+    pub fn kill_replica(&mut self, i: usize) {
+        if let Some(mut p) = self.replicas[i].take() {
+            p.kill();
+        }
+    }
+
+    /// Starts replica `i` again on its old port.
+    pub fn restart_replica(&mut self, i: usize) {
+        assert!(self.replicas[i].is_none(), "replica {i} is still running");
+        let flags: Vec<&str> = self.serve_flags.iter().map(String::as_str).collect();
+        self.replicas[i] = Some(serve_on(&self.model, self.addrs[i].port(), &flags));
+    }
+}
+
+/// Pids whose parent is `pid` (from `/proc/*/stat`).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if proc_stat(child).is_some_and(|(_, ppid)| ppid == pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// `(state, ppid)` of a live or zombie process, `None` once it is gone.
+pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may contain spaces and parentheses
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut it = after.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
 }

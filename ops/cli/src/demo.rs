@@ -5,11 +5,26 @@
 use std::path::PathBuf;
 
 const FILES: &[(&str, &[u8])] = &[
-    ("config.json", include_bytes!("../../../model/demo/config.json")),
-    ("generation_config.json", include_bytes!("../../../model/demo/generation_config.json")),
-    ("model.safetensors", include_bytes!("../../../model/demo/model.safetensors")),
-    ("tokenizer.json", include_bytes!("../../../model/demo/tokenizer.json")),
-    ("tokenizer_config.json", include_bytes!("../../../model/demo/tokenizer_config.json")),
+    (
+        "config.json",
+        include_bytes!("../../../model/demo/config.json"),
+    ),
+    (
+        "generation_config.json",
+        include_bytes!("../../../model/demo/generation_config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../../../model/demo/model.safetensors"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("../../../model/demo/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../../../model/demo/tokenizer_config.json"),
+    ),
 ];
 
 /// The name users pass to mean the embedded model.
@@ -29,7 +44,10 @@ fn content_hash() -> u64 {
 
 fn cache_root() -> PathBuf {
     std::env::var_os("GLMFLEET_CACHE")
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("glmfleet").into_os_string()))
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|c| PathBuf::from(c).join("glmfleet").into_os_string())
+        })
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glmfleet")))
         .unwrap_or_else(|| std::env::temp_dir().join("glmfleet"))
@@ -38,7 +56,11 @@ fn cache_root() -> PathBuf {
 /// Writes the demo checkpoint (once) and returns its folder.
 pub fn materialize() -> anyhow::Result<PathBuf> {
     let dir = cache_root().join(format!("demo-{:016x}", content_hash()));
-    if FILES.iter().all(|(n, d)| std::fs::metadata(dir.join(n)).map(|m| m.len() == d.len() as u64).unwrap_or(false)) {
+    if FILES.iter().all(|(n, d)| {
+        std::fs::metadata(dir.join(n))
+            .map(|m| m.len() == d.len() as u64)
+            .unwrap_or(false)
+    }) {
         return Ok(dir);
     }
     // write into a unique temp folder, then rename: concurrent replicas starting at once never see a

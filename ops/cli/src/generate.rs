@@ -60,7 +60,10 @@ impl TokenPicker for Sampler {
             idx.truncate(self.top_k);
         }
         let max = logits[idx[0]];
-        let mut p: Vec<f32> = idx.iter().map(|&i| ((logits[i] - max) / self.temperature).exp()).collect();
+        let mut p: Vec<f32> = idx
+            .iter()
+            .map(|&i| ((logits[i] - max) / self.temperature).exp())
+            .collect();
         let sum: f32 = p.iter().sum();
         p.iter_mut().for_each(|x| *x /= sum);
         let mut cum = 0.0;
@@ -90,44 +93,78 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "cpu" => run_on::<model::CpuBackend>(&args, &dir, &Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => run_on::<model::CudaBackend>(&args, &dir, &Default::default()),
-        other => bail!("unknown device `{other}` (cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "; this build has no cuda feature" }),
+        other => bail!(
+            "unknown device `{other}` (cpu{})",
+            if cfg!(feature = "cuda") {
+                ", cuda"
+            } else {
+                "; this build has no cuda feature"
+            }
+        ),
     }
 }
 
 fn run_on<B: Backend>(args: &GenerateArgs, dir: &Path, device: &B::Device) -> Result<()> {
-    if !(args.temperature >= 0.0) || !(args.top_p > 0.0 && args.top_p <= 1.0) {
+    if args.temperature.is_nan()
+        || args.temperature < 0.0
+        || args.top_p.is_nan()
+        || args.top_p <= 0.0
+        || args.top_p > 1.0
+    {
         bail!("--temperature must be >= 0 and --top-p in (0, 1]");
     }
     let tokenizer = {
         let p = dir.join("tokenizer.json");
         p.exists()
-            .then(|| tokenizers::Tokenizer::from_file(&p).map_err(|e| anyhow!("{}: {e}", p.display())))
+            .then(|| {
+                tokenizers::Tokenizer::from_file(&p).map_err(|e| anyhow!("{}: {e}", p.display()))
+            })
             .transpose()?
     };
     let prompt: Vec<u32> = match (&args.token_ids, &args.prompt) {
         (Some(ids), _) => ids
             .iter()
-            .map(|s| s.trim().parse::<u32>().map_err(|_| anyhow!("--token-ids: `{s}` is not a token id")))
+            .map(|s| {
+                s.trim()
+                    .parse::<u32>()
+                    .map_err(|_| anyhow!("--token-ids: `{s}` is not a token id"))
+            })
             .collect::<Result<_>>()?,
         (None, Some(text)) => {
             let tok = tokenizer
                 .as_ref()
                 .ok_or_else(|| anyhow!("--prompt needs a tokenizer.json in {}", dir.display()))?;
-            tok.encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?.get_ids().to_vec()
+            tok.encode(text.as_str(), false)
+                .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?
+                .get_ids()
+                .to_vec()
         }
         (None, None) => bail!("give --token-ids or --prompt"),
     };
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
-    let opts = LoadOptions { progress: !args.json, ..Default::default() };
+    let opts = LoadOptions {
+        progress: !args.json,
+        ..Default::default()
+    };
     let model = Glm4Moe::<B>::load(dir, device, &opts).context("loading the model")?;
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.config.vocab_size) {
-        bail!("token id {bad} is outside the vocabulary (size {})", model.config.vocab_size);
+    if let Some(&bad) = prompt
+        .iter()
+        .find(|&&t| t as usize >= model.config.vocab_size)
+    {
+        bail!(
+            "token id {bad} is outside the vocabulary (size {})",
+            model.config.vocab_size
+        );
     }
     let gen_opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        stop_token_ids: if args.ignore_eos { vec![] } else { eos_ids(dir, &model.config.eos_token_ids) },
+        stop_token_ids: if args.ignore_eos {
+            vec![]
+        } else {
+            eos_ids(dir, &model.config.eos_token_ids)
+        },
         ..Default::default()
     };
     let mut picker: Box<dyn TokenPicker> = if args.temperature == 0.0 {
@@ -148,9 +185,16 @@ fn run_on<B: Backend>(args: &GenerateArgs, dir: &Path, device: &B::Device) -> Re
         }
         println!("{v}");
     } else if let Some(tok) = &tokenizer {
-        println!("{}", tok.decode(&out, true).map_err(|e| anyhow!("decoding: {e}"))?);
+        println!(
+            "{}",
+            tok.decode(&out, true)
+                .map_err(|e| anyhow!("decoding: {e}"))?
+        );
     } else {
-        println!("{}", out.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        println!(
+            "{}",
+            out.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        );
     }
     Ok(())
 }
@@ -161,7 +205,11 @@ pub fn eos_ids(dir: &Path, config_eos: &[u32]) -> Vec<u32> {
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
         .and_then(|v| match &v["eos_token_id"] {
-            serde_json::Value::Array(a) => Some(a.iter().filter_map(|x| x.as_u64().map(|n| n as u32)).collect()),
+            serde_json::Value::Array(a) => Some(
+                a.iter()
+                    .filter_map(|x| x.as_u64().map(|n| n as u32))
+                    .collect(),
+            ),
             serde_json::Value::Number(n) => n.as_u64().map(|n| vec![n as u32]),
             _ => None,
         });

@@ -14,12 +14,18 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "glmfleet", version, about = "Serve GLM-4.x MoE models: replicas, router, benchmarks")]
+#[command(
+    name = "glmfleet",
+    version,
+    about = "Serve GLM-4.x MoE models: replicas, router, benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+// parsed once at start-up: variant size differences do not matter
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one model replica (OpenAI-compatible API).
@@ -37,6 +43,7 @@ enum Cmd {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Load-test one OpenAI-compatible endpoint; prints vLLM's report.
@@ -72,7 +79,8 @@ async fn shutdown_signal() {
 /// One machine-readable line on stdout when a server listens (how `up` and tests find ephemeral ports).
 fn announce(component: &str, addr: SocketAddr) {
     use std::io::Write;
-    let line = serde_json::json!({"event": "listening", "component": component, "addr": addr.to_string()});
+    let line =
+        serde_json::json!({"event": "listening", "component": component, "addr": addr.to_string()});
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -81,7 +89,8 @@ fn announce(component: &str, addr: SocketAddr) {
 
 fn parse_announce(line: &str, component: &str) -> Option<SocketAddr> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    (v["event"] == "listening" && v["component"] == component).then(|| v["addr"].as_str()?.parse().ok())?
+    (v["event"] == "listening" && v["component"] == component)
+        .then(|| v["addr"].as_str()?.parse().ok())?
 }
 
 fn main() {
@@ -97,16 +106,24 @@ fn main() {
         Cmd::Router(a) => router_cmd::run(a),
         Cmd::Up(a) => up::run(a),
         Cmd::Generate(a) => generate::run(a),
-        Cmd::Bench { cmd: BenchCmd::Serve(a) } => {
-            runtime().and_then(|rt| rt.block_on(bench::run_serve(a)).map(|_| ()).map_err(Into::into))
-        }
-        Cmd::Bench { cmd: BenchCmd::Sweep(a) } => {
-            runtime().and_then(|rt| rt.block_on(bench::run_sweep(a)).map_err(Into::into))
-        }
+        Cmd::Bench {
+            cmd: BenchCmd::Serve(a),
+        } => runtime().and_then(|rt| {
+            rt.block_on(bench::run_serve(a))
+                .map(|_| ())
+                .map_err(Into::into)
+        }),
+        Cmd::Bench {
+            cmd: BenchCmd::Sweep(a),
+        } => runtime().and_then(|rt| rt.block_on(bench::run_sweep(a)).map_err(Into::into)),
     };
     if let Err(e) = result {
         // one line: the error and its causes
-        let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+        let msg = e
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": ");
         eprintln!("error: {msg}");
         std::process::exit(1);
     }

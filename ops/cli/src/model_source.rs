@@ -27,7 +27,10 @@ pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
     let path = PathBuf::from(m);
     if path.is_dir() {
         if !path.join("config.json").is_file() {
-            bail!("{} has no config.json: not a Hugging Face checkpoint folder", path.display());
+            bail!(
+                "{} has no config.json: not a Hugging Face checkpoint folder",
+                path.display()
+            );
         }
         return Ok(path);
     }
@@ -41,7 +44,10 @@ fn looks_like_repo_id(m: &str) -> bool {
     let parts: Vec<&str> = m.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !p.starts_with('.')
         })
 }
 
@@ -52,16 +58,20 @@ fn download(repo: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| anyhow!("Hugging Face hub: {e}"))?;
     let r = api.model(repo.to_string());
-    let cfg = r
-        .get("config.json")
-        .map_err(|e| anyhow!("cannot download {repo} (offline, private without HF_TOKEN, or no such repo): {e}"))?;
-    let dir = cfg.parent().map(PathBuf::from).ok_or_else(|| anyhow!("bad hub cache path"))?;
+    let cfg = r.get("config.json").map_err(|e| {
+        anyhow!("cannot download {repo} (offline, private without HF_TOKEN, or no such repo): {e}")
+    })?;
+    let dir = cfg
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("bad hub cache path"))?;
     for f in HUB_FILES.iter().filter(|f| **f != "config.json") {
         // optional files: a 404 is fine
         let _ = r.get(f);
     }
     if let Ok(idx) = std::fs::read_to_string(dir.join("model.safetensors.index.json")) {
-        let v: serde_json::Value = serde_json::from_str(&idx).map_err(|e| anyhow!("{repo}: bad index: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&idx).map_err(|e| anyhow!("{repo}: bad index: {e}"))?;
         let mut shards: Vec<&str> = v["weight_map"]
             .as_object()
             .map(|m| m.values().filter_map(|s| s.as_str()).collect())
@@ -69,7 +79,8 @@ fn download(repo: &str) -> Result<PathBuf> {
         shards.sort();
         shards.dedup();
         for s in shards {
-            r.get(s).map_err(|e| anyhow!("{repo}: downloading {s}: {e}"))?;
+            r.get(s)
+                .map_err(|e| anyhow!("{repo}: downloading {s}: {e}"))?;
         }
     }
     Ok(dir)
@@ -94,7 +105,9 @@ mod tests {
 
     #[test]
     fn missing_folder_is_an_error() {
-        let e = resolve(Some("./definitely/not/here/x")).unwrap_err().to_string();
+        let e = resolve(Some("./definitely/not/here/x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not found"), "{e}");
     }
 }

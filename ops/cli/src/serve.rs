@@ -21,7 +21,9 @@ pub fn run(args: replica::ServeArgs) -> Result<()> {
     let mut cfg = replica::load_config(&args)?;
     if cfg.api_key.is_none() {
         // the chart's Secret (and the router) use one variable for the key
-        cfg.api_key = std::env::var("GLMFLEET_API_KEY").ok().filter(|k| !k.is_empty());
+        cfg.api_key = std::env::var("GLMFLEET_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
     }
     let dir = crate::model_source::resolve(cfg.model.as_deref())?;
     let parts = build_parts(&cfg, &dir)?;
@@ -40,11 +42,18 @@ pub fn run(args: replica::ServeArgs) -> Result<()> {
 /// What a replica needs from its model folder.
 pub fn build_parts(cfg: &ServeConfig, dir: &Path) -> Result<ReplicaParts> {
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-        .map_err(|e| anyhow!("{}: {e} (a replica needs the checkpoint's tokenizer.json)", tok_path.display()))?;
+    let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
+        anyhow!(
+            "{}: {e} (a replica needs the checkpoint's tokenizer.json)",
+            tok_path.display()
+        )
+    })?;
     let mcfg = Glm4MoeConfig::from_dir(dir)?;
     let eos = crate::generate::eos_ids(dir, &mcfg.eos_token_ids);
-    let name_hint = cfg.model.clone().unwrap_or_else(|| crate::demo::DEMO.into());
+    let name_hint = cfg
+        .model
+        .clone()
+        .unwrap_or_else(|| crate::demo::DEMO.into());
     let family = chat::ModelFamily::from_name_hint(&name_hint).unwrap_or(chat::ModelFamily::Glm45);
     let chat_template = match chat::resolve_chat_template(Some(dir), family) {
         Ok(t) if !matches!(t.kind, chat::TemplateKind::Builtin(_)) => Some(t.source),
@@ -77,7 +86,9 @@ fn build_runner(
     tokenizer: &tokenizers::Tokenizer,
     eos: &[u32],
 ) -> Result<(Box<dyn replica::Runner>, usize)> {
-    if let Some(r) = replica::runner::fake::runner_for_load_format(&cfg.load_format, tokenizer, eos)? {
+    if let Some(r) =
+        replica::runner::fake::runner_for_load_format(&cfg.load_format, tokenizer, eos)?
+    {
         return Ok((r, cfg.num_gpu_blocks_override.unwrap_or(FAKE_BLOCKS)));
     }
     let device = std::env::var("GLMFLEET_DEVICE").unwrap_or_else(|_| default_device().into());
@@ -85,7 +96,10 @@ fn build_runner(
         "cpu" => runner_on::<model::CpuBackend>(cfg, dir, mcfg, &Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => runner_on::<model::CudaBackend>(cfg, dir, mcfg, &Default::default()),
-        other => bail!("GLMFLEET_DEVICE={other}: unknown device (cpu{})", if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+        other => bail!(
+            "GLMFLEET_DEVICE={other}: unknown device (cpu{})",
+            if cfg!(feature = "cuda") { ", cuda" } else { "" }
+        ),
     }
 }
 
@@ -113,10 +127,17 @@ where
         _ => Glm4Moe::<B>::load(dir, device, &opts).context("loading the model")?,
     };
     let elem_bytes = match cfg.kv_cache_dtype {
-        replica::config::KvCacheDtype::Fp8 => bail!("--kv-cache-dtype fp8 needs the GPU kernels (not available in this build)"),
+        replica::config::KvCacheDtype::Fp8 => {
+            bail!("--kv-cache-dtype fp8 needs the GPU kernels (not available in this build)")
+        }
         _ => std::mem::size_of::<B::FloatElem>(),
     };
-    let per_block = model::PagedKvCache::<B>::bytes_per_block(&model.config, model.num_kv_layers(), cfg.block_size, elem_bytes);
+    let per_block = model::PagedKvCache::<B>::bytes_per_block(
+        &model.config,
+        model.num_kv_layers(),
+        cfg.block_size,
+        elem_bytes,
+    );
     let num_blocks = match (cfg.num_gpu_blocks_override, &cfg.kv_cache_memory) {
         (Some(n), _) => n,
         (None, Some(bytes)) => (bytes.0 / per_block as u64) as usize,

@@ -70,8 +70,13 @@ fn serve_command(args: &UpArgs, port: u16) -> Result<Command> {
 
 /// Starts one replica and waits for its `listening` announcement.
 async fn start_replica(args: &UpArgs, index: usize, port: u16) -> Result<Replica> {
-    let mut child = serve_command(args, port)?.spawn().context("starting a replica")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("replica stdout"))?;
+    let mut child = serve_command(args, port)?
+        .spawn()
+        .context("starting a replica")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("replica stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     let wait = async {
         while let Some(line) = lines.next_line().await? {
@@ -85,10 +90,16 @@ async fn start_replica(args: &UpArgs, index: usize, port: u16) -> Result<Replica
         Ok(Ok(Some(a))) => a,
         Ok(Ok(None)) => {
             let status = child.wait().await.ok();
-            bail!("replica {index} exited before listening ({})", status.map(|s| s.to_string()).unwrap_or_default())
+            bail!(
+                "replica {index} exited before listening ({})",
+                status.map(|s| s.to_string()).unwrap_or_default()
+            )
         }
         Ok(Err(e)) => bail!("replica {index}: {e}"),
-        Err(_) => bail!("replica {index} did not listen within {}s", args.startup_timeout),
+        Err(_) => bail!(
+            "replica {index} did not listen within {}s",
+            args.startup_timeout
+        ),
     };
     // keep draining its stdout so it never blocks on a full pipe
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -118,27 +129,52 @@ pub fn run(args: UpArgs) -> Result<()> {
         for r in futures_util::future::join_all(starts).await {
             started.push(r?);
         }
-        let urls: Vec<String> = started.iter().map(|r| format!("http://{}", r.addr)).collect();
-        let mut argv = vec!["router".to_string(), "--host".into(), args.host.clone(), "--port".into(), args.port.to_string()];
+        let urls: Vec<String> = started
+            .iter()
+            .map(|r| format!("http://{}", r.addr))
+            .collect();
+        let mut argv = vec![
+            "router".to_string(),
+            "--host".into(),
+            args.host.clone(),
+            "--port".into(),
+            args.port.to_string(),
+        ];
         argv.extend(["--policy".into(), args.policy.clone()]);
-        argv.extend(["--shutdown-timeout".into(), args.shutdown_timeout.to_string()]);
+        argv.extend([
+            "--shutdown-timeout".into(),
+            args.shutdown_timeout.to_string(),
+        ]);
         for u in &urls {
             argv.extend(["--replica".into(), u.clone()]);
         }
-        let rargs = RouterArgv::try_parse_from(&argv).map_err(|e| anyhow!("router flags: {e}"))?.args;
+        let rargs = RouterArgv::try_parse_from(&argv)
+            .map_err(|e| anyhow!("router flags: {e}"))?
+            .args;
         let rcfg = router::load_config(rargs)?;
         let addr = format!("{}:{}", rcfg.host, rcfg.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
         crate::announce("router", listener.local_addr()?);
-        eprintln!("glmfleet up: router http://{} -> {}", listener.local_addr()?, urls.join(", "));
+        eprintln!(
+            "glmfleet up: router http://{} -> {}",
+            listener.local_addr()?,
+            urls.join(", ")
+        );
 
         let stopping = Arc::new(AtomicBool::new(false));
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let supervisors: Vec<_> = started
             .into_iter()
-            .map(|r| tokio::spawn(supervise(r, args_clone(&args), stopping.clone(), stop_tx.subscribe())))
+            .map(|r| {
+                tokio::spawn(supervise(
+                    r,
+                    args_clone(&args),
+                    stopping.clone(),
+                    stop_tx.subscribe(),
+                ))
+            })
             .collect();
         let shutdown = crate::shutdown_signal();
         router::serve(rcfg, listener, shutdown).await?;
@@ -166,7 +202,12 @@ fn args_clone(a: &UpArgs) -> UpArgs {
 }
 
 /// Restarts a replica that dies on its own, on the same port; stops it with SIGTERM at shutdown.
-async fn supervise(mut r: Replica, args: UpArgs, stopping: Arc<AtomicBool>, mut stop: tokio::sync::broadcast::Receiver<()>) {
+async fn supervise(
+    mut r: Replica,
+    args: UpArgs,
+    stopping: Arc<AtomicBool>,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+) {
     loop {
         tokio::select! {
             status = r.child.wait() => {

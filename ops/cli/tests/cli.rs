@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 fn glmfleet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_glmfleet"))
         .args(args)
-        .env("GLMFLEET_CACHE", std::env::temp_dir().join("glmfleet-cli-test-cache"))
+        .env(
+            "GLMFLEET_CACHE",
+            std::env::temp_dir().join("glmfleet-cli-test-cache"),
+        )
         .output()
         .expect("run glmfleet")
 }
@@ -26,13 +29,26 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn generate_json_matches_transformers_greedy() {
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(PathBuf::from(fixture("tiny-a")).join("reference.json")).unwrap())
-            .unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(fixture("tiny-a")).join("reference.json")).unwrap(),
+    )
+    .unwrap();
     let p = &reference["prompts"][1];
-    let ids: Vec<String> = p["token_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let ids: Vec<String> = p["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
     let o = glmfleet(&[
-        "generate", "--model", &fixture("tiny-a"), "--token-ids", &ids.join(","), "--max-new-tokens", "24", "--json",
+        "generate",
+        "--model",
+        &fixture("tiny-a"),
+        "--token-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "24",
+        "--json",
         "--ignore-eos",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -42,7 +58,14 @@ fn generate_json_matches_transformers_greedy() {
 
 #[test]
 fn generate_prompt_on_demo_model() {
-    let o = glmfleet(&["generate", "--prompt", "Hello", "--max-new-tokens", "4", "--json"]);
+    let o = glmfleet(&[
+        "generate",
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(out["token_ids"].as_array().unwrap().len() <= 4);
@@ -51,7 +74,19 @@ fn generate_prompt_on_demo_model() {
 
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let args = ["generate", "--token-ids", "5,6,7", "--max-new-tokens", "12", "--json", "--temperature", "1.0", "--seed", "42", "--ignore-eos"];
+    let args = [
+        "generate",
+        "--token-ids",
+        "5,6,7",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "42",
+        "--ignore-eos",
+    ];
     let a = glmfleet(&args);
     let b = glmfleet(&args);
     assert!(a.status.success(), "{}", stderr(&a));
@@ -61,12 +96,27 @@ fn seeded_sampling_is_reproducible() {
 #[test]
 fn bad_input_gives_one_line_errors() {
     for (args, needle) in [
-        (vec!["generate", "--model", "/nonexistent/glm", "--token-ids", "1"], "not found"),
-        (vec!["generate", "--token-ids", "1,999999"], "outside the vocabulary"),
+        (
+            vec![
+                "generate",
+                "--model",
+                "/nonexistent/glm",
+                "--token-ids",
+                "1",
+            ],
+            "not found",
+        ),
+        (
+            vec!["generate", "--token-ids", "1,999999"],
+            "outside the vocabulary",
+        ),
         (vec!["generate", "--prompt", ""], "empty"),
         (vec!["generate", "--token-ids", "1,x"], "not a token id"),
         (vec!["generate"], "--token-ids or --prompt"),
-        (vec!["generate", "--token-ids", "1", "--device", "tpu"], "unknown device"),
+        (
+            vec!["generate", "--token-ids", "1", "--device", "tpu"],
+            "unknown device",
+        ),
     ] {
         let o = glmfleet(&args);
         let e = stderr(&o);
