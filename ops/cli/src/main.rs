@@ -128,3 +128,73 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `args:` lists of containers whose command is glmfleet, from a rendered manifest.
+    fn chart_argvs(yaml: &str) -> Vec<Vec<String>> {
+        let lines: Vec<&str> = yaml.lines().collect();
+        let mut out = vec![];
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() != "command: [glmfleet]"
+                || !lines.get(i + 1).is_some_and(|n| n.trim() == "args:")
+            {
+                continue;
+            }
+            let mut argv = vec!["glmfleet".to_string()];
+            for a in &lines[i + 2..] {
+                let Some(item) = a.trim().strip_prefix("- ") else {
+                    break;
+                };
+                argv.push(item.trim_matches('"').to_string());
+            }
+            out.push(argv);
+        }
+        out
+    }
+
+    /// The Helm chart and the binary agree: every rendered golden manifest's command line parses, and
+    /// its settings pass validation (the mounted config file stands in as an empty TOML file).
+    #[test]
+    fn chart_command_lines_are_accepted() {
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../charts/glmfleet/tests/golden");
+        let empty =
+            std::env::temp_dir().join(format!("glmfleet-empty-{}.toml", std::process::id()));
+        std::fs::write(&empty, "").unwrap();
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&golden).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            for mut argv in chart_argvs(&std::fs::read_to_string(&path).unwrap()) {
+                for a in argv.iter_mut() {
+                    if a.starts_with("--config=") {
+                        *a = format!("--config={}", empty.display());
+                    }
+                }
+                let cli = Cli::try_parse_from(&argv)
+                    .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
+                match cli.cmd {
+                    Cmd::Serve(a) => {
+                        replica::load_config(&a)
+                            .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
+                    }
+                    Cmd::Router(a) => {
+                        router::load_config(a)
+                            .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
+                    }
+                    _ => panic!("{}: unexpected subcommand in {argv:?}", path.display()),
+                }
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 2,
+            "expected router and replica command lines in the golden manifests"
+        );
+    }
+}
