@@ -144,7 +144,7 @@ impl ServeConfig {
         match self.model.as_deref() {
             None | Some("") => {
                 return Err(invalid(
-                    "no model given: pass MODEL (a folder or a Hugging Face repo id)",
+                    "no model given: pass MODEL (a folder, a Hugging Face repo id, or `demo` for the embedded model)",
                 ))
             }
             Some(_) => {}
