@@ -11,8 +11,8 @@ pub mod model_runner;
 
 pub use scheduler::{ScheduledSeq, SchedulerOutput};
 
-pub use model_runner::ModelRunner;
 pub use fake::{FakeRunner, ScriptError, ScriptedRunner};
+pub use model_runner::ModelRunner;
 
 /// Logits for the sampled sequences of one step, row-major `[rows, vocab]`.
 #[derive(Debug, Clone, PartialEq)]

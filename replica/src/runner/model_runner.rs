@@ -15,7 +15,11 @@ pub struct ModelRunner<B: Backend> {
 
 impl<B: Backend> ModelRunner<B> {
     /// A runner with a KV cache of `num_blocks` blocks of `block_size` tokens.
-    pub fn new(model: Glm4Moe<B>, num_blocks: usize, block_size: usize) -> Result<Self, model::ModelError> {
+    pub fn new(
+        model: Glm4Moe<B>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, model::ModelError> {
         let kv = model.new_kv_cache(num_blocks, block_size)?;
         Ok(Self { model, kv })
     }
