@@ -252,7 +252,10 @@ impl Glm4MoeConfig {
         pos("n_routed_experts", self.n_routed_experts)?;
         pos("num_experts_per_tok", self.num_experts_per_tok)?;
         pos("n_group", self.n_group)?;
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(ModelError::key(
                 "num_key_value_heads",
                 format!(
