@@ -1,18 +1,11 @@
 //! Bad checkpoints and bad input give one clear error naming the culprit, never a panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::{fixture, to_f32, B};
 use model::{Glm4Moe, LoadOptions, SeqInput};
-
-type B = model::TestBackend;
-
-fn fixture(name: &str) -> PathBuf {
-    // GLMFLEET_FIXTURES lets a test binary carried to another machine find the fixtures
-    std::env::var_os("GLMFLEET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"))
-        .join(name)
-}
 
 fn opts() -> LoadOptions {
     LoadOptions {
@@ -216,51 +209,26 @@ fn bad_input_is_an_error() {
     let m = Glm4Moe::<B>::load(&fixture("tiny-b"), &Default::default(), &opts()).unwrap();
     let mut kv = m.new_kv_cache(4, 16).unwrap();
     let table = [0u32, 1];
-    let e = m.forward(
-        &[SeqInput {
-            tokens: &[9999],
-            start_pos: 0,
-            block_table: &table,
-            sample: true,
-        }],
-        &mut kv,
-    );
-    assert!(e
-        .err()
-        .unwrap()
-        .to_string()
-        .contains("outside the vocabulary"));
-    let e = m.forward(
-        &[SeqInput {
-            tokens: &[],
-            start_pos: 0,
-            block_table: &table,
-            sample: true,
-        }],
-        &mut kv,
-    );
-    assert!(e.err().unwrap().to_string().contains("no tokens"));
-    let e = m.forward(
-        &[SeqInput {
-            tokens: &[1; 40],
-            start_pos: 0,
-            block_table: &table,
-            sample: true,
-        }],
-        &mut kv,
-    );
-    assert!(e.err().unwrap().to_string().contains("does not cover"));
     let bad_table = [7u32];
-    let e = m.forward(
-        &[SeqInput {
-            tokens: &[1],
-            start_pos: 0,
-            block_table: &bad_table,
-            sample: true,
-        }],
-        &mut kv,
-    );
-    assert!(e.err().unwrap().to_string().contains("out of range"));
+    let cases: [(&[u32], &[u32], &str); 4] = [
+        (&[9999], &table, "outside the vocabulary"),
+        (&[], &table, "no tokens"),
+        (&[1; 40], &table, "does not cover"),
+        (&[1], &bad_table, "out of range"),
+    ];
+    for (tokens, block_table, want) in cases {
+        let e = m.forward(
+            &[SeqInput {
+                tokens,
+                start_pos: 0,
+                block_table,
+                sample: true,
+            }],
+            &mut kv,
+        );
+        let msg = e.err().unwrap().to_string();
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
 }
 
 #[test]
@@ -281,13 +249,7 @@ fn dummy_weights_from_config_alone() {
                 &mut kv,
             )
             .unwrap();
-        let v: Vec<f32> = out
-            .logits
-            .unwrap()
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap();
+        let v = to_f32(out.logits.unwrap());
         assert_eq!(v.len(), m.config.vocab_size);
         assert!(v.iter().all(|x| x.is_finite()), "{name}: non-finite logits");
         let std = (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();

@@ -3,22 +3,13 @@
 //! identical 24-token greedy continuations, FP8 variants against their dequantized references, and the
 //! MTP draft logits.
 
-use std::path::PathBuf;
+mod common;
 
 use burn::tensor::Tensor;
+use common::{fixture, to_f32, B};
 use model::generate::{generate, GenerateOptions, Greedy};
 use model::{Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
 use serde_json::Value;
-
-type B = model::TestBackend;
-
-fn fixture(name: &str) -> PathBuf {
-    // GLMFLEET_FIXTURES lets a test binary carried to another machine find the fixtures
-    std::env::var_os("GLMFLEET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"))
-        .join(name)
-}
 
 fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
@@ -88,12 +79,7 @@ fn last_logits(m: &Glm4Moe<B>, prompt: &[u32]) -> Vec<f32> {
             &mut kv,
         )
         .unwrap();
-    out.logits
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap()
+    to_f32(out.logits.unwrap())
 }
 
 fn check_model(name: &str, act: Fp8Activations, tol: f64, check_greedy: bool) -> f64 {
@@ -220,13 +206,7 @@ fn batched_mixed_forward_equals_single() {
     let rows = logits.dims()[0];
     assert_eq!(rows, prompts.len());
     for (i, p) in r["prompts"].as_array().unwrap().iter().enumerate() {
-        let row: Vec<f32> = logits
-            .clone()
-            .narrow(0, i, 1)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap();
+        let row = to_f32(logits.clone().narrow(0, i, 1));
         let err = rel_l2(&row, &floats(&p["last_logits"]));
         assert!(err < 1e-3, "batched row {i}: {err:e}");
     }
@@ -255,14 +235,7 @@ fn mtp_draft_logits_match_script() {
             &mut kv,
         )
         .unwrap();
-    let last_hidden: Vec<f32> = out
-        .hidden
-        .clone()
-        .narrow(0, tokens.len() - 1, 1)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap();
+    let last_hidden = to_f32(out.hidden.clone().narrow(0, tokens.len() - 1, 1));
     assert!(rel_l2(&last_hidden, &floats(&mtp["hidden_last"])) < 1e-3);
     let hidden: Tensor<B, 2> = out.hidden.narrow(0, 0, n);
     let (logits, _) = m
@@ -277,7 +250,7 @@ fn mtp_draft_logits_match_script() {
             &mut kv,
         )
         .unwrap();
-    let got: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap();
+    let got = to_f32(logits);
     let want: Vec<f32> = mtp["mtp_logits"]
         .as_array()
         .unwrap()
@@ -315,13 +288,7 @@ fn siblings_writing_the_same_slot_in_one_batch() {
     ];
     let logits = m.forward(&seqs, &mut kv).unwrap().logits.unwrap();
     for i in 0..2 {
-        let row: Vec<f32> = logits
-            .clone()
-            .narrow(0, i, 1)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap();
+        let row = to_f32(logits.clone().narrow(0, i, 1));
         let err = rel_l2(&row, &floats(&p["last_logits"]));
         assert!(err < 1e-3, "row {i}: {err:e}");
     }

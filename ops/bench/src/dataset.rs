@@ -386,14 +386,17 @@ mod tests {
     fn random_with_tokenizer_has_exact_lengths() {
         let t = test_tokenizer();
         // One special token is added by the post-processor, so 65 → 64 sampled tokens.
-        let reqs = sample_random(
-            &cfg(65, 16, 0.0, 8),
-            20,
-            PromptSource::Tokenizer(&t),
-            0,
-            "r-",
-        )
-        .unwrap();
+        let sample = |seed| {
+            sample_random(
+                &cfg(65, 16, 0.0, 8),
+                20,
+                PromptSource::Tokenizer(&t),
+                seed,
+                "r-",
+            )
+            .unwrap()
+        };
+        let reqs = sample(0);
         assert_eq!(reqs.len(), 20);
         for (i, r) in reqs.iter().enumerate() {
             assert_eq!(r.request_id, format!("r-{i}"));
@@ -410,24 +413,8 @@ mod tests {
             );
         }
         // Seeded: the same seed gives the same prompts, another seed different ones.
-        let again = sample_random(
-            &cfg(65, 16, 0.0, 8),
-            20,
-            PromptSource::Tokenizer(&t),
-            0,
-            "r-",
-        )
-        .unwrap();
-        assert_eq!(reqs, again);
-        let other = sample_random(
-            &cfg(65, 16, 0.0, 8),
-            20,
-            PromptSource::Tokenizer(&t),
-            1,
-            "r-",
-        )
-        .unwrap();
-        assert_ne!(reqs, other);
+        assert_eq!(reqs, sample(0));
+        assert_ne!(reqs, sample(1));
     }
 
     #[test]

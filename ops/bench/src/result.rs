@@ -68,7 +68,7 @@ impl MetricName {
         }
     }
 
-    fn stats(self, m: &BenchmarkMetrics) -> &Stats {
+    pub(crate) fn stats(self, m: &BenchmarkMetrics) -> &Stats {
         match self {
             MetricName::Ttft => &m.ttft,
             MetricName::Tpot => &m.tpot,
@@ -78,6 +78,20 @@ impl MetricName {
             MetricName::E2elIncludingClientQueue => &m.e2el_including_client_queue,
         }
     }
+}
+
+/// vLLM's JSON fields for one metric's statistics, in its order: `mean_<key>_ms`,
+/// `median_<key>_ms`, `std_<key>_ms`, then `p<P>_<key>_ms` per percentile.
+pub(crate) fn stat_fields(key: &str, st: &Stats) -> Vec<(String, Value)> {
+    let mut fields = vec![
+        (format!("mean_{key}_ms"), json!(st.mean)),
+        (format!("median_{key}_ms"), json!(st.median)),
+        (format!("std_{key}_ms"), json!(st.std)),
+    ];
+    for (p, v) in &st.percentiles {
+        fields.push((format!("p{}_{key}_ms", percentile_word(*p)), json!(v)));
+    }
+    fields
 }
 
 /// Parses `--percentile-metrics` (comma separated).
@@ -369,14 +383,7 @@ impl BenchResult {
         );
         o.insert("rtfx".into(), json!(0.0));
         for name in self.printed_metrics() {
-            let st = name.stats(m);
-            let k = name.key();
-            o.insert(format!("mean_{k}_ms"), json!(st.mean));
-            o.insert(format!("median_{k}_ms"), json!(st.median));
-            o.insert(format!("std_{k}_ms"), json!(st.std));
-            for (p, v) in &st.percentiles {
-                o.insert(format!("p{}_{k}_ms", percentile_word(*p)), json!(v));
-            }
+            o.extend(stat_fields(name.key(), name.stats(m)));
         }
         Value::Object(o)
     }

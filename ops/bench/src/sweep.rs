@@ -11,9 +11,10 @@ use serde_json::{json, Map, Value};
 
 use crate::client::Backend;
 use crate::plot::{line_chart, Series};
-use crate::result::BenchResult;
+use crate::result::{stat_fields, BenchResult, MetricName};
 use crate::serve::{
-    error_summary, execute, load_tokenizer, plan, probe_server, target, DatasetName, ServeArgs,
+    error_summary, execute_and_report, load_tokenizer, parse_flags, plan, probe_server, target,
+    DatasetName, ServeArgs,
 };
 use crate::BenchError;
 
@@ -118,18 +119,10 @@ pub struct SweepArgs {
     pub request_timeout_s: u64,
 }
 
-#[derive(clap::Parser)]
-struct DefaultsOnly {
-    #[command(flatten)]
-    args: SweepArgs,
-}
-
 impl Default for SweepArgs {
     /// The flag defaults, as the command line gives them.
     fn default() -> Self {
-        <DefaultsOnly as clap::Parser>::try_parse_from(["sweep"])
-            .map(|d| d.args)
-            .expect("SweepArgs defaults parse")
+        parse_flags(&["sweep"]).expect("SweepArgs defaults parse")
     }
 }
 
@@ -279,12 +272,7 @@ pub async fn run_sweep(args: SweepArgs) -> Result<(), BenchError> {
                     serve_args.num_prompts
                 );
                 let run_plan = Arc::new(plan(&serve_args, t, model.clone(), tokenizer.clone())?);
-                let result = execute(&t.client, run_plan).await?;
-                let failures = result.failure_text();
-                if !failures.is_empty() {
-                    eprint!("{failures}");
-                }
-                print!("{}", result.report_text());
+                let result = execute_and_report(&t.client, run_plan).await?;
                 if result.metrics.completed == 0 {
                     eprintln!(
                         "WARNING: every request of this point failed: {}",
@@ -362,23 +350,13 @@ fn point_row(p: &Point) -> Vec<(String, Value)> {
         ),
     ];
     debug_assert_eq!(row.len(), BASE_COLUMNS.len());
-    for (key, st) in [
-        ("ttft", &m.ttft),
-        ("tpot", &m.tpot),
-        ("itl", &m.itl),
-        ("e2el", &m.e2el),
+    for name in [
+        MetricName::Ttft,
+        MetricName::Tpot,
+        MetricName::Itl,
+        MetricName::E2el,
     ] {
-        row.push((format!("mean_{key}_ms"), json!(st.mean)));
-        row.push((format!("median_{key}_ms"), json!(st.median)));
-        row.push((format!("std_{key}_ms"), json!(st.std)));
-        for (pct, v) in &st.percentiles {
-            let word = if pct.fract() == 0.0 {
-                format!("{}", *pct as i64)
-            } else {
-                format!("{pct}")
-            };
-            row.push((format!("p{word}_{key}_ms"), json!(v)));
-        }
+        row.extend(stat_fields(name.key(), name.stats(m)));
     }
     row.push((
         "errors".into(),
@@ -466,18 +444,9 @@ fn write_outputs(dir: &Path, points: &[Point]) -> Result<(), BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: SweepArgs,
-    }
 
     fn parse(extra: &[&str]) -> SweepArgs {
-        let mut argv = vec!["sweep"];
-        argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().args
+        parse_flags(&[&["sweep"], extra].concat()).unwrap()
     }
 
     #[test]

@@ -23,6 +23,15 @@ fn args(url: &str) -> ServeArgs {
     }
 }
 
+/// The default script with 1 ms to the first token and between tokens.
+fn quick() -> Script {
+    Script {
+        ttft: Duration::from_millis(1),
+        itl: Duration::from_millis(1),
+        ..Script::default()
+    }
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("bench-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -127,9 +136,7 @@ async fn completions_counts_bodies_and_timings() {
 async fn chat_without_usage_counts_token_events() {
     let stub = start(Script {
         send_usage: false,
-        ttft: Duration::from_millis(1),
-        itl: Duration::from_millis(1),
-        ..Script::default()
+        ..quick()
     })
     .await;
     let a = ServeArgs {
@@ -161,9 +168,7 @@ async fn tokenizer_prompts_and_output_counting() {
     let stub = start(Script {
         send_usage: false,
         token_text: " the".into(),
-        ttft: Duration::from_millis(1),
-        itl: Duration::from_millis(1),
-        ..Script::default()
+        ..quick()
     })
     .await;
     let dir = temp_dir("tok");
@@ -190,9 +195,7 @@ async fn tokenizer_prompts_and_output_counting() {
 async fn failures_are_counted_and_all_failed_is_an_error() {
     let stub = start(Script {
         fail_every: Some(2),
-        ttft: Duration::from_millis(1),
-        itl: Duration::from_millis(1),
-        ..Script::default()
+        ..quick()
     })
     .await;
     let r = run_serve(ServeArgs {
@@ -253,12 +256,7 @@ async fn unreachable_server_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_rate_paces_arrivals() {
-    let stub = start(Script {
-        ttft: Duration::from_millis(1),
-        itl: Duration::from_millis(1),
-        ..Script::default()
-    })
-    .await;
+    let stub = start(quick()).await;
     // 8 requests at 40 req/s: the last leaves at exactly 8/40 = 0.2 s.
     let r = run_serve(ServeArgs {
         request_rate: 40.0,
@@ -276,12 +274,7 @@ async fn request_rate_paces_arrivals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefix_repetition_dataset_runs() {
-    let stub = start(Script {
-        ttft: Duration::from_millis(1),
-        itl: Duration::from_millis(1),
-        ..Script::default()
-    })
-    .await;
+    let stub = start(quick()).await;
     let r = run_serve(ServeArgs {
         dataset_name: DatasetName::PrefixRepetition,
         prefix_repetition_prefix_len: 10,

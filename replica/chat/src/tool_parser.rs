@@ -582,6 +582,18 @@ impl ToolCallStream {
         self.state = State::Done;
     }
 
+    /// The text so far cannot decide the current step: at the end of the output the open call is
+    /// abandoned, otherwise the parser waits in `state` for more text. Returns `false` (no
+    /// progress) for the step to return.
+    fn wait_for_more(&mut self, eof: bool, state: State) -> bool {
+        if eof {
+            self.abandon();
+        } else {
+            self.state = state;
+        }
+        false
+    }
+
     /// A `<tool_call>` without a usable name: the tag is plain content.
     fn reject_region(&mut self) {
         let end = self.region_start + TC_OPEN.len();
@@ -670,15 +682,11 @@ impl ToolCallStream {
             (Some((t, ti)), _) => (t, Some(ti)),
             (None, Some(n)) => (n, None),
             (None, None) => {
-                if eof {
-                    self.abandon();
-                    return false;
-                }
-                self.state = State::Name {
+                let state = State::Name {
                     start,
                     scan: resume_point(&self.buf, scan),
                 };
-                return false;
+                return self.wait_for_more(eof, state);
             }
         };
         let name = clean_name(&rest[..end]).to_string();
@@ -745,14 +753,10 @@ impl ToolCallStream {
     fn step_pairs(&mut self, scan: usize, eof: bool) -> bool {
         match find_first_tag(&self.buf[scan..], &STRUCT_TAGS) {
             None => {
-                if eof {
-                    self.abandon();
-                    return false;
-                }
-                self.state = State::Pairs {
+                let state = State::Pairs {
                     scan: resume_point(&self.buf, scan),
                 };
-                false
+                self.wait_for_more(eof, state)
             }
             Some((off, tag)) => {
                 let at = scan + off;
@@ -777,15 +781,11 @@ impl ToolCallStream {
     fn step_key(&mut self, start: usize, scan: usize, eof: bool) -> bool {
         match find_first_tag(&self.buf[scan..], &STRUCT_TAGS) {
             None => {
-                if eof {
-                    self.abandon();
-                    return false;
-                }
-                self.state = State::Key {
+                let state = State::Key {
                     start,
                     scan: resume_point(&self.buf, scan),
                 };
-                false
+                self.wait_for_more(eof, state)
             }
             Some((off, tag)) => {
                 let at = scan + off;
@@ -828,12 +828,7 @@ impl ToolCallStream {
         }
         let undecided = rest.is_empty() || AV_OPEN.starts_with(rest) || rest == "\\";
         if undecided {
-            if eof {
-                self.abandon();
-                return false;
-            }
-            self.state = State::Gap { key, at: i };
-            return false;
+            return self.wait_for_more(eof, State::Gap { key, at: i });
         }
         // something else follows the key: drop the pair
         self.state = State::Pairs { scan: i };

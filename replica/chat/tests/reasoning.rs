@@ -1,28 +1,19 @@
 //! Reasoning-parser tests: the three prompt/thinking modes, the reasoning bugs of the GLM
 //! digest (glm.md §7.5), random-split invariance, and the reasoning → tool-parser chain.
 
+mod common;
+
 use chat::{
     builtin, parse_tool_calls, prompt_opens_thinking, ChatTemplate, ReasoningParser, StreamDelta,
     ToolCallStream, ToolParserKind,
 };
+use common::split_chars;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
 fn s(x: &str) -> Option<String> {
     Some(x.to_string())
-}
-
-fn split_chars(text: &str, rng: &mut StdRng, max: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let n = rng.gen_range(1..=max).min(chars.len() - i);
-        out.push(chars[i..i + n].iter().collect());
-        i += n;
-    }
-    out
 }
 
 fn stream(p: &ReasoningParser, pieces: &[String]) -> (Option<String>, Option<String>) {

@@ -1,10 +1,13 @@
 //! Tool-call parser tests: semantics, one regression test per bug of the GLM parser digest
 //! (glm.md §7.5), and the streaming == non-streaming property over random delta splits.
 
+mod common;
+
 use chat::{
     parse_tool_calls, ParsedOutput, StreamDelta, ToolCallStream, ToolParserKind,
     ToolParserKind::{Glm45, Glm47},
 };
+use common::split_chars;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -86,18 +89,6 @@ fn same_modulo_ids(a: &ParsedOutput, b: &ParsedOutput) -> bool {
             .iter()
             .zip(&b.tool_calls)
             .all(|(x, y)| x.name == y.name && x.arguments == y.arguments)
-}
-
-fn split_chars(text: &str, rng: &mut StdRng, max: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let n = rng.gen_range(1..=max).min(chars.len() - i);
-        out.push(chars[i..i + n].iter().collect());
-        i += n;
-    }
-    out
 }
 
 /// Checks the streaming invariant for `text` over several split strategies.

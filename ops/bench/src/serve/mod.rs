@@ -13,7 +13,7 @@ use crate::result::BenchResult;
 use crate::BenchError;
 
 pub(crate) use plan::{load_tokenizer, plan, probe_server, target};
-pub(crate) use run::execute;
+pub(crate) use run::execute_and_report;
 
 /// The dataset to draw prompts from (`--dataset-name`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,18 +172,17 @@ pub struct ServeArgs {
     pub request_timeout_s: u64,
 }
 
-#[derive(clap::Parser)]
-struct DefaultsOnly {
-    #[command(flatten)]
-    args: ServeArgs,
+/// Parses a flag struct from a command line whose `argv[0]` is the program name, as a parser
+/// that flattens it would; gives `ServeArgs` and `SweepArgs` their `Default`.
+pub(crate) fn parse_flags<A: clap::Args>(argv: &[&str]) -> Result<A, clap::Error> {
+    let command = A::augment_args(clap::Command::new(env!("CARGO_PKG_NAME")));
+    A::from_arg_matches(&command.try_get_matches_from(argv)?)
 }
 
 impl Default for ServeArgs {
     /// The flag defaults, as the command line gives them.
     fn default() -> Self {
-        <DefaultsOnly as clap::Parser>::try_parse_from(["bench"])
-            .map(|d| d.args)
-            .expect("ServeArgs defaults parse")
+        parse_flags(&["bench"]).expect("ServeArgs defaults parse")
     }
 }
 
@@ -234,12 +233,7 @@ pub async fn run_serve(args: ServeArgs) -> Result<BenchResult, BenchError> {
     }
     let tokenizer = load_tokenizer(&args)?;
     let plan = Arc::new(plan(&args, &target, server_model, tokenizer)?);
-    let result = execute(&target.client, plan).await?;
-    let failures = result.failure_text();
-    if !failures.is_empty() {
-        eprint!("{failures}");
-    }
-    print!("{}", result.report_text());
+    let result = execute_and_report(&target.client, plan).await?;
     if result.metrics.completed == 0 {
         return Err(BenchError::AllFailed {
             total: result.records.len(),
@@ -256,18 +250,9 @@ pub async fn run_serve(args: ServeArgs) -> Result<BenchResult, BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ServeArgs,
-    }
 
     pub(crate) fn parse(extra: &[&str]) -> ServeArgs {
-        let mut argv = vec!["bench"];
-        argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().args
+        parse_flags(&[&["bench"], extra].concat()).unwrap()
     }
 
     #[test]

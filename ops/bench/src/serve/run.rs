@@ -204,3 +204,18 @@ pub(crate) async fn execute(
         goodput: plan.goodput.clone(),
     })
 }
+
+/// [`execute`], then what vLLM prints after a run: the failed requests to stderr and the
+/// report to stdout.
+pub(crate) async fn execute_and_report(
+    client: &HttpClient,
+    plan: Arc<RunPlan>,
+) -> Result<BenchResult, BenchError> {
+    let result = execute(client, plan).await?;
+    let failures = result.failure_text();
+    if !failures.is_empty() {
+        eprint!("{failures}");
+    }
+    print!("{}", result.report_text());
+    Ok(result)
+}

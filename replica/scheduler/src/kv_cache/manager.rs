@@ -173,6 +173,12 @@ mod tests {
         KvCacheManager::new(&cfg).unwrap()
     }
 
+    /// Block hashes (block size 4, as in [`manager`]) of the prompt `0, 1, …, len - 1`.
+    fn hashes_of(len: u32) -> Vec<BlockHash> {
+        let tokens: Vec<u32> = (0..len).collect();
+        BlockHasher::new(4).unwrap().hash_prefix(&tokens, None)
+    }
+
     fn slots(
         hashes: &[BlockHash],
         hit: PrefixHit,
@@ -193,8 +199,7 @@ mod tests {
     #[test]
     fn allocate_caches_full_blocks_and_second_request_hits() {
         let mut m = manager(8, true);
-        let tokens: Vec<u32> = (0..10).collect();
-        let hashes = BlockHasher::new(4).unwrap().hash_prefix(&tokens, None);
+        let hashes = hashes_of(10);
         let mut a = RequestBlocks::default();
         assert_eq!(m.lookup(&hashes, 10), PrefixHit::default());
         assert!(m.allocate_slots(&mut a, slots(&hashes, PrefixHit::default(), 0, 10, 10)));
@@ -225,8 +230,7 @@ mod tests {
     #[test]
     fn last_token_is_always_recomputed() {
         let mut m = manager(8, true);
-        let tokens: Vec<u32> = (0..8).collect();
-        let hashes = BlockHasher::new(4).unwrap().hash_prefix(&tokens, None);
+        let hashes = hashes_of(8);
         let mut a = RequestBlocks::default();
         assert!(m.allocate_slots(&mut a, slots(&hashes, PrefixHit::default(), 0, 8, 8)));
         // Exactly two full blocks cached; a request with the same 8 tokens reuses only one.
@@ -237,8 +241,7 @@ mod tests {
     #[test]
     fn allocation_fails_cleanly_and_counts_free_hits() {
         let mut m = manager(3, true);
-        let tokens: Vec<u32> = (0..8).collect();
-        let hashes = BlockHasher::new(4).unwrap().hash_prefix(&tokens, None);
+        let hashes = hashes_of(8);
         let mut a = RequestBlocks::default();
         assert!(m.allocate_slots(&mut a, slots(&hashes, PrefixHit::default(), 0, 8, 8)));
         m.free(&mut a, 8);
@@ -260,8 +263,7 @@ mod tests {
     #[test]
     fn free_uncaches_blocks_not_yet_computed() {
         let mut m = manager(4, true);
-        let tokens: Vec<u32> = (0..8).collect();
-        let hashes = BlockHasher::new(4).unwrap().hash_prefix(&tokens, None);
+        let hashes = hashes_of(8);
         let mut a = RequestBlocks::default();
         assert!(m.allocate_slots(&mut a, slots(&hashes, PrefixHit::default(), 0, 8, 8)));
         assert_eq!(m.pool().num_cached(), 2);
@@ -274,8 +276,7 @@ mod tests {
     #[test]
     fn caching_off_never_hits() {
         let mut m = manager(4, false);
-        let tokens: Vec<u32> = (0..8).collect();
-        let hashes = BlockHasher::new(4).unwrap().hash_prefix(&tokens, None);
+        let hashes = hashes_of(8);
         let mut a = RequestBlocks::default();
         assert!(m.allocate_slots(&mut a, slots(&[], PrefixHit::default(), 0, 8, 8)));
         assert_eq!(m.pool().num_cached(), 0);

@@ -84,9 +84,9 @@ fn tiny_kv_cache_gives_identical_streams_with_preemptions() {
     }
 }
 
-/// Three requests of 7 prompt tokens fill 6 blocks of 4; the first growth preempts a victim.
-fn crowded(policy: QueuePolicy, priorities: [i32; 3]) -> Harness {
-    let cfg = SchedulerConfig {
+/// A cache of 6 blocks of 4 tokens: three 7-token prompts fill it.
+fn six_blocks(policy: QueuePolicy) -> SchedulerConfig {
+    SchedulerConfig {
         max_num_batched_tokens: 64,
         max_num_seqs: 8,
         max_model_len: 64,
@@ -94,8 +94,12 @@ fn crowded(policy: QueuePolicy, priorities: [i32; 3]) -> Harness {
         num_blocks: 6,
         policy,
         ..Default::default()
-    };
-    let mut h = Harness::new(cfg, VOCAB);
+    }
+}
+
+/// Three requests of 7 prompt tokens fill 6 blocks of 4; the first growth preempts a victim.
+fn crowded(policy: QueuePolicy, priorities: [i32; 3]) -> Harness {
+    let mut h = Harness::new(six_blocks(policy), VOCAB);
     for (id, priority) in (1..=3).zip(priorities) {
         let prompt = (0..7).map(|i| 1 + (i + id as u32 * 3) % 60).collect();
         h.add(NewRequest {
@@ -149,16 +153,7 @@ fn priority_preempts_the_lowest_priority() {
 
 #[test]
 fn priority_takes_back_a_chunk_already_scheduled_this_step() {
-    let cfg = SchedulerConfig {
-        max_num_batched_tokens: 64,
-        max_num_seqs: 8,
-        max_model_len: 64,
-        block_size: 4,
-        num_blocks: 6,
-        policy: QueuePolicy::Priority,
-        ..Default::default()
-    };
-    let mut h = Harness::new(cfg, VOCAB);
+    let mut h = Harness::new(six_blocks(QueuePolicy::Priority), VOCAB);
     // Low priority, admitted first: index 0 of the running list, 2 blocks with room to grow.
     h.add(NewRequest {
         priority: 5,
