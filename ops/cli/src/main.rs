@@ -139,7 +139,7 @@ mod tests {
         let mut out = vec![];
         for (i, l) in lines.iter().enumerate() {
             if l.trim() != "command: [glmfleet]"
-                || !lines.get(i + 1).is_some_and(|n| n.trim() == "args:")
+                || lines.get(i + 1).is_none_or(|n| n.trim() != "args:")
             {
                 continue;
             }
