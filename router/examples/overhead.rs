@@ -379,7 +379,7 @@ async fn memory_round(base: &str, stub: &Stub, child: u32, n: usize) -> Result<(
     }
     stub.release.send_replace(0);
     let monitor = client.clone();
-    while router_gauge(&monitor, base, "glmfleet_router_inflight_requests").await? > 0.0 {
+    while router_gauge(&monitor, base, "glmfleet_router_inflight").await? > 0.0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

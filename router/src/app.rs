@@ -237,25 +237,31 @@ impl App {
         )
         .await;
         let status = response.status().as_u16();
-        if response.headers().get(proxy::REPLICA_HEADER).is_none() && matches!(status, 429 | 503) {
+        let served_by = response
+            .headers()
+            .get(proxy::REPLICA_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if served_by.is_none() && matches!(status, 429 | 503) {
             inner
                 .metrics
                 .rejected
-                .with_label_values(&[&status.to_string()])
+                .with_label_values(&[crate::metrics::reject_reason(status)])
                 .inc();
         }
+        inner.metrics.count_request(served_by, status);
         let own = started.elapsed().saturating_sub(waited);
         inner.metrics.added_latency.observe(own.as_secs_f64());
         response
     }
 
     fn reject(&self, error: ApiError) -> Response<ProxyBody> {
-        let status = error.status();
+        let status = error.status().as_u16();
         self.inner
             .metrics
             .rejected
-            .with_label_values(&[status.as_str()])
+            .with_label_values(&[crate::metrics::reject_reason(status)])
             .inc();
+        self.inner.metrics.count_request(None, status);
         error.into_response()
     }
 }

@@ -117,8 +117,8 @@ impl Default for RouterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A layer could not be read or a value has the wrong type.
-    #[error("router config: {0}")]
-    Load(#[from] Box<figment::Error>),
+    #[error("router config: {}", figment_one_line(.0))]
+    Load(Box<figment::Error>),
     /// `--config` names a file that does not exist.
     #[error("router config file {0} does not exist")]
     MissingFile(PathBuf),
@@ -130,6 +130,31 @@ pub enum ConfigError {
         /// What is wrong and what is expected.
         message: String,
     },
+}
+
+// Not `#[from]`: that would also make figment's error the `source`, and callers that print an
+// error with its causes would print the message twice.
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(e: Box<figment::Error>) -> Self {
+        ConfigError::Load(e)
+    }
+}
+
+/// figment's message as one line: a TOML syntax error carries a multi-line excerpt of the file
+/// (`  |`, `1 | ...`, a caret line), which is dropped; the remaining lines are joined.
+fn figment_one_line(e: &figment::Error) -> String {
+    let text = e.to_string();
+    let is_excerpt = |l: &str| {
+        let rest = l
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start();
+        rest.starts_with('|')
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_excerpt(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -371,6 +396,25 @@ mod tests {
     use figment::Jail;
 
     use super::*;
+
+    #[test]
+    fn figment_errors_are_one_line_and_not_repeated() {
+        // Regression: a TOML syntax error printed a multi-line excerpt of the file, and the
+        // CLI's "error and its causes" line printed figment's message twice.
+        use figment::providers::{Format, Toml};
+        for text in ["max_num_seqs = [unclosed", "max_num_seqs = \"many\""] {
+            let err = figment::Figment::from(Toml::string(text))
+                .extract::<RouterConfig>()
+                .map_err(Box::new)
+                .map_err(ConfigError::from)
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("router config: "), "{msg}");
+            assert!(!msg.contains('\n'), "not one line: {msg}");
+            assert!(!msg.contains(" | "), "file excerpt kept: {msg}");
+            assert!(std::error::Error::source(&err).is_none());
+        }
+    }
 
     #[derive(Parser)]
     struct Cli {

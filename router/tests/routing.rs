@@ -186,7 +186,7 @@ async fn every_replica_at_the_cap_answers_429() {
     assert!(router
         .metrics(&client)
         .await
-        .contains("glmfleet_router_rejected_total{code=\"429\"} 1"));
+        .contains("glmfleet_router_rejected_total{reason=\"overloaded\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,9 +282,9 @@ async fn router_endpoints_and_pass_through() {
         "glmfleet_router_requests_total",
         "glmfleet_router_decisions_total",
         "glmfleet_router_added_latency_seconds_bucket",
-        "glmfleet_router_inflight_requests",
+        "glmfleet_router_inflight",
         "glmfleet_router_replica_healthy",
-        "glmfleet_router_rejected_total{code=\"413\"} 1",
+        "glmfleet_router_rejected_total{reason=\"too_large\"} 1",
         "glmfleet_router_affinity_entries",
     ] {
         assert!(metrics.contains(name), "missing {name}");

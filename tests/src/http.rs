@@ -263,3 +263,18 @@ pub fn ignoring_eos(mut body: Value) -> Value {
     body["ignore_eos"] = Value::Bool(true);
     body
 }
+
+/// `POST url` with a JSON body, giving up (and closing the connection) after `timeout`: a
+/// client that stops waiting.
+pub fn post_json_timeout(
+    url: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Reply, TransportError> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .max_idle_connections(0)
+        .build();
+    let req = agent.post(url).set("content-type", "application/json");
+    into_reply(into_response(req.send_string(&body.to_string()))?)
+}

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The `glmfleet` binary: `$GLMFLEET_BIN`, else `target/<profile>/glmfleet` next to this test binary.
@@ -51,7 +51,7 @@ pub struct Proc {
     /// Address from its listening announcement.
     pub addr: SocketAddr,
     /// Further stdout lines (announcements of other components, e.g. `up`'s router after replicas).
-    pub lines: mpsc::Receiver<String>,
+    pub lines: Mutex<mpsc::Receiver<String>>,
 }
 
 impl Proc {
@@ -90,7 +90,7 @@ impl Proc {
                         return Proc {
                             child,
                             addr,
-                            lines: rx,
+                            lines: Mutex::new(rx),
                         };
                     }
                 }
@@ -139,10 +139,21 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGKILLs the process and then its children (`up`'s replicas), so that no test leaves a
+    /// process behind, whatever it did; the children are listed first because a SIGKILLed `up`
+    /// cannot stop them itself.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            let children = child_pids(self.child.id());
             let _ = self.child.kill();
             let _ = self.child.wait();
+            for pid in children {
+                // SAFETY: a child of the process this harness spawned, listed while its parent
+                // was alive; it is not reaped by anyone until it exits, so the pid is still its.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
         }
     }
 }

@@ -119,9 +119,9 @@ pub fn run(args: UpArgs) -> Result<()> {
     if args.replicas == 0 {
         bail!("--replicas must be at least 1");
     }
-    if args.model.is_none() {
-        crate::demo::materialize()?; // once, before the replicas race for it
-    }
+    // Once, before the replicas race for it: materialises the demo, downloads a hub model, and
+    // turns a missing folder into one error here instead of one per replica.
+    crate::model_source::resolve(args.model.as_deref())?;
     let rt = crate::runtime()?;
     rt.block_on(async move {
         let mut started = Vec::with_capacity(args.replicas);

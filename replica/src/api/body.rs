@@ -56,12 +56,17 @@ pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
     resp
 }
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `limit` bytes. A body that declares more (its
+/// `Content-Length`, seen through the size hint) is refused before anything is read, so a client
+/// cannot hold the connection open by announcing a huge body and sending it slowly.
 pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
 where
     B: Body,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -82,4 +87,62 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
         };
         ApiError::invalid(format!("{kind}: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use hyper::body::SizeHint;
+
+    use super::*;
+
+    /// A body that announces `declared` bytes and never delivers any.
+    struct Announced {
+        declared: u64,
+    }
+
+    impl Body for Announced {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.declared)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_declared_oversize_body_is_refused_without_waiting_for_it() {
+        // Regression: the limit used to be checked only while reading, so a client declaring
+        // `Content-Length: 1000000000000` and sending nothing kept the request hanging.
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_limited(Announced { declared: 1 << 40 }, 4096),
+        )
+        .await
+        .expect("refused at once");
+        assert_eq!(got, Err(ApiError::PayloadTooLarge { limit: 4096 }));
+    }
+
+    #[tokio::test]
+    async fn bodies_within_the_limit_are_read() {
+        let body = Full::new(Bytes::from_static(b"{}"));
+        assert_eq!(
+            read_limited(body, 2).await.unwrap(),
+            Bytes::from_static(b"{}")
+        );
+        let body = Full::new(Bytes::from_static(b"{\"a\": 1}"));
+        assert_eq!(
+            read_limited(body, 4).await,
+            Err(ApiError::PayloadTooLarge { limit: 4 })
+        );
+    }
 }

@@ -192,7 +192,21 @@ pub fn max_tokens_for(
     requested: Option<usize>,
     st: &AppState,
 ) -> Result<usize, ApiError> {
-    let max_len = st.max_model_len;
+    max_tokens_within(
+        prompt_len,
+        requested,
+        st.max_model_len,
+        st.defaults.max_new_tokens,
+    )
+}
+
+/// [`max_tokens_for`] on plain values: the context check and the default.
+fn max_tokens_within(
+    prompt_len: usize,
+    requested: Option<usize>,
+    max_len: usize,
+    default_max_new_tokens: Option<usize>,
+) -> Result<usize, ApiError> {
     if prompt_len >= max_len {
         return Err(ApiError::bad(
             "messages",
@@ -205,17 +219,18 @@ pub fn max_tokens_for(
     let room = max_len - prompt_len;
     match requested {
         Some(0) => Err(ApiError::bad("max_tokens", "max_tokens must be at least 1, got 0.")),
+        // `m` is the client's number, up to usize::MAX: the sum in the message must not overflow
         Some(m) if m > room => Err(ApiError::bad(
             "max_tokens",
             format!(
                 "This model's maximum context length is {max_len} tokens. However, you requested \
                  {} tokens ({prompt_len} in the messages, {m} in the completion). Please reduce the \
                  length of the messages or completion.",
-                prompt_len + m
+                u128::from(prompt_len as u64) + u128::from(m as u64)
             ),
         )),
         Some(m) => Ok(m),
-        None => Ok(st.defaults.max_new_tokens.map_or(room, |d| d.min(room))),
+        None => Ok(default_max_new_tokens.map_or(room, |d| d.min(room))),
     }
 }
 
@@ -251,4 +266,38 @@ pub fn engine_request(
         cache_salt: p.cache_salt.clone(),
         arrival,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_tokens_near_usize_max_is_a_400_not_an_overflow() {
+        // Regression (found by tests/tests/reliability_bad_input.rs): `"max_tokens":
+        // 18446744073709551615` overflowed the sum in the error message and panicked the
+        // handler, so the client's connection was dropped without an answer.
+        for m in [usize::MAX, usize::MAX - 3, 1 << 63] {
+            let err = max_tokens_within(3, Some(m), 512, None).unwrap_err();
+            assert!(matches!(
+                err,
+                ApiError::BadRequest {
+                    param: Some("max_tokens"),
+                    ..
+                }
+            ));
+            let expected = format!("you requested {} tokens", 3u128 + m as u128);
+            assert!(err.to_string().contains(&expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_defaults_and_bounds() {
+        assert_eq!(max_tokens_within(10, None, 512, None).unwrap(), 502);
+        assert_eq!(max_tokens_within(10, None, 512, Some(16)).unwrap(), 16);
+        assert_eq!(max_tokens_within(10, Some(502), 512, None).unwrap(), 502);
+        assert!(max_tokens_within(10, Some(503), 512, None).is_err());
+        assert!(max_tokens_within(10, Some(0), 512, None).is_err());
+        assert!(max_tokens_within(512, Some(1), 512, None).is_err());
+    }
 }

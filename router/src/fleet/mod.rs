@@ -173,10 +173,7 @@ impl Fleet {
             .set(i64::try_from(tracked).unwrap_or(i64::MAX));
         match chosen {
             Some(c) => {
-                self.metrics
-                    .decisions
-                    .with_label_values(&[c.outcome.as_str()])
-                    .inc();
+                self.metrics.count_decision(c.outcome);
                 Ok(c)
             }
             None if !any_healthy => Err(ChooseError::NoHealthyReplica),

@@ -121,11 +121,12 @@ async fn probe_health(client: &HttpClient, timeout: Duration, replica: &Replica)
 
 async fn poll_load(client: &HttpClient, settings: &MonitorSettings, replica: &Arc<Replica>) {
     let timeout = settings.probe_timeout;
+    let peak_before_poll = replica.begin_poll();
     let Some((StatusCode::OK, body)) = get(client, timeout, replica, "/load").await else {
         return;
     };
     match serde_json::from_slice::<LoadReport>(&body) {
-        Ok(report) => replica.apply_report(report),
+        Ok(report) => replica.apply_report(report, peak_before_poll),
         Err(e) => tracing::debug!(replica = %replica.name(), error = %e, "unreadable /load report"),
     }
 }

@@ -68,6 +68,8 @@ pub struct Replica {
     scheme: Scheme,
     authority: Authority,
     inflight: AtomicU64,
+    /// Highest `inflight` since the last `/load` poll was sent (see [`Replica::begin_poll`]).
+    poll_peak: AtomicU64,
     healthy: AtomicBool,
     health: watch::Sender<bool>,
     request_failures: AtomicU32,
@@ -105,6 +107,7 @@ impl Replica {
             scheme,
             authority,
             inflight: AtomicU64::new(0),
+            poll_peak: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
             health: watch::Sender::new(false),
             request_failures: AtomicU32::new(0),
@@ -196,15 +199,26 @@ impl Replica {
         self.health.subscribe()
     }
 
-    pub(crate) fn count_served(&self) {
-        self.metrics.requests.inc();
+    /// Call when sending a `/load` poll; pass the result to [`Replica::apply_report`]. Returns
+    /// the highest in-flight count since the previous poll was sent, and starts a new window.
+    pub(crate) fn begin_poll(&self) -> u64 {
+        self.poll_peak.swap(self.inflight(), Relaxed)
     }
 
-    /// Apply a `/load` report. The replica's running+waiting beyond our in-flight is load from
-    /// elsewhere; our in-flight is read after the report arrived, so it already includes every
-    /// request the replica could have counted.
-    pub(crate) fn apply_report(&self, report: LoadReport) {
-        let external = (report.running + report.waiting).saturating_sub(self.inflight());
+    /// Apply a `/load` report. The replica's running+waiting beyond our requests is load from
+    /// elsewhere. The replica's count of our requests lags ours: a request we already saw end
+    /// can still be counted there (its final event goes out before the replica's counters
+    /// move, and the report travels back). So ours are taken as the highest in-flight count
+    /// from the previous poll until now (`peak_before_poll` from [`Replica::begin_poll`]);
+    /// otherwise a request that just ended lingers as phantom external load until the next
+    /// report and pushes the next lone request off its prefix owner. The cost: external load
+    /// reads low by our own churn within one poll period.
+    pub(crate) fn apply_report(&self, report: LoadReport, peak_before_poll: u64) {
+        let ours = self
+            .inflight()
+            .max(peak_before_poll)
+            .max(self.poll_peak.load(Relaxed));
+        let external = (report.running + report.waiting).saturating_sub(ours);
         self.external.store(external, Relaxed);
         self.metrics
             .external_load
@@ -226,7 +240,7 @@ impl Replica {
     pub(crate) fn record_failure(&self, kind: &str) -> bool {
         self.all_metrics
             .upstream_errors
-            .with_label_values(&[self.name.as_str(), kind])
+            .with_label_values(&[crate::metrics::replica_label(&self.name), kind])
             .inc();
         let failures = self.request_failures.fetch_add(1, Relaxed) + 1;
         failures >= self.settings.eject_after && self.eject("requests")
@@ -265,7 +279,7 @@ impl Replica {
         self.metrics.healthy.set(0);
         self.all_metrics
             .ejections
-            .with_label_values(&[self.name.as_str(), reason])
+            .with_label_values(&[crate::metrics::replica_label(&self.name), reason])
             .inc();
         self.health.send_replace(false);
         tracing::warn!(replica = %self.name, reason, backoff_ms = backoff, "replica ejected");
@@ -288,7 +302,8 @@ pub struct InflightGuard {
 
 impl InflightGuard {
     pub(crate) fn acquire(replica: Arc<Replica>) -> Self {
-        replica.inflight.fetch_add(1, Relaxed);
+        let now = replica.inflight.fetch_add(1, Relaxed) + 1;
+        replica.poll_peak.fetch_max(now, Relaxed);
         replica.metrics.inflight.inc();
         Self { replica }
     }
@@ -373,12 +388,15 @@ mod tests {
     fn reports_give_external_load_and_pressure() {
         let r = Arc::new(replica(3, 0));
         let _g = InflightGuard::acquire(r.clone());
-        r.apply_report(LoadReport {
-            running: 4,
-            waiting: 2,
-            kv_usage: 0.95,
-            ..LoadReport::default()
-        });
+        r.apply_report(
+            LoadReport {
+                running: 4,
+                waiting: 2,
+                kv_usage: 0.95,
+                ..LoadReport::default()
+            },
+            0,
+        );
         let now = now_ms();
         assert_eq!(r.external_load(now), 5);
         assert_eq!(r.effective_load(now), 6);
@@ -388,5 +406,30 @@ mod tests {
             serde_json::from_str(r#"{"running":1,"waiting":0,"kv_usage":0.5,"extra":true}"#)
                 .unwrap();
         assert_eq!(parsed.running, 1);
+    }
+
+    #[test]
+    fn our_recently_ended_requests_are_not_external() {
+        let r = Arc::new(replica(3, 0));
+        let report = |running| LoadReport {
+            running,
+            ..LoadReport::default()
+        };
+        // Ended after the replica counted it, before its report arrived.
+        let g = InflightGuard::acquire(r.clone());
+        let peak = r.begin_poll();
+        drop(g);
+        r.apply_report(report(1), peak);
+        assert_eq!(r.external_load(now_ms()), 0);
+        // Ended just before the poll was sent, but the replica's count still had it.
+        let g = InflightGuard::acquire(r.clone());
+        drop(g);
+        let peak = r.begin_poll();
+        r.apply_report(report(1), peak);
+        assert_eq!(r.external_load(now_ms()), 0);
+        // With nothing of ours in the last window, the replica's work is external.
+        let peak = r.begin_poll();
+        r.apply_report(report(2), peak);
+        assert_eq!(r.external_load(now_ms()), 2);
     }
 }

@@ -8,7 +8,9 @@
 //! Event alignment: the relay forwards only whole SSE events (up to the last blank line seen) and
 //! holds back the incomplete tail, so a cut never leaves half an event in front of the error
 //! event. Replicas write one event per chunk, so in practice nothing is held back. A tail that
-//! grows beyond [`MAX_HELD_BYTES`] without an event boundary is forwarded as is.
+//! grows beyond [`MAX_HELD_BYTES`] without an event boundary is forwarded as is. The alignment
+//! itself is [`EventAligner`] (public so it can be fuzzed on its own); it looks at each byte
+//! once, so a replica dribbling a huge event byte by byte costs linear, not quadratic, time.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -49,11 +51,11 @@ impl ProxyBody {
         let mut relay = SseRelay {
             upstream: Some(upstream),
             ready: None,
-            held: BytesMut::new(),
+            aligner: EventAligner::new(),
             guard: Some(guard),
             finished: false,
         };
-        relay.ready = relay.complete_events(first);
+        relay.ready = relay.aligner.push(first);
         Self(Kind::Relay(Box::new(relay)))
     }
 }
@@ -91,7 +93,7 @@ impl Body for ProxyBody {
 struct SseRelay {
     upstream: Option<Incoming>,
     ready: Option<Bytes>,
-    held: BytesMut,
+    aligner: EventAligner,
     guard: Option<InflightGuard>,
     finished: bool,
 }
@@ -115,17 +117,16 @@ impl SseRelay {
             match Pin::new(upstream).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.ready = self.complete_events(data),
+                    Ok(data) => self.ready = self.aligner.push(data),
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(None) => {
                     // Clean end: whatever the replica sent is what it meant to send.
-                    let rest = self.held.split().freeze();
-                    self.ready = (!rest.is_empty()).then_some(rest);
+                    self.ready = self.aligner.finish();
                     self.finish();
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    self.held.clear();
+                    self.aligner.discard();
                     if let Some(guard) = &self.guard {
                         let replica = guard.replica();
                         replica.record_failure("midstream");
@@ -145,19 +146,53 @@ impl SseRelay {
         self.upstream = None;
         self.guard = None;
     }
+}
+
+/// Cuts a byte stream into runs of whole SSE events: [`EventAligner::push`] returns everything
+/// up to the last event boundary (a blank line) seen so far and holds the incomplete tail back,
+/// up to [`MAX_HELD_BYTES`]; [`EventAligner::finish`] returns the tail. Concatenating every
+/// returned piece gives back exactly the bytes pushed.
+#[derive(Debug, Default)]
+pub struct EventAligner {
+    held: BytesMut,
+}
+
+impl EventAligner {
+    /// An aligner holding nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
 
     /// Append `data` and take every complete event; `None` when there is none yet.
-    fn complete_events(&mut self, data: Bytes) -> Option<Bytes> {
+    pub fn push(&mut self, data: Bytes) -> Option<Bytes> {
         if self.held.is_empty() && ends_with_event_boundary(&data) {
             return (!data.is_empty()).then_some(data);
         }
+        // `held` never contains a whole boundary, so a new one ends inside `data`.
+        let scan_from = self.held.len();
         self.held.extend_from_slice(&data);
-        let cut = match last_event_end(&self.held) {
+        let cut = match last_event_end(&self.held, scan_from) {
             Some(end) => end,
             None if self.held.len() > MAX_HELD_BYTES => self.held.len(),
             None => return None,
         };
         Some(self.held.split_to(cut).freeze())
+    }
+
+    /// The held incomplete tail (the stream ended); `None` when nothing is held.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        let rest = self.held.split().freeze();
+        (!rest.is_empty()).then_some(rest)
+    }
+
+    /// Drop the held tail (the stream failed: half an event must not reach the client).
+    pub fn discard(&mut self) {
+        self.held.clear();
+    }
+
+    /// Bytes held back.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -165,9 +200,10 @@ fn ends_with_event_boundary(data: &[u8]) -> bool {
     data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n")
 }
 
-/// End (exclusive) of the last complete SSE event: the byte after the last blank line.
-fn last_event_end(buf: &[u8]) -> Option<usize> {
-    (1..buf.len()).rev().find_map(|i| {
+/// End (exclusive) of the last complete SSE event whose blank line ends at or after `from`: the
+/// byte after that blank line.
+fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from.max(1)..buf.len()).rev().find_map(|i| {
         let blank = buf[i] == b'\n'
             && (buf[i - 1] == b'\n' || (i >= 2 && buf[i - 1] == b'\r' && buf[i - 2] == b'\n'));
         blank.then_some(i + 1)
@@ -180,41 +216,59 @@ mod tests {
 
     #[test]
     fn finds_event_boundaries() {
-        assert_eq!(last_event_end(b"data: a\n\ndata: b"), Some(9));
-        assert_eq!(last_event_end(b"data: a\r\n\r\ndata: b\r\n"), Some(11));
-        assert_eq!(last_event_end(b"data: a\n"), None);
-        assert_eq!(last_event_end(b""), None);
+        assert_eq!(last_event_end(b"data: a\n\ndata: b", 0), Some(9));
+        assert_eq!(last_event_end(b"data: a\r\n\r\ndata: b\r\n", 0), Some(11));
+        assert_eq!(last_event_end(b"data: a\n", 0), None);
+        assert_eq!(last_event_end(b"", 0), None);
+        assert_eq!(last_event_end(b"data: a\n\n", 8), Some(9));
+        assert_eq!(last_event_end(b"data: a\n\n", 9), None);
         assert!(ends_with_event_boundary(b"data: x\n\n"));
         assert!(!ends_with_event_boundary(b"data: x\n"));
     }
 
-    fn relay_without_upstream() -> SseRelay {
-        SseRelay {
-            upstream: None,
-            ready: None,
-            held: BytesMut::new(),
-            guard: None,
-            finished: false,
-        }
+    #[test]
+    fn holds_back_incomplete_events_only() {
+        let mut aligner = EventAligner::new();
+        assert_eq!(
+            aligner.push(Bytes::from_static(b"data: 1\n\n")).as_deref(),
+            Some(&b"data: 1\n\n"[..])
+        );
+        assert_eq!(aligner.push(Bytes::from_static(b"data: 2")), None);
+        assert_eq!(
+            aligner.push(Bytes::from_static(b"\n\ndata: 3")).as_deref(),
+            Some(&b"data: 2\n\n"[..])
+        );
+        assert_eq!(aligner.held_len(), 7);
+        assert_eq!(aligner.finish().as_deref(), Some(&b"data: 3"[..]));
+        assert_eq!(aligner.finish(), None);
     }
 
     #[test]
-    fn holds_back_incomplete_events_only() {
-        let mut relay = relay_without_upstream();
+    fn boundary_split_across_pushes_is_found() {
+        let mut aligner = EventAligner::new();
+        assert_eq!(aligner.push(Bytes::from_static(b"data: 1\r\n")), None);
+        assert_eq!(aligner.push(Bytes::from_static(b"\r")), None);
         assert_eq!(
-            relay
-                .complete_events(Bytes::from_static(b"data: 1\n\n"))
-                .as_deref(),
-            Some(&b"data: 1\n\n"[..])
+            aligner.push(Bytes::from_static(b"\ndata: 2")).as_deref(),
+            Some(&b"data: 1\r\n\r\n"[..])
         );
-        assert_eq!(relay.complete_events(Bytes::from_static(b"data: 2")), None);
-        assert_eq!(
-            relay
-                .complete_events(Bytes::from_static(b"\n\ndata: 3"))
-                .as_deref(),
-            Some(&b"data: 2\n\n"[..])
-        );
-        assert_eq!(&relay.held[..], b"data: 3");
+    }
+
+    #[test]
+    fn oversized_event_is_flushed_and_dribbling_is_linear() {
+        // Regression: the boundary search used to rescan the whole held tail on every push, so
+        // an event dribbled one byte at a time cost O(n^2) (about 5e11 steps at the 1 MiB cap).
+        let mut aligner = EventAligner::new();
+        let mut out = 0;
+        let started = std::time::Instant::now();
+        for _ in 0..=MAX_HELD_BYTES {
+            if let Some(b) = aligner.push(Bytes::from_static(b"x")) {
+                out += b.len();
+            }
+        }
+        assert_eq!(out, MAX_HELD_BYTES + 1);
+        assert_eq!(aligner.held_len(), 0);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use body::ProxyBody;
+pub use body::{EventAligner, ProxyBody, MAX_HELD_BYTES};
 pub(crate) use headers::copy_end_to_end as copy_request_headers;
 
 use crate::error::ApiError;
@@ -209,7 +209,6 @@ async fn attempt(
             Err(WaitError::Ejected) => return Err(ejected_failure(&replica)),
         };
         replica.record_success();
-        replica.count_served();
         return Ok(client_response(
             head,
             ProxyBody::relay(first, incoming, guard),
@@ -220,7 +219,6 @@ async fn attempt(
     match read_body(incoming, settings.max_response_bytes, deadline, &mut health).await {
         Ok(bytes) => {
             replica.record_success();
-            replica.count_served();
             drop(guard);
             Ok(client_response(head, ProxyBody::full(bytes), &replica))
         }
