@@ -43,7 +43,7 @@ fn filler(tag: &str) -> String {
 
 fn one_request(url: &str, worker: usize, k: usize) -> Outcome {
     let system = filler(&format!("worker {worker} request {k}"));
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let body = ignoring_eos(chat(&system, "Say something.", 24, false));
         match http::post_json(url, &body) {
             Ok(r) => Outcome::Whole {
