@@ -10,8 +10,9 @@ pub fn run(args: router::RouterArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+        let shutdown = crate::shutdown_signal();
         crate::announce("router", listener.local_addr()?);
-        router::serve(cfg, listener, crate::shutdown_signal()).await?;
+        router::serve(cfg, listener, shutdown).await?;
         Ok(())
     })
 }

@@ -33,8 +33,9 @@ pub fn run(args: replica::ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+        let shutdown = crate::shutdown_signal();
         crate::announce("replica", listener.local_addr()?);
-        replica::serve(cfg, parts, listener, crate::shutdown_signal()).await?;
+        replica::serve(cfg, parts, listener, shutdown).await?;
         Ok(())
     })
 }

@@ -124,6 +124,8 @@ pub fn run(args: UpArgs) -> Result<()> {
     crate::model_source::resolve(args.model.as_deref())?;
     let rt = crate::runtime()?;
     rt.block_on(async move {
+        // before any child exists: a signal during start-up still stops everything cleanly
+        let shutdown = crate::shutdown_signal();
         let mut started = Vec::with_capacity(args.replicas);
         let starts = (0..args.replicas).map(|i| start_replica(&args, i, 0));
         for r in futures_util::future::join_all(starts).await {
@@ -176,7 +178,6 @@ pub fn run(args: UpArgs) -> Result<()> {
                 ))
             })
             .collect();
-        let shutdown = crate::shutdown_signal();
         router::serve(rcfg, listener, shutdown).await?;
         // the router has drained; now the replicas
         stopping.store(true, Ordering::SeqCst);
