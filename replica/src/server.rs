@@ -18,7 +18,7 @@ use std::time::Duration;
 use chat::{ChatTemplate, ModelFamily, ToolParserKind};
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use scheduler::{QueuePolicy, Scheduler, SchedulerConfig};
@@ -315,7 +315,10 @@ where
 {
     let replica = Replica::start(&cfg, parts)?;
     let app = replica.app();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // With a timer hyper enforces its header-read timeout (30 s): a client that opens a
+    // connection and never finishes its request head no longer holds it forever (slowloris).
+    builder.http1().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("serving {} on http://{addr}", app.state().model_name());

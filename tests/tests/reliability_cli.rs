@@ -254,3 +254,44 @@ fn bad_values_and_missing_files_are_one_clear_error() {
         "nonsense",
     );
 }
+
+/// `up` killed outright (SIGKILL, as the OOM killer would) must not leave its replicas running
+/// as orphans that hold their ports.
+#[test]
+fn a_killed_up_takes_its_replicas_down() {
+    let dir = scratch("cli-up-kill");
+    let mut up = LoggedProc::start(
+        &[
+            "up",
+            "--replicas",
+            "2",
+            "--port",
+            "0",
+            "--shutdown-timeout",
+            "1",
+        ],
+        &[],
+        "router",
+        &dir.join("up.log"),
+    );
+    let replicas = e2e::child_pids(up.pid());
+    assert_eq!(
+        replicas.len(),
+        2,
+        "up should run two replicas: {replicas:?}"
+    );
+    let _ = up.child.kill();
+    let _ = up.child.wait();
+    let gone = e2e::wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        replicas.iter().all(|&p| e2e::proc_stat(p).is_none())
+    });
+    if !gone {
+        for &p in &replicas {
+            // SAFETY: plain syscall on the pids of replicas this test's `up` started.
+            unsafe {
+                libc::kill(p as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+    assert!(gone, "replicas {replicas:?} outlived their killed `up`");
+}

@@ -4,7 +4,8 @@
 //!   server keeps serving afterwards (replica and router);
 //! * the router only ever connects to the replicas it was given: a forged `Host`, an
 //!   absolute-form request target or `CONNECT` naming another address never reach it;
-//! * servers bind loopback unless told otherwise (`serve`, `router`, `up`).
+//! * servers bind loopback unless told otherwise (`serve`, `router`, `up`);
+//! * a request head that never completes is cut off by the header-read timeout.
 
 mod reliability_support;
 
@@ -139,6 +140,64 @@ fn oversized_bodies_and_headers_are_refused_and_servers_survive() {
         body_limits(addr, who);
         header_limits(addr, who);
         still_serving(addr, who);
+    }
+}
+
+/// A client that sends half a request head and then nothing is cut off by the header-read
+/// timeout (hyper's 30 s), on the replica as on the router: idle half-open requests cannot pile
+/// up until the servers run out of descriptors (slowloris). Takes ~30 s, in parallel with the
+/// other tests of this file.
+#[test]
+fn half_sent_request_heads_time_out() {
+    let dir = scratch("security-slowloris");
+    let replica = LoggedProc::start(
+        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
+        &[],
+        "replica",
+        &dir.join("replica.log"),
+    );
+    let replica_url = replica.url();
+    let router = LoggedProc::start(
+        &[
+            "router",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--replica",
+            &replica_url,
+        ],
+        &[],
+        "router",
+        &dir.join("router.log"),
+    );
+    let probes: Vec<_> = [("replica", replica.addr), ("router", router.addr)]
+        .into_iter()
+        .map(|(who, addr)| {
+            std::thread::spawn(move || {
+                let mut s = connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(45))).unwrap();
+                s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").unwrap();
+                let started = std::time::Instant::now();
+                let mut buf = [0u8; 256];
+                // the server answers 408, closes or resets; only our own timeout means "open"
+                let closed = match s.read(&mut buf) {
+                    Ok(_) => true,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                };
+                (who, closed, started.elapsed())
+            })
+        })
+        .collect();
+    for p in probes {
+        let (who, closed, waited) = p.join().expect("probe");
+        assert!(
+            closed && waited < Duration::from_secs(40),
+            "{who} kept a half-sent request open for {waited:?}"
+        );
     }
 }
 

@@ -65,6 +65,23 @@ fn serve_command(args: &UpArgs, port: u16) -> Result<Command> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    // If `up` dies without stopping its replicas (SIGKILL, the OOM killer), they get SIGTERM
+    // instead of living on as orphans that hold their ports (and any descriptor `up` inherited).
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        let parent = libc::getpid();
+        c.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // `up` may have died before the prctl took effect
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("glmfleet up exited"));
+            }
+            Ok(())
+        });
+    }
     Ok(c)
 }
 
