@@ -79,10 +79,13 @@ enum Messages {
     Raw(String),
 }
 
+/// A tool: name and `(property, JSON schema type)` pairs.
+type ToolDef = (String, Vec<(String, String)>);
+
 #[derive(Arbitrary, Debug)]
 struct Input {
     messages: Messages,
-    tools: Option<Vec<(String, Vec<(String, String)>)>>,
+    tools: Option<Vec<ToolDef>>,
     raw_tools: Option<String>,
     enable_thinking: Option<bool>,
     clear_thinking: Option<bool>,
@@ -180,8 +183,11 @@ fn templates() -> &'static (ChatTemplate, ChatTemplate) {
     })
 }
 
+/// `(messages, tools, kwargs)` to render.
+type Parsed = (Value, Option<Value>, Map<String, Value>);
+
 /// `(messages, tools, kwargs)` from the structured form.
-fn structured(input: &Input) -> Option<(Value, Option<Value>, Map<String, Value>)> {
+fn structured(input: &Input) -> Option<Parsed> {
     let messages = match &input.messages {
         Messages::Structured(list) => Value::Array(list.iter().map(message).collect()),
         Messages::Raw(text) => serde_json::from_str(text).ok()?,
@@ -217,7 +223,7 @@ fn structured(input: &Input) -> Option<(Value, Option<Value>, Map<String, Value>
 }
 
 /// `(messages, tools, kwargs)` from a JSON request object.
-fn from_json(bytes: &[u8]) -> Option<(Value, Option<Value>, Map<String, Value>)> {
+fn from_json(bytes: &[u8]) -> Option<Parsed> {
     let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(bytes) else {
         return None;
     };
