@@ -157,6 +157,11 @@ put("model_config", "rope_parameters", json.dumps({"architectures": ["Glm4MoeFor
     "n_routed_experts": 4, "num_experts_per_tok": 2, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "partial_rotary_factor": 0.5},
     "eos_token_id": [1, 2], "dtype": "bfloat16"}))
 
+# regression: dimensions whose products overflow (serve panicked sizing the weights)
+put("model_config", "huge_dimensions", json.dumps({"architectures": ["Glm4MoeForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+    "intermediate_size": 64, "moe_intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2**40,
+    "num_key_value_heads": 2**40, "head_dim": 2**40, "n_routed_experts": 4, "num_experts_per_tok": 2}))
+
 # ---- safetensors (mode: 0 raw file, 1 HEADER\0DATA framed, 2 INDEX\0SHARD) -------------------
 def st_file(tensors, meta=True):
     header, data = {}, b""

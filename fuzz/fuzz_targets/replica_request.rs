@@ -38,9 +38,13 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .expect("runtime");
+        // Small limits keep the legitimate worst case (n = 128 choices, every token with top
+        // logprobs, streamed) well inside libFuzzer's per-input timeout: at 96 tokens and 20
+        // logprobs that one valid request took 16 s here, which libFuzzer would report as a hang.
         let cfg = ServeConfig {
             model: Some("/models/glm-fuzz".into()),
-            max_model_len: Some(96),
+            max_model_len: Some(40),
+            max_logprobs: 4,
             max_num_seqs: 8,
             max_num_batched_tokens: 512,
             block_size: 16,

@@ -25,6 +25,9 @@ pub enum Quantization {
     Fp8Block { block: [usize; 2] },
 }
 
+/// Largest parameter count a config may describe (GLM-4.5 has 3.6e11): 2^50, about 1.1e15.
+pub const MAX_PARAMETERS: u64 = 1 << 50;
+
 #[derive(Debug, Clone)]
 pub struct Glm4MoeConfig {
     pub vocab_size: usize,
@@ -302,7 +305,39 @@ impl Glm4MoeConfig {
                 "at most 1 MTP layer is supported",
             ));
         }
-        Ok(())
+        self.check_sizes()
+    }
+
+    /// The parameter count the dimensions describe must be computable and at most
+    /// [`MAX_PARAMETERS`]: every size the loader and the KV cache derive from the config is a
+    /// factor of it, so none of their products can overflow (a corrupt or hostile `config.json`
+    /// with `head_dim: 2^40` is an error here, not a panic or a wrapped size later).
+    fn check_sizes(&self) -> Result<()> {
+        let n = |v: usize| Some(v as u64);
+        let mul = |a: Option<u64>, b: Option<u64>| a?.checked_mul(b?);
+        let add = |a: Option<u64>, b: Option<u64>| a?.checked_add(b?);
+        let h = n(self.hidden_size);
+        let q = mul(mul(n(self.num_attention_heads), n(self.head_dim)), h);
+        let kv = mul(mul(n(self.num_key_value_heads), n(self.head_dim)), h);
+        let attention = add(mul(q, Some(2)), mul(kv, Some(2)));
+        let dense = mul(mul(n(self.intermediate_size), h), Some(3));
+        let experts = add(n(self.n_routed_experts), n(self.n_shared_experts));
+        let moe = mul(mul(mul(experts, n(self.moe_intermediate_size)), h), Some(3));
+        let per_layer = add(attention, dense.max(moe));
+        let layers = add(n(self.num_hidden_layers), n(self.num_nextn_predict_layers));
+        let embeddings = mul(mul(n(self.vocab_size), h), Some(2));
+        let total = add(mul(per_layer, layers), embeddings);
+        match total {
+            Some(t) if t <= MAX_PARAMETERS => Ok(()),
+            _ => Err(ModelError::key(
+                "hidden_size",
+                format!(
+                    "the dimensions describe {} parameters, more than the {MAX_PARAMETERS} \
+                     supported: the config is corrupt",
+                    total.map_or_else(|| "over 2^64".to_string(), |t| t.to_string())
+                ),
+            )),
+        }
     }
 
     pub fn rotary_dim(&self) -> usize {
@@ -411,6 +446,31 @@ mod tests {
         assert_eq!(c.rope_theta, 1_000_000.0);
         assert_eq!(c.kv_bytes_per_token_per_layer(2), 4096);
         assert_eq!(c.quantization, Quantization::None);
+    }
+
+    #[test]
+    fn absurd_dimensions_are_an_error_not_an_overflow() {
+        // Regression: `head_dim`/heads of 2^40 passed `validate`, and `glmfleet serve` then
+        // panicked with "attempt to multiply with overflow" while sizing the attention weights.
+        let huge = AIR
+            .replace(
+                "\"num_attention_heads\":96",
+                "\"num_attention_heads\":1099511627776",
+            )
+            .replace(
+                "\"num_key_value_heads\":8",
+                "\"num_key_value_heads\":1099511627776",
+            )
+            .replace("\"head_dim\":128", "\"head_dim\":1099511627776");
+        let e = Glm4MoeConfig::from_json(&huge).unwrap_err().to_string();
+        assert!(e.contains("parameters"), "{e}");
+        let wide = AIR.replace(
+            "\"vocab_size\":151552",
+            "\"vocab_size\":18446744073709551615",
+        );
+        assert!(Glm4MoeConfig::from_json(&wide).is_err());
+        // the largest real configs stay well inside the bound
+        assert!(Glm4MoeConfig::from_json(AIR).is_ok());
     }
 
     #[test]

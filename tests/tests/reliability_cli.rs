@@ -156,6 +156,24 @@ fn bad_values_and_missing_files_are_one_clear_error() {
         &["serve", "demo", "--host", "999.1.1.1", "--port", "0"],
         "999.1.1.1",
     );
+    // a checkpoint whose config.json describes absurd dimensions
+    let huge = dir.join("huge-model");
+    std::fs::create_dir_all(&huge).unwrap();
+    let demo = e2e::repo_root().join("model/demo");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors",
+    ] {
+        std::fs::copy(demo.join(f), huge.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(demo.join("config.json")).unwrap()).unwrap();
+    for k in ["num_attention_heads", "num_key_value_heads", "head_dim"] {
+        cfg[k] = serde_json::json!(1u64 << 40);
+    }
+    std::fs::write(huge.join("config.json"), cfg.to_string()).unwrap();
+    assert_fails(&["serve", huge.to_str().unwrap()], "parameters");
     let empty_model = dir.join("empty-model");
     std::fs::create_dir_all(&empty_model).unwrap();
     assert_fails(&["serve", empty_model.to_str().unwrap()], "config.json");

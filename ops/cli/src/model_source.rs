@@ -78,12 +78,28 @@ fn download(repo: &str) -> Result<PathBuf> {
             .unwrap_or_default();
         shards.sort();
         shards.dedup();
+        // The index comes from the remote repo: a shard name like `../../x` would make the hub
+        // client write (and link) outside the cache's snapshot folder before the loader's own
+        // check refuses it.
+        if let Some(bad) = shards.iter().find(|s| !stays_inside(s)) {
+            bail!("{repo}: shard name `{bad}` in model.safetensors.index.json escapes the model folder");
+        }
         for s in shards {
             r.get(s)
                 .map_err(|e| anyhow!("{repo}: downloading {s}: {e}"))?;
         }
     }
     Ok(dir)
+}
+
+/// A relative path of plain names only (no `..`, no root, no `.`): it stays inside the folder
+/// it is joined to.
+#[cfg_attr(not(feature = "hub"), allow(dead_code))]
+fn stays_inside(name: &str) -> bool {
+    !name.is_empty()
+        && std::path::Path::new(name)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 #[cfg(not(feature = "hub"))]
@@ -101,6 +117,22 @@ mod tests {
         assert!(!looks_like_repo_id("../etc/passwd"));
         assert!(!looks_like_repo_id("a/b/c"));
         assert!(!looks_like_repo_id("/abs"));
+    }
+
+    #[test]
+    fn hub_shard_names_must_stay_inside_the_snapshot() {
+        assert!(stays_inside("model-00001-of-00002.safetensors"));
+        assert!(stays_inside("sub/model.safetensors"));
+        for bad in [
+            "",
+            "../x.safetensors",
+            "/etc/passwd",
+            "a/../../x",
+            "./x",
+            "a/./b/..",
+        ] {
+            assert!(!stays_inside(bad), "{bad:?}");
+        }
     }
 
     #[test]
