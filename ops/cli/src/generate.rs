@@ -8,7 +8,6 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use model::generate::{generate, GenerateOptions, Greedy, TokenPicker};
 use model::{Glm4Moe, LoadOptions};
-use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -44,46 +43,19 @@ pub struct GenerateArgs {
     pub device: String,
 }
 
-/// Temperature / top-k / top-p sampling with a seeded generator.
+/// Temperature / top-k / top-p sampling: the replica's sampler, so a seed means the same thing here
+/// as at the API.
 struct Sampler {
-    temperature: f32,
-    top_p: f32,
-    top_k: usize,
-    rng: rand::rngs::StdRng,
+    seq: replica::sampler::SeqSampler,
+    valid: usize,
 }
 
 impl TokenPicker for Sampler {
     fn pick(&mut self, logits: &[f32]) -> u32 {
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if self.top_k > 0 {
-            idx.truncate(self.top_k);
-        }
-        let max = logits[idx[0]];
-        let mut p: Vec<f32> = idx
-            .iter()
-            .map(|&i| ((logits[i] - max) / self.temperature).exp())
-            .collect();
-        let sum: f32 = p.iter().sum();
-        p.iter_mut().for_each(|x| *x /= sum);
-        let mut cum = 0.0;
-        let mut keep = p.len();
-        for (j, x) in p.iter().enumerate() {
-            cum += x;
-            if cum >= self.top_p {
-                keep = j + 1;
-                break;
-            }
-        }
-        let total: f32 = p[..keep].iter().sum();
-        let mut r = self.rng.gen::<f32>() * total;
-        for j in 0..keep {
-            r -= p[j];
-            if r <= 0.0 {
-                return idx[j] as u32;
-            }
-        }
-        idx[keep - 1] as u32
+        let mut row = logits.to_vec();
+        let token = self.seq.sample_row(&mut row, self.valid).token;
+        self.seq.observe(&[token]);
+        token
     }
 }
 
@@ -170,11 +142,20 @@ fn run_on<B: Backend>(args: &GenerateArgs, dir: &Path, device: &B::Device) -> Re
     let mut picker: Box<dyn TokenPicker> = if args.temperature == 0.0 {
         Box::new(Greedy)
     } else {
-        Box::new(Sampler {
+        let params = replica::sampler::SamplingParams {
             temperature: args.temperature,
             top_p: args.top_p,
             top_k: args.top_k,
-            rng: rand::rngs::StdRng::seed_from_u64(args.seed),
+            seed: Some(args.seed),
+            ..Default::default()
+        };
+        Box::new(Sampler {
+            seq: replica::sampler::SeqSampler::new(params, args.seed, &prompt, vec![]),
+            // never sample the padded rows past the tokenizer's vocabulary
+            valid: tokenizer
+                .as_ref()
+                .map(|t| t.get_vocab_size(true))
+                .unwrap_or(model.config.vocab_size),
         })
     };
     let out = generate(&model, &prompt, &gen_opts, picker.as_mut())?;
