@@ -35,6 +35,9 @@ pub enum ModelError {
     Input(String),
     #[error("KV cache: {0}")]
     KvCache(String),
+    /// The GPU engine (feature `gpu`): the driver, NVRTC or device memory.
+    #[error("GPU: {0}")]
+    Device(String),
 }
 
 impl ModelError {

@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: memory-mapped safetensors, single file or sharded.
 //! - [`model`]: the network and the MTP draft layer; [`moe`]: routing and experts.
 //! - [`kernels`]: the hot-path ops behind one trait, with the plain-burn [`kernels::Reference`].
+//! - [`sample`]: device-side sampling and its host twin; `gpu` (feature `gpu`): the CUDA engine.
 //! - [`generate`]: a small greedy loop used by `glmfleet generate` and the parity tests.
 
 pub mod checkpoint;
@@ -16,12 +17,15 @@ pub mod dummy;
 pub mod error;
 pub mod fp8;
 pub mod generate;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod kernels;
 pub mod kv_cache;
 pub mod linear;
 pub mod loader;
 pub mod model;
 pub mod moe;
+pub mod sample;
 
 pub use config::{Glm4MoeConfig, Quantization};
 pub use error::{ModelError, Result};

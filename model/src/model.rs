@@ -90,12 +90,12 @@ impl<B: Backend> DenseMlp<B> {
 }
 
 pub(crate) struct Attention<B: Backend> {
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
-    o: Linear<B>,
-    q_norm: Option<Tensor<B, 1>>,
-    k_norm: Option<Tensor<B, 1>>,
+    pub(crate) q: Linear<B>,
+    pub(crate) k: Linear<B>,
+    pub(crate) v: Linear<B>,
+    pub(crate) o: Linear<B>,
+    pub(crate) q_norm: Option<Tensor<B, 1>>,
+    pub(crate) k_norm: Option<Tensor<B, 1>>,
 }
 
 pub(crate) struct DenseMlp<B: Backend> {
@@ -110,10 +110,10 @@ pub(crate) enum Mlp<B: Backend> {
 }
 
 pub(crate) struct DecoderLayer<B: Backend> {
-    input_norm: Tensor<B, 1>,
-    attn: Attention<B>,
-    post_norm: Tensor<B, 1>,
-    mlp: Mlp<B>,
+    pub(crate) input_norm: Tensor<B, 1>,
+    pub(crate) attn: Attention<B>,
+    pub(crate) post_norm: Tensor<B, 1>,
+    pub(crate) mlp: Mlp<B>,
 }
 
 pub(crate) struct MtpLayer<B: Backend> {
@@ -429,7 +429,35 @@ impl<B: Backend> Glm4Moe<B> {
         seqs: &[SeqInput<'_>],
         kv: &mut PagedKvCache<B>,
     ) -> Result<ForwardOutput<B>> {
+        let last_rows: Vec<usize> = seqs.iter().map(|s| usize::from(s.sample)).collect();
+        self.forward_rows(seqs, &last_rows, kv)
+    }
+
+    /// As [`Self::forward`], but returns logits for the last `last_rows[i]` tokens of sequence `i`
+    /// (0: none), whatever its `sample` flag: speculative decoding verifies a draft with the logits
+    /// of every position from the last known token on. Logits rows follow the batch order, each
+    /// sequence's rows in position order; `sample_rows` lists their rows in `hidden`.
+    pub fn forward_rows(
+        &self,
+        seqs: &[SeqInput<'_>],
+        last_rows: &[usize],
+        kv: &mut PagedKvCache<B>,
+    ) -> Result<ForwardOutput<B>> {
         self.check_batch(seqs, kv)?;
+        if last_rows.len() != seqs.len() {
+            return Err(ModelError::Input(format!(
+                "{} logits counts for {} sequences",
+                last_rows.len(),
+                seqs.len()
+            )));
+        }
+        if let Some(i) = (0..seqs.len()).find(|&i| last_rows[i] > seqs[i].tokens.len()) {
+            return Err(ModelError::Input(format!(
+                "sequence {i}: {} logits rows asked for {} tokens",
+                last_rows[i],
+                seqs[i].tokens.len()
+            )));
+        }
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let (batch, _) = self.attn_batch(seqs, kv)?;
         let mut h = self.embed_tokens(&self.embed, &tokens);
@@ -441,11 +469,9 @@ impl<B: Backend> Glm4Moe<B> {
             .rms_norm(h, &self.norm, self.config.rms_norm_eps);
         let mut sample_rows = Vec::new();
         let mut row = 0;
-        for s in seqs {
+        for (s, &n) in seqs.iter().zip(last_rows) {
             row += s.tokens.len();
-            if s.sample {
-                sample_rows.push(row - 1);
-            }
+            sample_rows.extend(row - n..row);
         }
         let logits = (!sample_rows.is_empty()).then(|| {
             let rows = int_tensor::<B>(
@@ -512,6 +538,20 @@ impl<B: Backend> Glm4Moe<B> {
         hidden: Tensor<B, 2>,
         kv: &mut PagedKvCache<B>,
     ) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+        let rows: Vec<usize> = (0..hidden.dims()[0]).collect();
+        self.mtp_forward_rows(seqs, hidden, &rows, kv)
+    }
+
+    /// As [`Self::mtp_forward`], with logits only for the given rows (`[rows.len(), vocab]`, in that
+    /// order): a draft needs the last row of each sequence, while the MTP layer's KV must be written for
+    /// every position.
+    pub fn mtp_forward_rows(
+        &self,
+        seqs: &[SeqInput<'_>],
+        hidden: Tensor<B, 2>,
+        rows: &[usize],
+        kv: &mut PagedKvCache<B>,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
         let mtp = self
             .mtp
             .as_ref()
@@ -531,6 +571,12 @@ impl<B: Backend> Glm4Moe<B> {
                 tokens.len()
             )));
         }
+        if let Some(bad) = rows.iter().find(|&&r| r >= tokens.len()) {
+            return Err(ModelError::Input(format!(
+                "MTP: logits row {bad} of {} rows",
+                tokens.len()
+            )));
+        }
         let (batch, _) = self.attn_batch(seqs, kv)?;
         let eps = self.config.rms_norm_eps;
         let k = &self.kernels;
@@ -538,11 +584,19 @@ impl<B: Backend> Glm4Moe<B> {
         let hn = k.rms_norm(hidden, &mtp.hnorm, eps);
         let u = k.linear(Tensor::cat(vec![e, hn], 1), &mtp.eh_proj, self.act);
         let y = self.layer_forward(&mtp.layer, u, &mut kv.layers[lid], &batch);
-        let logits = k.linear(
-            k.rms_norm(y.clone(), &mtp.head_norm, eps),
-            &mtp.head,
-            self.act,
-        );
+        if rows.is_empty() {
+            // Only the KV was wanted (and a matmul over no rows is not defined on every backend).
+            let logits = Tensor::zeros([0, self.config.vocab_size], &self.device);
+            return Ok((logits, y));
+        }
+        let picked = if rows.len() == tokens.len() && rows.iter().enumerate().all(|(i, &r)| i == r)
+        {
+            y.clone()
+        } else {
+            let idx = int_tensor::<B>(rows.iter().map(|&r| r as i64).collect(), &self.device);
+            y.clone().select(0, idx)
+        };
+        let logits = k.linear(k.rms_norm(picked, &mtp.head_norm, eps), &mtp.head, self.act);
         Ok((logits, y))
     }
 }
@@ -590,7 +644,7 @@ pub(crate) fn load_swiglu<B: Backend>(
     })
 }
 
-fn load_layer<B: Backend>(
+pub(crate) fn load_layer<B: Backend>(
     w: &mut dyn ParamSource<B>,
     c: &Glm4MoeConfig,
     l: usize,

@@ -16,11 +16,11 @@ use crate::model::{load_swiglu, DenseMlp};
 
 pub(crate) struct Moe<B: Backend> {
     /// `[E, H]` router weight (kept in f32).
-    gate: Tensor<B, 2>,
+    pub(crate) gate: Tensor<B, 2>,
     /// `[E]`
-    correction_bias: Vec<f32>,
-    experts: Vec<DenseMlp<B>>,
-    shared: DenseMlp<B>,
+    pub(crate) correction_bias: Vec<f32>,
+    pub(crate) experts: Vec<DenseMlp<B>>,
+    pub(crate) shared: DenseMlp<B>,
 }
 
 /// Selected experts and their weights for each token.

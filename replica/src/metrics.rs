@@ -3,6 +3,8 @@
 //!
 //! Every series carries the `model_name` label (the served model name). Counters are exported
 //! with the `_total` suffix, as vLLM's Python client does (`vllm:prompt_tokens_total`).
+//! Speculative-decoding counters (`vllm:spec_decode_*`) exist only when speculation is on, as in
+//! vLLM.
 //! Gauges and counters derived from the scheduler are refreshed by the engine thread after
 //! every loop turn; request latencies are observed once per finished request.
 //!
@@ -74,6 +76,17 @@ pub struct Metrics {
     iteration_tokens: Histogram,
     request_prompt_tokens: Histogram,
     request_generation_tokens: Histogram,
+    spec: Option<SpecMetrics>,
+    model_name: String,
+}
+
+/// vLLM's speculative-decoding counters.
+#[derive(Clone)]
+struct SpecMetrics {
+    drafts: IntCounter,
+    draft_tokens: IntCounter,
+    accepted_tokens: IntCounter,
+    accepted_per_pos: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,7 +279,48 @@ impl Metrics {
                 TOKEN_COUNT_BUCKETS,
             )?,
             registry,
+            spec: None,
+            model_name: model_name.to_owned(),
         })
+    }
+
+    /// Registers the speculative-decoding counters when `num_speculative_tokens > 0` (one
+    /// `position` series per draft position, from 0).
+    pub fn with_spec_decode(mut self, num_speculative_tokens: usize) -> Result<Self, MetricsError> {
+        if num_speculative_tokens == 0 || self.spec.is_some() {
+            return Ok(self);
+        }
+        let b = Builder {
+            registry: &self.registry,
+            model: &self.model_name,
+        };
+        let accepted_per_pos = IntCounterVec::new(
+            b.opts(
+                "vllm:spec_decode_num_accepted_tokens_per_pos_total",
+                "Accepted tokens per draft position.",
+            ),
+            &["position"],
+        )?;
+        self.registry.register(Box::new(accepted_per_pos.clone()))?;
+        for pos in 0..num_speculative_tokens {
+            accepted_per_pos.with_label_values(&[&pos.to_string()]);
+        }
+        self.spec = Some(SpecMetrics {
+            drafts: b.counter(
+                "vllm:spec_decode_num_drafts",
+                "Number of spec decoding drafts.",
+            )?,
+            draft_tokens: b.counter(
+                "vllm:spec_decode_num_draft_tokens",
+                "Number of draft tokens.",
+            )?,
+            accepted_tokens: b.counter(
+                "vllm:spec_decode_num_accepted_tokens",
+                "Number of accepted tokens.",
+            )?,
+            accepted_per_pos,
+        });
+        Ok(self)
     }
 
     /// Refreshes scheduler gauges and advances cumulative counters by the change since `prev`.
@@ -284,6 +338,26 @@ impl Metrics {
         );
         self.preemptions
             .inc_by(now.preemptions.saturating_sub(prev.preemptions));
+        if let Some(spec) = &self.spec {
+            spec.drafts
+                .inc_by(now.spec_num_drafts.saturating_sub(prev.spec_num_drafts));
+            spec.draft_tokens.inc_by(
+                now.spec_num_draft_tokens
+                    .saturating_sub(prev.spec_num_draft_tokens),
+            );
+            spec.accepted_tokens.inc_by(
+                now.spec_num_accepted_tokens
+                    .saturating_sub(prev.spec_num_accepted_tokens),
+            );
+            for (pos, &n) in now.spec_accepted_per_pos.iter().enumerate() {
+                let before = prev.spec_accepted_per_pos.get(pos).copied().unwrap_or(0);
+                if n > before {
+                    spec.accepted_per_pos
+                        .with_label_values(&[&pos.to_string()])
+                        .inc_by(n - before);
+                }
+            }
+        }
     }
 
     /// One engine step computed `tokens` tokens.
@@ -404,5 +478,38 @@ mod tests {
         }
         assert!(text.contains("vllm:cache_config_info{block_size=\"16\""));
         assert!(text.contains("# TYPE vllm:iteration_tokens_total histogram"));
+        assert!(
+            !text.contains("spec_decode"),
+            "no speculation, no spec series"
+        );
+    }
+
+    #[test]
+    fn spec_decode_counters_follow_the_scheduler() {
+        let m = metrics().with_spec_decode(2).unwrap();
+        let text = m.render();
+        assert!(text.contains(
+            "vllm:spec_decode_num_accepted_tokens_per_pos_total{model_name=\"glm\",position=\"1\"} 0"
+        ));
+        let prev = SchedulerStats::default();
+        let now = SchedulerStats {
+            spec_num_drafts: 4,
+            spec_num_draft_tokens: 8,
+            spec_num_accepted_tokens: 5,
+            spec_accepted_per_pos: vec![3, 2],
+            ..SchedulerStats::default()
+        };
+        m.record_scheduler(&now, &prev);
+        m.record_scheduler(&now, &now);
+        let text = m.render();
+        for line in [
+            "vllm:spec_decode_num_drafts_total{model_name=\"glm\"} 4",
+            "vllm:spec_decode_num_draft_tokens_total{model_name=\"glm\"} 8",
+            "vllm:spec_decode_num_accepted_tokens_total{model_name=\"glm\"} 5",
+            "vllm:spec_decode_num_accepted_tokens_per_pos_total{model_name=\"glm\",position=\"0\"} 3",
+            "vllm:spec_decode_num_accepted_tokens_per_pos_total{model_name=\"glm\",position=\"1\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -162,6 +162,15 @@ impl Replica {
     pub fn start(cfg: &ServeConfig, parts: ReplicaParts) -> Result<Self, ServeError> {
         cfg.validate()?;
         let max_model_len = max_model_len(cfg, &parts)?;
+        let num_speculative_tokens = cfg.num_speculative_tokens();
+        if num_speculative_tokens > 0 && !parts.runner.supports_drafting() {
+            return Err(ServeError::Config(ConfigError::Invalid(
+                "--speculative-config: method mtp drafts with the checkpoint's MTP layer, but this \
+                 model runner has none (the checkpoint has num_nextn_predict_layers = 0 or no \
+                 MTP weights, or the runner cannot draft)"
+                    .into(),
+            )));
+        }
         let scheduler = Scheduler::new(SchedulerConfig {
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_num_seqs: cfg.max_num_seqs,
@@ -173,7 +182,10 @@ impl Replica {
                 SchedulingPolicy::Fcfs => QueuePolicy::Fcfs,
                 SchedulingPolicy::Priority => QueuePolicy::Priority,
             },
-            num_lookahead_tokens: 0,
+            // Draft steps after the first write the draft model's KV up to k - 1 positions past
+            // the verified tokens.
+            num_lookahead_tokens: num_speculative_tokens.saturating_sub(1),
+            num_speculative_tokens,
         })?;
         let template = chat_template(cfg, &parts)?;
         let served_names = if cfg.served_model_name.is_empty() {
@@ -190,7 +202,8 @@ impl Replica {
                 cache_dtype: cfg.kv_cache_dtype.as_str().to_owned(),
                 gpu_memory_utilization: cfg.gpu_memory_utilization,
             },
-        )?;
+        )?
+        .with_spec_decode(num_speculative_tokens)?;
         let vocab_size = crate::output::tokenizer_size(&parts.tokenizer);
         if parts.runner.vocab_size() < vocab_size {
             tracing::warn!(
@@ -207,6 +220,7 @@ impl Replica {
                 eos_token_ids: parts.eos_token_ids,
                 metrics: metrics.clone(),
                 seed: cfg.seed,
+                num_speculative_tokens,
             },
             cfg.max_num_seqs.saturating_add(cfg.max_waiting_requests),
         )?;
@@ -224,6 +238,7 @@ impl Replica {
             metrics,
             draining: AtomicBool::new(false),
             max_body_bytes: cfg.max_request_body_bytes,
+            body_timeout: Duration::from_millis(cfg.request_body_timeout_ms),
             max_logprobs: cfg.max_logprobs,
             defaults: parts.generation_defaults,
             vocab_size,
@@ -318,6 +333,7 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // With a timer hyper enforces its header-read timeout (30 s): a client that opens a
     // connection and never finishes its request head no longer holds it forever (slowloris).
+    // The body has its own deadline (`request_body_timeout_ms`, in the handlers: 408).
     builder.http1().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {

@@ -213,12 +213,20 @@ impl App {
         if declared.is_some_and(|n| n > limit as u64) {
             return self.reject(ApiError::BodyTooLarge { limit });
         }
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+        // The whole body is read before a replica is chosen, within the body deadline: a client
+        // that stalls mid-body gets a 408 and never ties up a replica.
+        let deadline = Duration::from_millis(inner.cfg.request_body_timeout_ms);
+        let body = match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+            Err(_elapsed) => {
+                return self.reject(ApiError::BodyTimeout {
+                    timeout_ms: inner.cfg.request_body_timeout_ms,
+                });
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return self.reject(ApiError::BodyTooLarge { limit });
             }
-            Err(e) => return self.reject(ApiError::BodyRead(e.to_string())),
+            Ok(Err(e)) => return self.reject(ApiError::BodyRead(e.to_string())),
         };
         let started = Instant::now();
         let key = if parts.method == Method::POST {

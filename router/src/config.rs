@@ -78,6 +78,10 @@ pub struct RouterConfig {
     pub max_retries: u32,
     /// Largest request body in bytes (413 beyond). Default 32 MiB.
     pub max_body_bytes: usize,
+    /// Time allowed to receive a whole request body once its head has arrived, in
+    /// milliseconds; a body still incomplete then gets 408 (nothing is proxied) and the
+    /// connection is closed. Default 30000 (as the header-read timeout).
+    pub request_body_timeout_ms: u64,
     /// Largest non-stream response body relayed, in bytes (502 beyond). Default 64 MiB.
     pub max_response_bytes: usize,
     /// Graceful-shutdown budget in seconds for in-flight requests. Default 30.
@@ -107,6 +111,7 @@ impl Default for RouterConfig {
             first_byte_timeout_ms: 300_000,
             max_retries: 2,
             max_body_bytes: 32 << 20,
+            request_body_timeout_ms: 30_000,
             max_response_bytes: 64 << 20,
             shutdown_timeout_secs: 30,
         }
@@ -202,7 +207,7 @@ impl RouterConfig {
         {
             return Err(invalid("kv_pressure_threshold", "must be in (0, 1]"));
         }
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
             ("max_prefix_blocks", self.max_prefix_blocks as u64),
             ("affinity_capacity", self.affinity_capacity as u64),
             ("max_inflight_per_replica", self.max_inflight_per_replica),
@@ -212,6 +217,7 @@ impl RouterConfig {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("first_byte_timeout_ms", self.first_byte_timeout_ms),
             ("max_body_bytes", self.max_body_bytes as u64),
+            ("request_body_timeout_ms", self.request_body_timeout_ms),
             ("discover_interval_ms", self.discover_interval_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -355,6 +361,10 @@ pub struct RouterArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Time to receive a request body in ms (408 beyond) [default: 30000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body_timeout_ms: Option<u64>,
     /// Largest non-stream response relayed in bytes [default: 67108864].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -497,6 +507,8 @@ mod tests {
                 "0",
                 "--max-body-bytes",
                 "100",
+                "--request-body-timeout-ms",
+                "250",
                 "--shutdown-timeout",
                 "3",
             ]);
@@ -518,6 +530,7 @@ mod tests {
             assert_eq!(cfg.first_byte_timeout_ms, 20);
             assert_eq!(cfg.max_retries, 0);
             assert_eq!(cfg.max_body_bytes, 100);
+            assert_eq!(cfg.request_body_timeout_ms, 250);
             assert_eq!(cfg.shutdown_timeout_secs, 3);
             Ok(())
         });
@@ -562,6 +575,7 @@ mod tests {
         assert!(with(&|c| c.discover = Some("k8s:svc".into())).contains("discover"));
         assert!(with(&|c| c.max_inflight_per_replica = 0).contains("max_inflight_per_replica"));
         assert!(with(&|c| c.block_bytes = 1).contains("block_bytes"));
+        assert!(with(&|c| c.request_body_timeout_ms = 0).contains("request_body_timeout_ms"));
         assert!(with(&|c| c.kv_pressure_threshold = 1.5).contains("kv_pressure_threshold"));
     }
 

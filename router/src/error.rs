@@ -31,6 +31,12 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The client's body did not arrive within `request_body_timeout_ms`.
+    #[error("request body not received within {timeout_ms} ms; closing the connection")]
+    BodyTimeout {
+        /// The deadline in milliseconds.
+        timeout_ms: u64,
+    },
     /// The client's body could not be read.
     #[error("failed to read the request body: {0}")]
     BodyRead(String),
@@ -68,6 +74,7 @@ impl ApiError {
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::NoHealthyReplica => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -82,6 +89,7 @@ impl ApiError {
             Self::NotFound { .. } => ("invalid_request_error", "not_found"),
             Self::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Self::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            Self::BodyTimeout { .. } => ("invalid_request_error", "request_timeout"),
             Self::BodyRead(_) => ("invalid_request_error", "invalid_body"),
             Self::NoHealthyReplica => ("server_error", "no_healthy_replica"),
             Self::Overloaded { .. } => ("rate_limit_error", "overloaded"),
@@ -112,6 +120,10 @@ impl ApiError {
         );
         if matches!(self, Self::Overloaded { .. } | Self::NoHealthyReplica) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::BodyTimeout { .. }) {
+            // the rest of the body may still be on its way: the connection cannot be reused
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(value) = self.replica().and_then(|r| HeaderValue::from_str(r).ok()) {
             headers.insert(REPLICA_HEADER, value);
@@ -148,6 +160,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "overloaded");
         assert!(v["error"]["message"].as_str().unwrap().contains('4'));
+    }
+
+    #[test]
+    fn body_timeout_is_a_408_that_closes_the_connection() {
+        let response = ApiError::BodyTimeout { timeout_ms: 250 }.into_response();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | `glmfleet_router_decisions_total` | counter | `outcome` (affinity, hashed, spill, balanced, fallback) |
 //! | `glmfleet_router_retries_total` | counter | `reason` (connect, timeout, closed, ejected, status, too_large) |
 //! | `glmfleet_router_ejections_total` | counter | `replica`, `reason` (requests, probes) |
-//! | `glmfleet_router_rejected_total` | counter | `reason` (too_large, bad_request, overloaded, no_replica) |
+//! | `glmfleet_router_rejected_total` | counter | `reason` (too_large, body_timeout, bad_request, overloaded, no_replica) |
 //! | `glmfleet_router_upstream_errors_total` | counter | `replica`, `kind` |
 //! | `glmfleet_router_added_latency_seconds` | histogram | – (router time, upstream waits excluded) |
 //! | `glmfleet_router_inflight` | gauge | `replica` |
@@ -56,7 +56,13 @@ pub const RETRY_REASONS: [&str; 6] = [
 ];
 
 /// Reasons counted in `rejected_total`.
-pub const REJECT_REASONS: [&str; 4] = ["too_large", "bad_request", "overloaded", "no_replica"];
+pub const REJECT_REASONS: [&str; 5] = [
+    "too_large",
+    "body_timeout",
+    "bad_request",
+    "overloaded",
+    "no_replica",
+];
 
 /// The `replica` label value of a replica named by its base URL: `host:port`.
 pub fn replica_label(name: &str) -> &str {
@@ -66,6 +72,7 @@ pub fn replica_label(name: &str) -> &str {
 /// The `reason` label of a request the router refused with `status` itself.
 pub fn reject_reason(status: u16) -> &'static str {
     match status {
+        408 => "body_timeout",
         413 => "too_large",
         429 => "overloaded",
         503 => "no_replica",

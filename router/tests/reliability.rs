@@ -1,5 +1,5 @@
 //! Failure handling end to end: killed, hung and failing replicas, cut streams, disconnecting
-//! clients, chunk-by-chunk streaming and graceful shutdown.
+//! clients, stalled request bodies, chunk-by-chunk streaming and graceful shutdown.
 
 mod common;
 
@@ -416,4 +416,65 @@ async fn oversized_answer_is_a_502_without_retry() {
         .unwrap()
         .contains("max_response_bytes"));
     assert_eq!(mocks[0].requests() + mocks[1].requests(), 1, "not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_gets_408_and_is_never_proxied() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockReplica::normal("a").await;
+    let cfg = RouterConfig {
+        request_body_timeout_ms: 300,
+        ..test_config(&[&mock])
+    };
+    let router = TestRouter::start(cfg).await;
+    let client = TestClient::new();
+    let addr = router.url.trim_start_matches("http://").to_owned();
+    let before = mock.requests();
+
+    // Head complete, 100 bytes announced, 12 sent, then nothing.
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\
+              content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"messages\"",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut reply = Vec::new();
+    // the router answers and closes: read_to_end returns; only the guard means "left open"
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "408 after {waited:?}"
+    );
+    assert_eq!(
+        mock.requests(),
+        before,
+        "a partial body reached the replica"
+    );
+    assert!(router
+        .metrics(&client)
+        .await
+        .contains("glmfleet_router_rejected_total{reason=\"body_timeout\"} 1"));
+
+    // The router still serves.
+    let (status, _, _) = client
+        .post_json(
+            &format!("{}/v1/chat/completions", router.url),
+            &chat("s", "q", false),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mock.requests(), before + 1);
+    router.shutdown().await.unwrap();
 }

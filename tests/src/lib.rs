@@ -57,7 +57,9 @@ pub struct Proc {
 impl Proc {
     /// Starts `glmfleet ARGS` and waits (up to `timeout`) for `component` to announce its address.
     pub fn start(args: &[&str], component: &str, timeout: Duration) -> Proc {
-        let mut child = Command::new(glmfleet_bin())
+        let mut cmd = Command::new(glmfleet_bin());
+        no_inherited_fds(&mut cmd);
+        let mut child = cmd
             .args(args)
             .env(
                 "GLMFLEET_CACHE",
@@ -158,6 +160,55 @@ impl Drop for Proc {
     }
 }
 
+/// Makes every descriptor above stderr close-on-exec in the child before it execs, so a server
+/// a test starts inherits nothing from the test process but stdio. Rust opens its own files
+/// close-on-exec; the problem is what the test process itself inherited, such as the lock file
+/// `flock /tmp/cargo.lock cargo test` holds: a server that outlived its test (or a replica that
+/// `up` left behind) would keep that lock, and every later cargo command, waiting.
+///
+/// The descriptors are marked, not closed, so std's own exec-error pipe keeps working (a failed
+/// exec is still reported by `spawn`).
+pub fn no_inherited_fds(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and only makes raw syscalls
+    // (close_range, fcntl), which are async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            mark_cloexec_from(3);
+            Ok(())
+        })
+    }
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11+), else `FD_CLOEXEC` on each
+/// descriptor below [`FALLBACK_FD_LIMIT`] one by one. Async-signal-safe.
+fn mark_cloexec_from(first: libc::c_uint) {
+    /// `CLOSE_RANGE_CLOEXEC` from linux/close_range.h.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: plain syscalls on this process's descriptor table; an fd that is not open makes
+    // fcntl fail with EBADF, which is ignored.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
+        if r == 0 {
+            return;
+        }
+        for fd in first as libc::c_int..FALLBACK_FD_LIMIT {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Descriptors checked one by one where `close_range` is missing (kernels before 5.11).
+const FALLBACK_FD_LIMIT: libc::c_int = 4096;
+
 /// Parses `{"event":"listening","component":C,"addr":A}`.
 pub fn parse_announce(line: &str, component: &str) -> Option<SocketAddr> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -216,6 +267,22 @@ pub struct Fleet {
     /// The replicas' addresses (stable across restarts).
     pub addrs: Vec<SocketAddr>,
     pub router: Proc,
+    /// Extra router flags (after [`FAST_ROUTER_FLAGS`]), kept for [`Fleet::restart_router`].
+    pub router_flags: Vec<String>,
+}
+
+/// `glmfleet router` on `port` (0: any) in front of `replicas`, with [`FAST_ROUTER_FLAGS`] and
+/// `flags`.
+fn start_router(replicas: &[SocketAddr], port: u16, flags: &[String]) -> Proc {
+    let port = port.to_string();
+    let urls: Vec<String> = replicas.iter().map(|a| format!("http://{a}")).collect();
+    let mut args: Vec<&str> = vec!["router", "--host", "127.0.0.1", "--port", &port];
+    for u in &urls {
+        args.extend(["--replica", u.as_str()]);
+    }
+    args.extend(FAST_ROUTER_FLAGS);
+    args.extend(flags.iter().map(String::as_str));
+    Proc::start(&args, "router", Duration::from_secs(30))
 }
 
 impl Fleet {
@@ -237,20 +304,15 @@ impl Fleet {
             .map(|h| h.join().expect("replica start"))
             .collect();
         let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
-        let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
-        let mut args: Vec<&str> = vec!["router", "--host", "127.0.0.1", "--port", "0"];
-        for u in &urls {
-            args.extend(["--replica", u.as_str()]);
-        }
-        args.extend(FAST_ROUTER_FLAGS);
-        args.extend_from_slice(router_flags);
-        let router = Proc::start(&args, "router", Duration::from_secs(30));
+        let router_flags: Vec<String> = router_flags.iter().map(|s| s.to_string()).collect();
+        let router = start_router(&addrs, 0, &router_flags);
         let fleet = Fleet {
             model: model.to_owned(),
             serve_flags: serve_flags.iter().map(|s| s.to_string()).collect(),
             replicas: replicas.into_iter().map(Some).collect(),
             addrs,
             router,
+            router_flags,
         };
         fleet.wait_healthy(n, Duration::from_secs(20));
         fleet
@@ -322,6 +384,18 @@ impl Fleet {
         }
     }
 
+    /// Starts a new router on the old router's port, with the same replicas and flags, once the
+    /// test has killed or stopped the old one; waits until it sees the running replicas healthy.
+    pub fn restart_router(&mut self) {
+        assert!(
+            matches!(self.router.child.try_wait(), Ok(Some(_))),
+            "the router is still running"
+        );
+        self.router = start_router(&self.addrs, self.router.addr.port(), &self.router_flags);
+        let running = self.replicas.iter().flatten().count();
+        self.wait_healthy(running, Duration::from_secs(20));
+    }
+
     /// Starts replica `i` again on its old port.
     pub fn restart_replica(&mut self, i: usize) {
         assert!(self.replicas[i].is_none(), "replica {i} is still running");
@@ -366,4 +440,41 @@ pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
 pub fn dead_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a child started by `cmd` (a shell) sees descriptor `fd` open.
+    fn child_sees(cmd: &mut Command, fd: libc::c_int) -> bool {
+        let status = cmd
+            .args(["-c", &format!("[ -e /proc/self/fd/{fd} ]")])
+            .stdin(Stdio::null())
+            .status()
+            .expect("run sh");
+        status.success()
+    }
+
+    #[test]
+    fn children_do_not_inherit_descriptors_of_the_test_process() {
+        // An inheritable descriptor, as a `flock` lock file is for `cargo test`: dup() does not
+        // set close-on-exec.
+        let file = std::fs::File::open(repo_root().join("Cargo.toml")).expect("open");
+        // SAFETY: dup of a descriptor we own; the copy is closed below.
+        let fd = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&file)) };
+        assert!(fd > 2, "dup failed");
+        // control: without the hook the child has it
+        assert!(child_sees(&mut Command::new("sh"), fd));
+        assert!(!child_sees(no_inherited_fds(&mut Command::new("sh")), fd));
+        // stdio is untouched, and the parent's descriptor stays open
+        assert!(child_sees(no_inherited_fds(&mut Command::new("sh")), 2));
+        // SAFETY: F_GETFD on our own descriptor
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+        // SAFETY: closing the descriptor dup'ed above, once
+        unsafe { libc::close(fd) };
+        // a failed exec is still reported (std's error pipe survived the hook)
+        let missing = no_inherited_fds(&mut Command::new("/nonexistent/glmfleet")).spawn();
+        assert!(missing.is_err());
+    }
 }

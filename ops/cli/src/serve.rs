@@ -97,19 +97,74 @@ fn build_runner(
         "cpu" => runner_on::<model::CpuBackend>(cfg, dir, mcfg, &Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => runner_on::<model::CudaBackend>(cfg, dir, mcfg, &Default::default()),
+        #[cfg(feature = "gpu")]
+        "gpu" => gpu_runner(cfg, dir, mcfg),
         other => bail!(
-            "GLMFLEET_DEVICE={other}: unknown device (cpu{})",
-            if cfg!(feature = "cuda") { ", cuda" } else { "" }
+            "GLMFLEET_DEVICE={other}: unknown device (cpu{}{})",
+            if cfg!(feature = "cuda") { ", cuda" } else { "" },
+            if cfg!(feature = "gpu") { ", gpu" } else { "" }
         ),
     }
 }
 
 fn default_device() -> &'static str {
-    if cfg!(feature = "cuda") {
+    if cfg!(feature = "gpu") {
+        "gpu"
+    } else if cfg!(feature = "cuda") {
         "cuda"
     } else {
         "cpu"
     }
+}
+
+/// The CUDA engine with our own kernels (`model::gpu`): weights, workspace and a KV cache planned
+/// from `--gpu-memory-utilization` (or `--kv-cache-memory` / `--num-gpu-blocks-override`).
+#[cfg(feature = "gpu")]
+fn gpu_runner(
+    cfg: &ServeConfig,
+    dir: &Path,
+    mcfg: &Glm4MoeConfig,
+) -> Result<(Box<dyn replica::Runner>, usize)> {
+    if cfg.speculative_config.is_some() {
+        bail!(
+            "--speculative-config is not implemented by the GPU engine yet \
+             (GLMFLEET_DEVICE=cpu drafts with the MTP layer)"
+        );
+    }
+    let opts = model::gpu::GpuOptions {
+        device: 0,
+        max_num_batched_tokens: cfg.max_num_batched_tokens,
+        max_num_seqs: cfg.max_num_seqs,
+        max_model_len: cfg
+            .max_model_len
+            .unwrap_or(mcfg.max_position_embeddings)
+            .min(mcfg.max_position_embeddings),
+        block_size: cfg.block_size,
+        gpu_memory_utilization: cfg.gpu_memory_utilization,
+        num_blocks: cfg.num_gpu_blocks_override,
+        kv_cache_bytes: cfg.kv_cache_memory.as_ref().map(|b| b.0),
+        cuda_graphs: std::env::var("GLMFLEET_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+        kv_fp8: matches!(cfg.kv_cache_dtype, replica::config::KvCacheDtype::Fp8),
+    };
+    let t0 = std::time::Instant::now();
+    let model = match cfg.load_format {
+        LoadFormat::Dummy => model::gpu::GpuModel::dummy(mcfg.clone(), &opts, cfg.seed, false)?,
+        _ => model::gpu::GpuModel::load(dir, &opts).context("loading the model onto the GPU")?,
+    };
+    let (w, ws, kv) = model.memory();
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    tracing::info!(
+        "GPU engine on {}: weights {:.2} GiB, workspace {:.2} GiB, KV cache {:.2} GiB ({} blocks of {} tokens), ready in {:.1} s",
+        model.device_name(),
+        gib(w),
+        gib(ws),
+        gib(kv),
+        model.num_blocks(),
+        model.block_size(),
+        t0.elapsed().as_secs_f64()
+    );
+    let n = model.num_blocks();
+    Ok((Box::new(replica::runner::GpuRunner::new(model)), n))
 }
 
 fn runner_on<B: Backend>(
@@ -122,11 +177,23 @@ where
     B::Device: Send,
     replica::runner::ModelRunner<B>: replica::Runner,
 {
-    let opts = LoadOptions::default();
+    // The MTP layer (and its KV layer) only when it drafts: `--speculative-config`.
+    let opts = LoadOptions {
+        load_mtp: cfg.speculative_config.is_some(),
+        ..LoadOptions::default()
+    };
     let model = match cfg.load_format {
         LoadFormat::Dummy => Glm4Moe::<B>::dummy(mcfg.clone(), device, cfg.seed, &opts)?,
         _ => Glm4Moe::<B>::load(dir, device, &opts).context("loading the model")?,
     };
+    if opts.load_mtp && !model.has_mtp() {
+        bail!(
+            "--speculative-config: {} has no MTP layer (num_nextn_predict_layers = {}), so \
+             method mtp cannot draft",
+            dir.display(),
+            mcfg.num_nextn_predict_layers
+        );
+    }
     let elem_bytes = match cfg.kv_cache_dtype {
         replica::config::KvCacheDtype::Fp8 => {
             bail!("--kv-cache-dtype fp8 needs the GPU kernels (not available in this build)")

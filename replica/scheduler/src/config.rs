@@ -39,9 +39,12 @@ pub struct SchedulerConfig {
     pub enable_prefix_caching: bool,
     /// Waiting-queue order. Default FCFS.
     pub policy: QueuePolicy,
-    /// Extra KV slots reserved after the last scheduled token of every sampling seq, for
-    /// speculative draft tokens. Default 0. Verification is not implemented here.
+    /// Extra KV slots reserved after the last scheduled token of every sampling seq (e.g. for
+    /// the KV a multi-step drafter writes beyond the verified tokens). Default 0.
     pub num_lookahead_tokens: usize,
+    /// Speculative decoding: the most draft tokens a request may carry into one step (see
+    /// [`crate::Scheduler::set_draft_tokens`]). Default 0 (off).
+    pub num_speculative_tokens: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -55,6 +58,7 @@ impl Default for SchedulerConfig {
             enable_prefix_caching: true,
             policy: QueuePolicy::Fcfs,
             num_lookahead_tokens: 0,
+            num_speculative_tokens: 0,
         }
     }
 }
@@ -80,6 +84,12 @@ impl SchedulerConfig {
             return Err(ConfigError::BudgetBelowSeqs {
                 max_num_batched_tokens: self.max_num_batched_tokens,
                 max_num_seqs: self.max_num_seqs,
+            });
+        }
+        if self.num_speculative_tokens >= self.max_num_batched_tokens {
+            return Err(ConfigError::SpecAboveBudget {
+                num_speculative_tokens: self.num_speculative_tokens,
+                max_num_batched_tokens: self.max_num_batched_tokens,
             });
         }
         Ok(())
@@ -109,6 +119,7 @@ mod tests {
         );
         assert_eq!((c.num_blocks, c.enable_prefix_caching), (1024, true));
         assert_eq!((c.policy, c.num_lookahead_tokens), (QueuePolicy::Fcfs, 0));
+        assert_eq!(c.num_speculative_tokens, 0);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -138,6 +149,16 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(c.validate(), Err(ConfigError::TooManyBlocks(_))));
+        let c = SchedulerConfig {
+            max_num_batched_tokens: 4,
+            max_num_seqs: 4,
+            num_speculative_tokens: 4,
+            ..Default::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::SpecAboveBudget { .. })
+        ));
     }
 
     #[test]

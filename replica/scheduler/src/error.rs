@@ -22,6 +22,15 @@ pub enum ConfigError {
         max_num_batched_tokens: usize,
         max_num_seqs: usize,
     },
+    /// A step could not hold a decode token plus its draft tokens.
+    #[error(
+        "scheduler config: num_speculative_tokens ({num_speculative_tokens}) must be below \
+         max_num_batched_tokens ({max_num_batched_tokens})"
+    )]
+    SpecAboveBudget {
+        num_speculative_tokens: usize,
+        max_num_batched_tokens: usize,
+    },
 }
 
 /// Why [`crate::Scheduler::add_request`] refused a request. Nothing was queued.

@@ -42,6 +42,12 @@
 //!   an LRU free list. Full blocks are registered under a chained hash
 //!   ([`kv_cache::BlockHasher`]) so a later request with the same prefix reuses them; freed
 //!   blocks keep their hash until reallocated (lazy eviction).
+//! * **Speculative decoding.** The engine hands a running request draft tokens
+//!   ([`Scheduler::set_draft_tokens`]); its next decode step carries them (KV slots allocated,
+//!   counted in the token budget, [`ScheduledSeq::num_draft_tokens`]). `update_from_output`
+//!   takes the accepted drafts plus the model's own token, keeps the KV of the accepted ones and
+//!   rolls `num_computed_tokens` back over the rest; stop conditions apply token by token, and
+//!   only blocks of known tokens are ever cached.
 //! * **Preemption by recompute.** When a running request cannot grow, the newest running
 //!   request (lowest priority under [`QueuePolicy::Priority`]) loses its blocks and is queued
 //!   again (at the head under FCFS, at its place under priority); its output so far is kept

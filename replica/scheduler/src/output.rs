@@ -7,7 +7,8 @@ use crate::request::{FinishReason, RequestId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledSeq {
     pub id: RequestId,
-    /// The tokens to compute this step (a prefill chunk, or the last sampled token).
+    /// The tokens to compute this step (a prefill chunk, or the last sampled token), followed
+    /// by `num_draft_tokens` draft tokens to verify.
     pub token_ids: Vec<u32>,
     /// Tokens already computed before this step = position of `token_ids[0]`.
     pub start_pos: usize,
@@ -16,6 +17,11 @@ pub struct ScheduledSeq {
     pub block_table: Vec<u32>,
     /// True iff this chunk reaches the end of the known tokens: the model must sample a token.
     pub sample: bool,
+    /// Speculative decoding: the last `num_draft_tokens` of `token_ids` are draft tokens (not
+    /// yet part of the request) whose KV is computed speculatively. The engine verifies them
+    /// against the model's tokens at the positions before them and passes the accepted prefix
+    /// plus one token of its own to `update_from_output`. Only non-zero when `sample`.
+    pub num_draft_tokens: usize,
 }
 
 impl ScheduledSeq {
@@ -34,6 +40,26 @@ impl ScheduledSeq {
     /// Number of tokens whose KV the attention of this chunk reads (context length).
     pub fn context_len(&self) -> usize {
         self.start_pos + self.token_ids.len()
+    }
+
+    /// The known tokens of the chunk (without draft tokens).
+    pub fn known_tokens(&self) -> &[u32] {
+        &self.token_ids[..self.token_ids.len() - self.num_draft_tokens]
+    }
+
+    /// The draft tokens of the chunk (empty without speculation).
+    pub fn draft_tokens(&self) -> &[u32] {
+        &self.token_ids[self.token_ids.len() - self.num_draft_tokens..]
+    }
+
+    /// Logits rows a sampling seq needs: one per position from its last known token on
+    /// (`1 + num_draft_tokens`); 0 when it does not sample.
+    pub fn num_logits(&self) -> usize {
+        if self.sample {
+            1 + self.num_draft_tokens
+        } else {
+            0
+        }
     }
 }
 
@@ -56,6 +82,11 @@ impl SchedulerOutput {
     /// The seqs the engine must sample for (and pass back to `update_from_output`).
     pub fn sampling_seqs(&self) -> impl Iterator<Item = &ScheduledSeq> {
         self.seqs.iter().filter(|s| s.sample)
+    }
+
+    /// Draft tokens scheduled for verification in this step.
+    pub fn num_draft_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.num_draft_tokens).sum()
     }
 }
 
@@ -92,9 +123,15 @@ mod tests {
             start_pos: 3,
             block_table: vec![7, 2],
             sample: true,
+            num_draft_tokens: 2,
         };
         assert_eq!(seq.slot_mapping(4).collect::<Vec<_>>(), vec![31, 8, 9]);
         assert_eq!(seq.positions(), 3..6);
         assert_eq!(seq.context_len(), 6);
+        assert_eq!(
+            (seq.known_tokens(), seq.draft_tokens()),
+            (&[10][..], &[11, 12][..])
+        );
+        assert_eq!(seq.num_logits(), 3);
     }
 }

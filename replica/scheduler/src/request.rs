@@ -104,6 +104,9 @@ pub(crate) struct Request {
     pub num_preemptions: u32,
     /// Position in the waiting queue while waiting or preempted.
     pub queue_key: Option<QueueKey>,
+    /// Draft tokens proposed after the last token (speculative decoding), scheduled with the
+    /// next decode step. Only running requests hold drafts.
+    pub draft_token_ids: Vec<u32>,
 }
 
 impl Request {
@@ -130,6 +133,7 @@ impl Request {
             num_cached_tokens: None,
             num_preemptions: 0,
             queue_key: None,
+            draft_token_ids: Vec::new(),
         }
     }
 

@@ -27,6 +27,16 @@ pub struct SchedulerStats {
     pub last_step_seqs: usize,
     /// Non-empty steps scheduled (cumulative).
     pub steps: u64,
+    /// Speculative decoding: verifications of a request with at least one draft token
+    /// (cumulative; vLLM's `spec_decode_num_drafts`).
+    pub spec_num_drafts: u64,
+    /// Draft tokens verified (cumulative).
+    pub spec_num_draft_tokens: u64,
+    /// Draft tokens accepted (cumulative).
+    pub spec_num_accepted_tokens: u64,
+    /// Accepted draft tokens by position in their draft (index 0 = first draft token),
+    /// cumulative; as long as the longest draft verified so far.
+    pub spec_accepted_per_pos: Vec<u64>,
 }
 
 impl SchedulerStats {
@@ -36,6 +46,15 @@ impl SchedulerStats {
             0.0
         } else {
             self.prefix_hits_tokens as f64 / self.prefix_queries_tokens as f64
+        }
+    }
+
+    /// Share of verified draft tokens that were accepted, 0 when none was verified.
+    pub fn spec_acceptance_rate(&self) -> f64 {
+        if self.spec_num_draft_tokens == 0 {
+            0.0
+        } else {
+            self.spec_num_accepted_tokens as f64 / self.spec_num_draft_tokens as f64
         }
     }
 }
@@ -51,5 +70,9 @@ mod tests {
         s.prefix_queries_tokens = 8;
         s.prefix_hits_tokens = 2;
         assert_eq!(s.prefix_hit_rate(), 0.25);
+        assert_eq!(s.spec_acceptance_rate(), 0.0);
+        s.spec_num_draft_tokens = 4;
+        s.spec_num_accepted_tokens = 3;
+        assert_eq!(s.spec_acceptance_rate(), 0.75);
     }
 }

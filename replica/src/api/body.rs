@@ -1,7 +1,9 @@
-//! Request and response bodies: bounded request reading (413) and the one response body type
-//! used by every handler (a full buffer or a byte stream, e.g. SSE).
+//! Request and response bodies: bounded request reading (413 over the size limit, 408 past the
+//! read deadline) and the one response body type used by every handler (a full buffer or a byte
+//! stream, e.g. SSE).
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -56,10 +58,11 @@ pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
     resp
 }
 
-/// Reads a request body of at most `limit` bytes. A body that declares more (its
-/// `Content-Length`, seen through the size hint) is refused before anything is read, so a client
-/// cannot hold the connection open by announcing a huge body and sending it slowly.
-pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+/// Reads a request body of at most `limit` bytes within `deadline`. A body that declares more
+/// (its `Content-Length`, seen through the size hint) is refused before anything is read, and a
+/// body that has not fully arrived when `deadline` passes is a 408: a client cannot hold a
+/// connection and a task by announcing a body and then sending it slowly or not at all.
+pub async fn read_limited<B>(body: B, limit: usize, deadline: Duration) -> Result<Bytes, ApiError>
 where
     B: Body,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -67,12 +70,15 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Err(_elapsed) => Err(ApiError::BodyTimeout {
+            timeout_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })
         }
-        Err(e) => Err(ApiError::invalid(format!("cannot read request body: {e}"))),
+        Ok(Err(e)) => Err(ApiError::invalid(format!("cannot read request body: {e}"))),
     }
 }
 
@@ -97,6 +103,9 @@ mod tests {
     use hyper::body::SizeHint;
 
     use super::*;
+
+    /// Long enough never to fire in the tests that are not about the deadline.
+    const NO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
     /// A body that announces `declared` bytes and never delivers any.
     struct Announced {
@@ -125,7 +134,7 @@ mod tests {
         // `Content-Length: 1000000000000` and sending nothing kept the request hanging.
         let got = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            read_limited(Announced { declared: 1 << 40 }, 4096),
+            read_limited(Announced { declared: 1 << 40 }, 4096, NO_DEADLINE),
         )
         .await
         .expect("refused at once");
@@ -136,13 +145,35 @@ mod tests {
     async fn bodies_within_the_limit_are_read() {
         let body = Full::new(Bytes::from_static(b"{}"));
         assert_eq!(
-            read_limited(body, 2).await.unwrap(),
+            read_limited(body, 2, NO_DEADLINE).await.unwrap(),
             Bytes::from_static(b"{}")
         );
         let body = Full::new(Bytes::from_static(b"{\"a\": 1}"));
         assert_eq!(
-            read_limited(body, 4).await,
+            read_limited(body, 4, NO_DEADLINE).await,
             Err(ApiError::PayloadTooLarge { limit: 4 })
         );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out_with_408() {
+        // A client that announces 100 bytes (within the limit) and then sends nothing used to
+        // hold the request (and its connection) forever.
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_limited(
+                Announced { declared: 100 },
+                4096,
+                std::time::Duration::from_millis(50),
+            ),
+        )
+        .await
+        .expect("the deadline fired");
+        assert_eq!(got, Err(ApiError::BodyTimeout { timeout_ms: 50 }));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        let err = got.unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(err.to_string().contains("50 ms"), "{err}");
     }
 }

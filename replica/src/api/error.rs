@@ -40,6 +40,12 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body did not arrive within the read deadline (408; the connection is closed).
+    #[error("Request body not received within {timeout_ms} ms; closing the connection")]
+    BodyTimeout {
+        /// The deadline in milliseconds.
+        timeout_ms: u64,
+    },
     /// Shutting down (503).
     #[error("The server is shutting down and does not accept new requests")]
     Draining,
@@ -82,6 +88,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Draining | Self::Overloaded(_) | Self::EngineDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -96,6 +103,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::RouteNotFound(_) => "NotFoundError",
             Self::MethodNotAllowed => "MethodNotAllowedError",
             Self::PayloadTooLarge { .. } => "PayloadTooLargeError",
+            Self::BodyTimeout { .. } => "RequestTimeoutError",
             Self::Draining | Self::Overloaded(_) | Self::EngineDown => "ServiceUnavailableError",
             Self::Engine(_) | Self::ToolCallMissing(_) => "InternalServerError",
         }
@@ -140,6 +148,10 @@ impl ApiError {
             Self::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            Self::BodyTimeout { .. } => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         if status.is_client_error() {
@@ -164,6 +176,11 @@ mod tests {
                 413,
                 "PayloadTooLargeError",
             ),
+            (
+                ApiError::BodyTimeout { timeout_ms: 5 },
+                408,
+                "RequestTimeoutError",
+            ),
             (ApiError::Draining, 503, "ServiceUnavailableError"),
             (ApiError::Engine("boom".into()), 500, "InternalServerError"),
         ];
@@ -179,5 +196,7 @@ mod tests {
         );
         let resp = ApiError::Overloaded("busy".into()).into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let resp = ApiError::BodyTimeout { timeout_ms: 5 }.into_response();
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
     }
 }

@@ -58,6 +58,8 @@ pub struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) draining: AtomicBool,
     pub(crate) max_body_bytes: usize,
+    /// Time allowed to receive a whole request body once its head has arrived.
+    pub(crate) body_timeout: std::time::Duration,
     pub(crate) max_logprobs: usize,
     pub(crate) defaults: GenerationDefaults,
     /// Real vocabulary size (tokenizer, added tokens included).

@@ -1,5 +1,5 @@
 //! Dispatch by method and path, in this order: auth (protected paths) → drain gate (generation
-//! endpoints) → body read with the size limit → handler. Every error goes through
+//! endpoints) → body read with the size limit and read deadline → handler. Every error goes through
 //! [`ApiError::into_response`].
 
 use std::sync::Arc;
@@ -44,20 +44,20 @@ where
         (Method::GET, "/v1/models") => Ok(info::models(st)),
         (Method::POST, "/v1/chat/completions") => {
             gate(st)?;
-            let body = read_limited(req.into_body(), st.max_body_bytes).await?;
+            let body = read_limited(req.into_body(), st.max_body_bytes, st.body_timeout).await?;
             chat::chat_completions(st.clone(), body).await
         }
         (Method::POST, "/v1/completions") => {
             gate(st)?;
-            let body = read_limited(req.into_body(), st.max_body_bytes).await?;
+            let body = read_limited(req.into_body(), st.max_body_bytes, st.body_timeout).await?;
             completions::completions(st.clone(), body).await
         }
         (Method::POST, "/tokenize") => {
-            let body = read_limited(req.into_body(), st.max_body_bytes).await?;
+            let body = read_limited(req.into_body(), st.max_body_bytes, st.body_timeout).await?;
             info::tokenize(st, &body).await
         }
         (Method::POST, "/detokenize") => {
-            let body = read_limited(req.into_body(), st.max_body_bytes).await?;
+            let body = read_limited(req.into_body(), st.max_body_bytes, st.body_timeout).await?;
             info::detokenize(st, &body)
         }
         (

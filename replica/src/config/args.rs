@@ -8,7 +8,8 @@ use figment::Figment;
 use serde::Serialize;
 
 use super::types::{
-    ByteSize, KvCacheDtype, LoadFormat, ReasoningParserName, SchedulingPolicy, ToolParserName,
+    ByteSize, KvCacheDtype, LoadFormat, ReasoningParserName, SchedulingPolicy, SpeculativeConfig,
+    ToolParserName,
 };
 use super::{ConfigError, ServeConfig, ENV_PREFIX};
 
@@ -120,6 +121,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// Speculative decoding with the checkpoint's MTP layer, as JSON:
+    /// '{"method": "mtp", "num_speculative_tokens": 1}'.
+    #[arg(long, value_name = "JSON")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative_config: Option<SpeculativeConfig>,
 }
 
 impl ServeArgs {

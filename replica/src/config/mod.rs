@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use args::{load_config, ServeArgs};
 pub use types::{
-    ByteSize, KvCacheDtype, LoadFormat, ReasoningParserName, SchedulingPolicy, ToolParserName,
+    ByteSize, KvCacheDtype, LoadFormat, ReasoningParserName, SchedulingPolicy, SpeculativeConfig,
+    ToolParserName,
 };
 
 /// Environment-variable prefix of the serve configuration.
@@ -83,8 +84,15 @@ pub struct ServeConfig {
     pub chat_template: Option<String>,
     /// Largest accepted request body in bytes (413 beyond). Default 32 MiB.
     pub max_request_body_bytes: usize,
+    /// Milliseconds allowed to receive a request body once its head has arrived; a body still
+    /// incomplete then gets 408 and the connection is closed. Default 30000 (as the header-read
+    /// timeout).
+    pub request_body_timeout_ms: u64,
     /// Largest `top_logprobs` / completions `logprobs` a request may ask for. Default 20.
     pub max_logprobs: usize,
+    /// Speculative decoding with the checkpoint's MTP layer (`--speculative-config`). Default
+    /// off.
+    pub speculative_config: Option<SpeculativeConfig>,
 }
 
 impl Default for ServeConfig {
@@ -115,7 +123,9 @@ impl Default for ServeConfig {
             num_gpu_blocks_override: None,
             chat_template: None,
             max_request_body_bytes: 32 << 20,
+            request_body_timeout_ms: 30_000,
             max_logprobs: 20,
+            speculative_config: None,
         }
     }
 }
@@ -225,10 +235,31 @@ impl ServeConfig {
         if self.max_request_body_bytes < 1024 {
             return Err(invalid("max_request_body_bytes must be at least 1024"));
         }
+        if self.request_body_timeout_ms == 0 {
+            return Err(invalid("request_body_timeout_ms must be at least 1"));
+        }
         if self.host.is_empty() {
             return Err(invalid("--host must not be empty"));
         }
+        if let Some(spec) = &self.speculative_config {
+            spec.validate()
+                .map_err(|e| invalid(format!("--speculative-config: {e}")))?;
+            if spec.num_speculative_tokens >= self.max_num_batched_tokens {
+                return Err(invalid(format!(
+                    "--speculative-config: num_speculative_tokens ({}) must be below \
+                     --max-num-batched-tokens ({})",
+                    spec.num_speculative_tokens, self.max_num_batched_tokens
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Draft tokens per step: `num_speculative_tokens`, 0 without speculative decoding.
+    pub fn num_speculative_tokens(&self) -> usize {
+        self.speculative_config
+            .as_ref()
+            .map_or(0, |s| s.num_speculative_tokens)
     }
 
     /// The `host:port` to bind.
@@ -315,6 +346,7 @@ mod tests {
         );
         assert!(c.enable_prefix_caching);
         assert_eq!(c.shutdown_timeout, 0);
+        assert_eq!(c.request_body_timeout_ms, 30_000);
         // No model → invalid.
         assert!(matches!(c.validate(), Err(ConfigError::Invalid(m)) if m.contains("no model")));
     }
@@ -348,6 +380,85 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn speculative_config_as_vllm_spells_it() {
+        let flag = r#"{"method": "mtp", "num_speculative_tokens": 2}"#;
+        Jail::expect_with(|jail| {
+            let c = load_config(&parse(&["m", "--speculative-config", flag]))
+                .map_err(|e| e.to_string())?;
+            let want = SpeculativeConfig {
+                method: "mtp".into(),
+                num_speculative_tokens: 2,
+            };
+            assert_eq!(c.speculative_config.as_ref(), Some(&want));
+            assert_eq!(c.num_speculative_tokens(), 2);
+            // The token count defaults to 1; vLLM's method aliases are accepted.
+            let c = load_config(&parse(&[
+                "m",
+                "--speculative-config",
+                r#"{"method": "glm4_moe_mtp"}"#,
+            ]))
+            .map_err(|e| e.to_string())?;
+            assert_eq!(c.num_speculative_tokens(), 1);
+            // A TOML table, and the environment as a table or as JSON.
+            jail.create_file(
+                "serve.toml",
+                "[speculative_config]\nmethod = \"mtp\"\nnum_speculative_tokens = 3\n",
+            )?;
+            let c =
+                load_config(&parse(&["m", "--config", "serve.toml"])).map_err(|e| e.to_string())?;
+            assert_eq!(c.num_speculative_tokens(), 3);
+            jail.set_env(
+                "GLMFLEET_SERVE_SPECULATIVE_CONFIG",
+                "{method=\"mtp\",num_speculative_tokens=4}",
+            );
+            let c = load_config(&parse(&["m"])).map_err(|e| e.to_string())?;
+            assert_eq!(c.num_speculative_tokens(), 4);
+            jail.set_env("GLMFLEET_SERVE_SPECULATIVE_CONFIG", flag);
+            let c = load_config(&parse(&["m"])).map_err(|e| e.to_string())?;
+            assert_eq!(c.num_speculative_tokens(), 2);
+            assert_eq!(ServeConfig::default().num_speculative_tokens(), 0);
+            Ok(())
+        });
+        // Bad values are clear errors.
+        let cli = Cli::try_parse_from(["serve", "m", "--speculative-config", "{method: mtp}"]);
+        let err = cli.err().unwrap().to_string();
+        assert!(err.contains("expected JSON such as"), "{err}");
+        let cli = Cli::try_parse_from([
+            "serve",
+            "m",
+            "--speculative-config",
+            r#"{"method": "mtp", "draft_model": "x"}"#,
+        ]);
+        assert!(cli.err().unwrap().to_string().contains("draft_model"));
+        for (json, needle) in [
+            (r#"{"method": "eagle"}"#, "\"eagle\" is not supported"),
+            (
+                r#"{"method": "ngram", "num_speculative_tokens": 2}"#,
+                "method \"mtp\"",
+            ),
+            (
+                r#"{"method": "mtp", "num_speculative_tokens": 0}"#,
+                "at least 1",
+            ),
+            (
+                r#"{"method": "mtp", "num_speculative_tokens": 9000}"#,
+                "--max-num-batched-tokens",
+            ),
+        ] {
+            let c = ServeConfig {
+                model: Some("m".into()),
+                speculative_config: Some(json.parse().unwrap()),
+                ..ServeConfig::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("--speculative-config") && err.contains(needle),
+                "{json}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -442,6 +553,13 @@ mod tests {
                     ..base.clone()
                 },
                 "--max-model-len",
+            ),
+            (
+                ServeConfig {
+                    request_body_timeout_ms: 0,
+                    ..base.clone()
+                },
+                "request_body_timeout_ms",
             ),
         ];
         for (cfg, flag) in cases {

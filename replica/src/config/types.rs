@@ -175,3 +175,82 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
     }
 }
+
+/// `--speculative-config` (vLLM's JSON, e.g. `{"method": "mtp", "num_speculative_tokens": 1}`):
+/// speculative decoding with the checkpoint's MTP layer as the draft model. In a TOML file or
+/// the environment it is a table (`{method = "mtp", num_speculative_tokens = 1}`) or the same
+/// JSON as a string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpeculativeConfig {
+    /// `mtp`; vLLM's aliases `glm4_moe_mtp` and `deepseek_mtp` are accepted too.
+    pub method: String,
+    /// Draft tokens per step (at least 1). Default 1 (GLM has one MTP layer; vLLM's recipe
+    /// recommends 1).
+    pub num_speculative_tokens: usize,
+}
+
+/// Method names that select the MTP draft layer.
+const MTP_METHODS: [&str; 3] = ["mtp", "glm4_moe_mtp", "deepseek_mtp"];
+
+impl SpeculativeConfig {
+    /// Checks the method and the token count.
+    pub fn validate(&self) -> Result<(), String> {
+        if !MTP_METHODS.contains(&self.method.as_str()) {
+            return Err(format!(
+                "method {:?} is not supported: glmfleet drafts with the checkpoint's MTP layer \
+                 (method \"mtp\")",
+                self.method
+            ));
+        }
+        if self.num_speculative_tokens == 0 {
+            return Err("num_speculative_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpeculativeConfig {
+    method: String,
+    #[serde(default = "one")]
+    num_speculative_tokens: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl From<RawSpeculativeConfig> for SpeculativeConfig {
+    fn from(r: RawSpeculativeConfig) -> Self {
+        Self {
+            method: r.method,
+            num_speculative_tokens: r.num_speculative_tokens,
+        }
+    }
+}
+
+impl FromStr for SpeculativeConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_str::<RawSpeculativeConfig>(s)
+            .map(Self::from)
+            .map_err(|e| {
+                format!(
+                    "invalid speculative config {s:?}: {e} (expected JSON such as \
+                     '{{\"method\": \"mtp\", \"num_speculative_tokens\": 1}}')"
+                )
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for SpeculativeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+            v => serde_json::from_value::<RawSpeculativeConfig>(v)
+                .map(Self::from)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}

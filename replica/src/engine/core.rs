@@ -13,6 +13,13 @@
 //!
 //! The loop owns all mutable state (scheduler, runner, per-sequence sampler and text state), so
 //! none of it needs a lock; the async side sees it only through events and a stats snapshot.
+//!
+//! With speculative decoding (`num_speculative_tokens > 0`, GLM's MTP layer as the draft model)
+//! a step becomes: schedule (decode tokens carry the drafts proposed last step) → runner
+//! `execute_verify` (logits for every position of a seq with drafts) → verify each seq's drafts
+//! with its sampler (`SeqSampler::verify`: exact greedy or speculative sampling) → update →
+//! publish → runner `draft` / `draft_next` and `SeqSampler::propose` choose the next drafts,
+//! handed to `scheduler.set_draft_tokens`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -31,9 +38,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::handle::{Command, Shared};
 use super::{ChoiceDelta, EngineEvent, EngineRequest, Finish, StopReason};
 use crate::metrics::{Metrics, RequestTimings};
-use crate::output::TextOutput;
-use crate::runner::Runner;
+use crate::output::{TextDelta, TextOutput};
+use crate::runner::{DraftSeq, Runner};
 use crate::sampler::{sample_batch, SampleLogprobs, SamplingParams, SeqSampler};
+
+/// The new tokens of each sampling sequence of a step (what `update_from_output` takes).
+type StepTokens = Vec<(u64, Vec<u32>)>;
 
 /// How long an engine with unfinished but unschedulable work waits for commands before
 /// trying again (no busy spin).
@@ -48,6 +58,8 @@ pub(crate) struct EngineParts {
     pub metrics: Metrics,
     /// Seeds the RNG that seeds requests without a `seed`.
     pub seed: u64,
+    /// Draft tokens per step (speculative decoding with the runner's draft model); 0 = off.
+    pub num_speculative_tokens: usize,
 }
 
 /// One scheduler request (one choice) in flight.
@@ -58,8 +70,11 @@ struct SeqState {
     text: TextOutput,
     include_stop: bool,
     min_tokens: usize,
-    /// Logprobs of the token sampled in the current step, until the update arrives.
-    pending_logprobs: Option<SampleLogprobs>,
+    /// Logprobs of the tokens sampled in the current step, until the update arrives.
+    pending_logprobs: Vec<SampleLogprobs>,
+    max_tokens: usize,
+    /// Distributions of the draft tokens proposed for the next step (sampling requests).
+    draft_probs: Vec<Vec<f32>>,
     num_prompt_tokens: usize,
     num_cached_tokens: usize,
     arrival: Instant,
@@ -86,6 +101,7 @@ pub(crate) struct EngineCore {
     inbox: Receiver<Command>,
     shared: Arc<Shared>,
     prev_stats: SchedulerStats,
+    num_speculative_tokens: usize,
     /// Requests that ended this loop turn; reported to the handle after the stats snapshot so
     /// that whoever sees `in_flight` drop also sees the scheduler state that goes with it.
     ended_this_turn: usize,
@@ -118,6 +134,7 @@ impl EngineCore {
             inbox,
             shared,
             prev_stats,
+            num_speculative_tokens: parts.num_speculative_tokens,
             ended_this_turn: 0,
         }
     }
@@ -243,7 +260,9 @@ impl EngineCore {
                     text,
                     include_stop: req.include_stop_str_in_output,
                     min_tokens: req.sampling.min_tokens,
-                    pending_logprobs: None,
+                    pending_logprobs: Vec::new(),
+                    max_tokens: req.max_tokens,
+                    draft_probs: Vec::new(),
                     num_prompt_tokens: req.prompt_token_ids.len(),
                     num_cached_tokens: 0,
                     arrival: req.arrival,
@@ -314,7 +333,12 @@ impl EngineCore {
             }
         }
         self.metrics.record_iteration(out.num_batched_tokens);
-        let sampled = match self.execute_and_sample(&out) {
+        let result = if self.num_speculative_tokens > 0 {
+            self.execute_and_verify(&out)
+        } else {
+            self.execute_and_sample(&out)
+        };
+        let sampled = match result {
             Ok(sampled) => sampled,
             Err(message) => {
                 self.fail_batch(&out, &message);
@@ -326,13 +350,156 @@ impl EngineCore {
         for update in updates {
             self.publish(update, now);
         }
+        if self.num_speculative_tokens > 0 {
+            self.propose_drafts(&out, &sampled);
+        }
         true
     }
 
-    fn execute_and_sample(
-        &mut self,
-        out: &SchedulerOutput,
-    ) -> Result<Vec<(u64, Vec<u32>)>, String> {
+    /// The speculative step: logits for every position of the seqs carrying drafts, verified
+    /// with each sequence's sampler (exact for greedy and sampled requests).
+    fn execute_and_verify(&mut self, out: &SchedulerOutput) -> Result<StepTokens, String> {
+        let mut logits = self.runner.execute_verify(out).map_err(|e| e.to_string())?;
+        logits.check_shape().map_err(|e| e.to_string())?;
+        let expected: usize = out.seqs.iter().map(|s| s.num_logits()).sum();
+        if logits.rows != expected {
+            return Err(format!(
+                "runner returned {} logits rows for {expected} verified positions",
+                logits.rows
+            ));
+        }
+        let vocab = logits.vocab;
+        let mut result = Vec::with_capacity(out.seqs.len());
+        let mut offset = 0;
+        for s in out.sampling_seqs() {
+            let n = s.num_logits();
+            let rows = &mut logits.data[offset * vocab..(offset + n) * vocab];
+            offset += n;
+            // A seq without state cannot happen (aborts are applied between steps); it would
+            // be decoded greedily with throwaway state.
+            let mut orphan;
+            let (sampler, probs) = match self.seqs.get_mut(&s.id) {
+                Some(seq) => (&mut seq.sampler, std::mem::take(&mut seq.draft_probs)),
+                None => {
+                    let greedy = SamplingParams {
+                        temperature: 0.0,
+                        ..SamplingParams::default()
+                    };
+                    orphan = SeqSampler::new(greedy, 0, &[], Vec::new());
+                    (&mut orphan, Vec::new())
+                }
+            };
+            let sampled = sampler.verify(rows, vocab, self.valid_vocab, s.draft_tokens(), &probs);
+            let tokens: Vec<u32> = sampled.iter().map(|x| x.token).collect();
+            if let Some(seq) = self.seqs.get_mut(&s.id) {
+                seq.pending_logprobs = sampled.into_iter().filter_map(|x| x.logprobs).collect();
+            }
+            result.push((s.id, tokens));
+        }
+        Ok(result)
+    }
+
+    /// Runs the draft model after a verified step (over every seq of the batch, so that its KV
+    /// covers every computed position) and hands each live sampling sequence its drafts for the
+    /// next step. A failure only costs this step's drafts.
+    fn propose_drafts(&mut self, out: &SchedulerOutput, sampled: &[(u64, Vec<u32>)]) {
+        let k = self.num_speculative_tokens;
+        let block_size = self.scheduler.config().block_size;
+        let last: HashMap<u64, u32> = sampled
+            .iter()
+            .filter_map(|(id, t)| t.last().map(|&t| (*id, t)))
+            .collect();
+        let mut seqs = Vec::new();
+        // Per entry of `seqs`: draft steps allowed (the request's remaining room, and the KV
+        // slots of its block table for the draft model's writes one position per step).
+        let mut steps = Vec::new();
+        for s in out.sampling_seqs() {
+            let (Some(computed), Some(&next_token), Some(state)) = (
+                self.scheduler.num_computed_tokens(s.id),
+                last.get(&s.id),
+                self.seqs.get(&s.id),
+            ) else {
+                continue;
+            };
+            let num_verified = computed.saturating_sub(s.start_pos);
+            if num_verified == 0 || num_verified > s.token_ids.len() {
+                continue;
+            }
+            let room = state.max_tokens.saturating_sub(state.generated() + 1);
+            // Draft step j (1-based) writes the draft model's KV at position computed + j - 2.
+            let slots = (s.block_table.len() * block_size + 1).saturating_sub(computed);
+            seqs.push(DraftSeq {
+                id: s.id,
+                num_verified,
+                next_token,
+            });
+            steps.push(k.min(room).min(slots));
+        }
+        // Run the draft model even when nobody drafts: prefill chunks fill its KV.
+        let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
+        let mut probs: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
+        let mut logits = match self.runner.draft(out, &seqs) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("draft model failed, no speculation this step: {e}");
+                return;
+            }
+        };
+        // Entries of `seqs` the rows of `logits` belong to.
+        let mut active: Vec<usize> = (0..seqs.len()).collect();
+        for j in 0..k {
+            if logits.check_shape().is_err() || logits.rows != active.len() {
+                tracing::warn!(
+                    "draft model returned {} rows for {} sequences",
+                    logits.rows,
+                    active.len()
+                );
+                break;
+            }
+            let mut next = Vec::new();
+            let mut next_active = Vec::new();
+            for (r, &i) in active.iter().enumerate() {
+                if steps[i] <= j {
+                    continue;
+                }
+                let Some(state) = self.seqs.get_mut(&seqs[i].id) else {
+                    continue;
+                };
+                let d = state
+                    .sampler
+                    .propose(logits.row_mut(r), self.valid_vocab, &drafts[i]);
+                drafts[i].push(d.token);
+                probs[i].extend(d.probs);
+                if steps[i] > j + 1 {
+                    next.push((seqs[i].id, d.token));
+                    next_active.push(i);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            logits = match self.runner.draft_next(&next) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("draft model failed after {} draft tokens: {e}", j + 1);
+                    break;
+                }
+            };
+            active = next_active;
+        }
+        for ((d, mut p), tokens) in seqs.iter().zip(probs).zip(drafts) {
+            let kept = self.scheduler.set_draft_tokens(d.id, &tokens);
+            if let Some(state) = self.seqs.get_mut(&d.id) {
+                p.truncate(kept);
+                state.draft_probs = p;
+            }
+        }
+    }
+
+    fn execute_and_sample(&mut self, out: &SchedulerOutput) -> Result<StepTokens, String> {
+        if let Some(result) = self.execute_on_device(out) {
+            return result;
+        }
         let mut logits = self.runner.execute(out).map_err(|e| e.to_string())?;
         logits.check_shape().map_err(|e| e.to_string())?;
         let ids: Vec<u64> = out.sampling_seqs().map(|s| s.id).collect();
@@ -370,12 +537,55 @@ impl EngineCore {
         let mut result = Vec::with_capacity(samples.len());
         for ((id, state), sample) in ids.into_iter().zip(taken).zip(samples) {
             if let Some(mut seq) = state {
-                seq.pending_logprobs = sample.logprobs;
+                seq.pending_logprobs = sample.logprobs.into_iter().collect();
                 self.seqs.insert(id, seq);
             }
             result.push((id, vec![sample.token]));
         }
         Ok(result)
+    }
+
+    /// Runs the step with sampling on the device when the runner can and every sampled row allows
+    /// it; `None` leaves the step to the host sampler.
+    fn execute_on_device(&mut self, out: &SchedulerOutput) -> Option<Result<StepTokens, String>> {
+        if !self.runner.samples_on_device() {
+            return None;
+        }
+        let ids: Vec<u64> = out.sampling_seqs().map(|s| s.id).collect();
+        let eligible = ids.iter().all(|id| {
+            self.seqs
+                .get(id)
+                .is_some_and(|s| s.sampler.device_eligible())
+        });
+        if !eligible {
+            return None;
+        }
+        let mut specs = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(s) = self.seqs.get_mut(id) {
+                s.pending_logprobs.clear();
+                specs.push(s.sampler.device_sampling());
+            }
+        }
+        Some(
+            self.runner
+                .execute_sampled(out, &specs, self.valid_vocab)
+                .map_err(|e| e.to_string())
+                .and_then(|tokens| {
+                    if tokens.len() != ids.len() {
+                        return Err(format!(
+                            "runner sampled {} tokens for {} sequences",
+                            tokens.len(),
+                            ids.len()
+                        ));
+                    }
+                    Ok(ids
+                        .into_iter()
+                        .zip(tokens)
+                        .map(|(id, t)| (id, vec![t]))
+                        .collect())
+                }),
+        )
     }
 
     /// The model step failed: every request in the batch fails (the replica keeps serving).
@@ -422,7 +632,34 @@ impl EngineCore {
         };
         seq.num_cached_tokens = update.num_cached_tokens;
         seq.num_prompt_tokens = update.num_prompt_tokens;
-        let n_new = update.new_token_ids.len();
+        let mut tokens = update.new_token_ids;
+        // A finishing stop token is not part of the text (unless asked for).
+        let visible = match update.stop_token {
+            Some(_) if !seq.include_stop => tokens.len().saturating_sub(1),
+            _ => tokens.len(),
+        };
+        let before = seq.generated();
+        let mut text = if tokens.len() <= 1 {
+            seq.text
+                .push(&tokens[..visible], before + tokens.len() >= seq.min_tokens)
+        } else {
+            // Several tokens (accepted draft tokens): a stop string ends the choice at the
+            // token that completes it, as it would without speculation.
+            let mut acc = TextDelta::default();
+            for i in 0..visible {
+                let d = seq
+                    .text
+                    .push(&tokens[i..=i], before + i + 1 >= seq.min_tokens);
+                acc.text.push_str(&d.text);
+                if d.stop.is_some() {
+                    acc.stop = d.stop;
+                    tokens.truncate(i + 1);
+                    break;
+                }
+            }
+            acc
+        };
+        let n_new = tokens.len();
         if n_new > 0 {
             match seq.last_token {
                 None => self.metrics.record_first_token(
@@ -437,17 +674,8 @@ impl EngineCore {
             seq.last_token = Some(now);
             self.metrics.record_generated(n_new);
         }
-        seq.sampler.observe(&update.new_token_ids);
-        // A finishing stop token is not part of the text (unless asked for).
-        let visible = match update.stop_token {
-            Some(_) if !seq.include_stop => &update.new_token_ids[..n_new.saturating_sub(1)],
-            _ => &update.new_token_ids[..],
-        };
-        let check_stop = seq.generated() >= seq.min_tokens;
-        let mut text = seq.text.push(visible, check_stop);
-        let logprobs: Vec<SampleLogprobs> = seq
-            .pending_logprobs
-            .take()
+        seq.sampler.observe(&tokens);
+        let logprobs: Vec<SampleLogprobs> = std::mem::take(&mut seq.pending_logprobs)
             .into_iter()
             .take(n_new)
             .collect();
@@ -470,7 +698,7 @@ impl EngineCore {
                 }
             })
         };
-        let mut delta = Self::delta(seq, text.text, update.new_token_ids, logprobs);
+        let mut delta = Self::delta(seq, text.text, tokens, logprobs);
         delta.finish = finish.clone();
         let _ = seq.events.send(EngineEvent::Delta(delta));
         if let Some(finish) = finish {

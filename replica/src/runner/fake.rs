@@ -4,7 +4,9 @@
 //! * [`FakeRunner`]: deterministic "parrot" logits. The favoured next token is a hash of the
 //!   last computed token and its position, so the output depends only on the context (never on
 //!   batch composition, chunking or prefix-cache hits) and needs no per-sequence state. Four
-//!   candidates get graded logits so seeded sampling is meaningfully random.
+//!   candidates get graded logits so seeded sampling is meaningfully random. It also drafts
+//!   (speculative decoding without a model): its draft rows favour the same token as its
+//!   logits, except at every fourth position (by hash), where they favour a wrong one.
 //! * [`ScriptedRunner`]: replays scripted responses (e.g. a GLM tool call or a `<think>` block),
 //!   one script per request in arrival order, then emits EOS. Selected on the command line with
 //!   `--load-format scripted:<path>`; the file is either a JSON array of strings, a JSON object
@@ -19,7 +21,7 @@ use std::time::Duration;
 use scheduler::SchedulerOutput;
 use tokenizers::Tokenizer;
 
-use super::{Logits, Runner, RunnerError};
+use super::{DraftSeq, Logits, Runner, RunnerError};
 use crate::config::LoadFormat;
 
 /// Logit values of the four favoured candidates of [`FakeRunner`] (all others are 0).
@@ -53,6 +55,8 @@ pub struct FakeRunner {
     /// Tokens the fake may favour: `[0, emit_limit)` (regular, non-special tokens).
     emit_limit: u32,
     latency: StepLatency,
+    /// Draft chains: position of each drafting sequence's next draft row.
+    drafting: HashMap<u64, usize>,
 }
 
 impl FakeRunner {
@@ -65,6 +69,7 @@ impl FakeRunner {
             vocab,
             emit_limit: emit_limit.clamp(1, cap),
             latency: StepLatency::default(),
+            drafting: HashMap::new(),
         }
     }
 
@@ -84,6 +89,26 @@ impl FakeRunner {
     /// The token this fake favours most after `last` at position `pos`.
     pub fn favoured(&self, last: u32, pos: usize) -> u32 {
         self.candidates(last, pos)[0]
+    }
+
+    /// Writes the logits row of the token after `last` (at `pos`).
+    fn fill_row(&self, out: &mut [f32], last: u32, pos: usize) {
+        // Later candidates may collide with earlier ones; keep the larger logit.
+        for (tok, value) in self.candidates(last, pos).iter().zip(CANDIDATE_LOGITS) {
+            let slot = &mut out[*tok as usize];
+            *slot = slot.max(value);
+        }
+    }
+
+    /// The draft row for the token after `last` (at `pos`): the model's own favourite, except at
+    /// every fourth position, where a wrong token leads.
+    fn fill_draft_row(&self, out: &mut [f32], last: u32, pos: usize) {
+        self.fill_row(out, last, pos);
+        if splitmix64(pos as u64 ^ 0xd7af).is_multiple_of(4) {
+            let favoured = self.favoured(last, pos);
+            let wrong = (favoured + 1) % self.emit_limit;
+            out[wrong as usize] = CANDIDATE_LOGITS[0] + 1.0;
+        }
     }
 
     fn candidates(&self, last: u32, pos: usize) -> [u32; 4] {
@@ -107,18 +132,70 @@ impl Runner for FakeRunner {
                 RunnerError::Execution(format!("sequence {} sampled with no tokens", seq.id))
             })?;
             let pos = seq.start_pos + seq.token_ids.len() - 1;
-            let out = logits.row_mut(row);
-            // Later candidates may collide with earlier ones; keep the larger logit.
-            for (tok, value) in self.candidates(last, pos).iter().zip(CANDIDATE_LOGITS) {
-                let slot = &mut out[*tok as usize];
-                *slot = slot.max(value);
-            }
+            self.fill_row(logits.row_mut(row), last, pos);
         }
         Ok(logits)
     }
 
     fn vocab_size(&self) -> usize {
         self.vocab
+    }
+
+    fn release(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.drafting.remove(id);
+        }
+    }
+
+    fn supports_drafting(&self) -> bool {
+        true
+    }
+
+    fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        self.latency.wait(batch.num_batched_tokens);
+        let rows: usize = batch.seqs.iter().map(|s| s.num_logits()).sum();
+        let mut logits = Logits::zeros(rows, self.vocab);
+        let mut row = 0;
+        for seq in batch.seqs.iter().filter(|s| s.sample) {
+            let first = seq.token_ids.len() - seq.num_logits();
+            for (i, &token) in seq.token_ids.iter().enumerate().skip(first) {
+                self.fill_row(logits.row_mut(row), token, seq.start_pos + i);
+                row += 1;
+            }
+        }
+        Ok(logits)
+    }
+
+    fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
+        self.drafting.clear();
+        let mut logits = Logits::zeros(seqs.len(), self.vocab);
+        for (row, d) in seqs.iter().enumerate() {
+            let seq = batch.seqs.iter().find(|s| s.id == d.id && s.sample);
+            let Some(seq) = seq else {
+                return Err(RunnerError::Execution(format!(
+                    "draft: sequence {} is not a sampling sequence of the batch",
+                    d.id
+                )));
+            };
+            // `next_token` sits at this position; the row scores the token after it.
+            let pos = seq.start_pos + d.num_verified;
+            self.fill_draft_row(logits.row_mut(row), d.next_token, pos);
+            self.drafting.insert(d.id, pos + 1);
+        }
+        Ok(logits)
+    }
+
+    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
+        let mut logits = Logits::zeros(tokens.len(), self.vocab);
+        for (row, &(id, token)) in tokens.iter().enumerate() {
+            let pos = self.drafting.get_mut(&id).ok_or_else(|| {
+                RunnerError::Execution(format!("draft_next: sequence {id} has no draft chain"))
+            })?;
+            let p = *pos;
+            *pos += 1;
+            self.fill_draft_row(logits.row_mut(row), token, p);
+        }
+        Ok(logits)
     }
 }
 
@@ -332,6 +409,7 @@ mod tests {
             start_pos,
             block_table: vec![],
             sample,
+            num_draft_tokens: 0,
         }
     }
 

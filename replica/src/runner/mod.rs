@@ -5,14 +5,38 @@
 //! logits rows. Keeping the boundary this narrow lets the whole server run on a fake model in
 //! tests ([`fake`]) and on the real GLM model (`model_runner`, written against the `model` crate)
 //! in production.
+//!
+//! Speculative decoding adds three optional methods: [`Runner::execute_verify`] (logits for
+//! every position of a seq carrying draft tokens), then [`Runner::draft`] and
+//! [`Runner::draft_next`] (the draft model, GLM's MTP layer, proposing the next step's drafts).
 
 pub mod fake;
+#[cfg(feature = "gpu")]
+pub mod gpu_runner;
 pub mod model_runner;
 
+pub use model::sample::DeviceSampling;
 pub use scheduler::{ScheduledSeq, SchedulerOutput};
 
 pub use fake::{FakeRunner, ScriptError, ScriptedRunner};
+#[cfg(feature = "gpu")]
+pub use gpu_runner::GpuRunner;
 pub use model_runner::ModelRunner;
+
+/// The model crate's view of a scheduled batch: each sequence's new tokens, first position, block
+/// table and whether it samples.
+pub(crate) fn seq_inputs(batch: &SchedulerOutput) -> Vec<model::SeqInput<'_>> {
+    batch
+        .seqs
+        .iter()
+        .map(|s| model::SeqInput {
+            tokens: &s.token_ids,
+            start_pos: s.start_pos,
+            block_table: &s.block_table,
+            sample: s.sample,
+        })
+        .collect()
+}
 
 /// Logits for the sampled sequences of one step, row-major `[rows, vocab]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +94,23 @@ pub enum RunnerError {
     Execution(String),
 }
 
+/// What the draft model needs about one sampling seq once its step is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DraftSeq {
+    /// Scheduler id of a sampling seq of the batch just executed.
+    pub id: u64,
+    /// Tokens of its scheduled chunk whose KV is now valid: its known tokens plus the accepted
+    /// draft tokens (at least 1).
+    pub num_verified: usize,
+    /// The token that follows them: the last token the step produced.
+    pub next_token: u32,
+}
+
+/// The error of the drafting methods on a runner without a draft model.
+fn no_drafting() -> RunnerError {
+    RunnerError::Execution("this runner has no draft model (speculative decoding)".into())
+}
+
 /// Computes scheduled tokens and returns logits rows; see the module docs.
 pub trait Runner: Send + 'static {
     /// Computes the scheduled tokens (paged KV addressed by each seq's block_table) and returns
@@ -84,6 +125,75 @@ pub trait Runner: Send + 'static {
     /// Tells the runner that these sequences finished or were aborted, so it can drop any
     /// per-sequence state it keeps. The default keeps none.
     fn release(&mut self, _ids: &[u64]) {}
+
+    /// Whether [`Runner::execute_sampled`] draws on the device; the engine then uses it for every
+    /// step whose rows all allow it (greedy or plain temperature sampling).
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+
+    /// Runs the step and draws one token per sampled sequence (`specs` in batch order), never
+    /// an id at or above `valid_vocab`. The default is the host twin of the device kernel.
+    fn execute_sampled(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[DeviceSampling],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        let logits = self.execute(batch)?;
+        logits.check_shape()?;
+        if logits.rows != specs.len() {
+            return Err(RunnerError::Shape(format!(
+                "{} logits rows for {} sampled sequences",
+                logits.rows,
+                specs.len()
+            )));
+        }
+        let valid = valid_vocab.min(logits.vocab);
+        Ok((0..logits.rows)
+            .map(|i| model::sample::sample_host(logits.row(i), valid, specs[i]))
+            .collect())
+    }
+
+    /// Whether this runner has a draft model for speculative decoding (GLM's MTP layer). The
+    /// engine then runs every step through [`Runner::execute_verify`], followed by
+    /// [`Runner::draft`] (and [`Runner::draft_next`] for further draft tokens).
+    fn supports_drafting(&self) -> bool {
+        false
+    }
+
+    /// Runs the batch like [`Runner::execute`] but returns
+    /// [`ScheduledSeq::num_logits`] rows per sampling seq: one for each position from its last
+    /// known token on (`1 + num_draft_tokens`), seqs in batch order, positions in order. A
+    /// drafting runner also keeps what [`Runner::draft`] needs from this step. The default
+    /// serves batches without draft tokens.
+    fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        if batch.num_draft_tokens() > 0 {
+            return Err(no_drafting());
+        }
+        self.execute(batch)
+    }
+
+    /// First draft step, right after [`Runner::execute_verify`] of `batch`: runs the draft model
+    /// over the verified positions of every seq of the batch (so that its own KV stays complete)
+    /// and returns one logits row per entry of `seqs`, in that order: the draft model's scores
+    /// for the token after `next_token`. Sampling seqs of the batch missing from `seqs` (they
+    /// finished) are skipped.
+    fn draft(
+        &mut self,
+        _batch: &SchedulerOutput,
+        _seqs: &[DraftSeq],
+    ) -> Result<Logits, RunnerError> {
+        Err(no_drafting())
+    }
+
+    /// Further draft step: feeds each `(id, token)` (the draft token just chosen for that seq
+    /// from its previous row) to the draft model one position further and returns one row per
+    /// entry, in that order. The KV the draft model writes there must fit the seq's block table
+    /// (the scheduler's `num_lookahead_tokens`).
+    fn draft_next(&mut self, _tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
+        Err(no_drafting())
+    }
 }
 
 impl<R: Runner + ?Sized> Runner for Box<R> {
@@ -95,5 +205,28 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn release(&mut self, ids: &[u64]) {
         (**self).release(ids)
+    }
+    fn samples_on_device(&self) -> bool {
+        (**self).samples_on_device()
+    }
+    fn execute_sampled(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[DeviceSampling],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        (**self).execute_sampled(batch, specs, valid_vocab)
+    }
+    fn supports_drafting(&self) -> bool {
+        (**self).supports_drafting()
+    }
+    fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        (**self).execute_verify(batch)
+    }
+    fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
+        (**self).draft(batch, seqs)
+    }
+    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
+        (**self).draft_next(tokens)
     }
 }

@@ -19,8 +19,10 @@ use rand::{Rng, SeedableRng};
 
 use crate::runner::Logits;
 
+mod speculative;
 mod truncation;
 
+pub use speculative::DraftToken;
 use truncation::{by_weight, draw};
 
 /// Temperatures below this are greedy (vLLM's `_SAMPLING_EPS`).
@@ -211,7 +213,28 @@ impl SeqSampler {
         }
     }
 
-    /// Tokens generated so far.
+    /// Whether this step's draw can happen on the device ([`model::sample::DeviceSampling`]):
+    /// greedy or plain temperature sampling, with no logprobs, bias, penalties, truncation or
+    /// pending `min_tokens` mask.
+    pub fn device_eligible(&self) -> bool {
+        let p = &self.params;
+        p.logprobs.is_none()
+            && p.logit_bias.is_empty()
+            && !p.has_penalties()
+            && self.num_generated >= p.min_tokens
+            && (p.is_greedy() || (p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0))
+    }
+
+    /// The device draw for this step: greedy, or temperature with a seed from this sequence's RNG
+    /// (so a request seed still fixes the tokens).
+    pub fn device_sampling(&mut self) -> model::sample::DeviceSampling {
+        let p = &self.params;
+        model::sample::DeviceSampling {
+            temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+            seed: self.rng.gen(),
+        }
+    }
+
     pub fn num_generated(&self) -> usize {
         self.num_generated
     }
@@ -219,11 +242,23 @@ impl SeqSampler {
     /// Samples one token from `row` (modified in place as scratch). `valid` is the number of
     /// real vocabulary entries; entries at and above it are never sampled.
     pub fn sample_row(&mut self, row: &mut [f32], valid: usize) -> Sampled {
+        self.sample_row_after(row, valid, &[])
+    }
+
+    /// As [`Self::sample_row`], as if `pending` had been generated (and observed) first: the
+    /// penalties and the `min_tokens` mask count them. Speculative decoding samples the position
+    /// after accepted draft tokens this way before the scheduler has them.
+    pub(crate) fn sample_row_after(
+        &mut self,
+        row: &mut [f32],
+        valid: usize,
+        pending: &[u32],
+    ) -> Sampled {
         let valid = valid.min(row.len());
         row[valid..].fill(f32::NEG_INFINITY);
         let row = &mut row[..valid];
         let logprobs = self.params.logprobs.map(|n| RawLogprobs::new(row, n));
-        self.apply_processors(row);
+        self.apply_processors(row, pending);
         let token = if self.params.is_greedy() {
             argmax(row)
         } else {
@@ -236,14 +271,16 @@ impl SeqSampler {
         }
     }
 
-    fn apply_processors(&self, row: &mut [f32]) {
+    /// Logit bias, the `min_tokens` mask and the penalties, with `pending` counted as generated
+    /// after the observed tokens.
+    fn apply_processors(&self, row: &mut [f32], pending: &[u32]) {
         let p = &self.params;
         for &(tok, bias) in &p.logit_bias {
             if let Some(x) = row.get_mut(tok as usize) {
                 *x += bias;
             }
         }
-        if self.num_generated < p.min_tokens {
+        if self.num_generated + pending.len() < p.min_tokens {
             for &tok in &self.min_tokens_mask {
                 if let Some(x) = row.get_mut(tok as usize) {
                     *x = f32::NEG_INFINITY;
@@ -251,18 +288,43 @@ impl SeqSampler {
             }
         }
         if p.repetition_penalty != 1.0 {
+            let penalize = |x: &mut f32| {
+                *x = if *x > 0.0 {
+                    *x / p.repetition_penalty
+                } else {
+                    *x * p.repetition_penalty
+                };
+            };
             for &tok in &self.seen {
                 if let Some(x) = row.get_mut(tok as usize) {
-                    *x = if *x > 0.0 {
-                        *x / p.repetition_penalty
-                    } else {
-                        *x * p.repetition_penalty
-                    };
+                    penalize(x);
+                }
+            }
+            let mut extra: Vec<u32> = pending
+                .iter()
+                .copied()
+                .filter(|t| !self.seen.contains(t))
+                .collect();
+            extra.sort_unstable();
+            extra.dedup();
+            for tok in extra {
+                if let Some(x) = row.get_mut(tok as usize) {
+                    penalize(x);
                 }
             }
         }
         if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-            for (&tok, &count) in &self.counts {
+            let mut counts;
+            let counts = if pending.is_empty() {
+                &self.counts
+            } else {
+                counts = self.counts.clone();
+                for &t in pending {
+                    *counts.entry(t).or_insert(0) += 1;
+                }
+                &counts
+            };
+            for (&tok, &count) in counts {
                 if let Some(x) = row.get_mut(tok as usize) {
                     *x -= p.frequency_penalty * count as f32 + p.presence_penalty;
                 }
@@ -549,7 +611,7 @@ mod tests {
         let mut s = SeqSampler::new(p, 0, &[0], vec![]);
         s.observe(&[1, 1]);
         let mut row = vec![4.0, 4.0, -1.0, 0.0];
-        s.apply_processors(&mut row);
+        s.apply_processors(&mut row, &[]);
         // Prompt token 0: 4 / 2. Generated twice: 4 / 2 - 0.5 * 2 - 0.25. Untouched: -1, 0.
         assert_eq!(row, vec![2.0, 0.75, -1.0, 0.0]);
     }

@@ -48,6 +48,118 @@ pub(super) fn draw(row: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
     last as u32
 }
 
+/// The distribution [`draw`] samples from, as probabilities over `row` (speculative sampling needs
+/// whole distributions): temperature, min_p, top_k and top_p, with the same kept set as `draw`.
+pub(super) fn distribution(row: &[f32], p: &SamplingParams) -> Vec<f32> {
+    let mut w = vec![0f32; row.len()];
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        if let Some(first) = w.first_mut() {
+            *first = 1.0;
+        }
+        return w;
+    }
+    let inv_t = 1.0 / p.temperature;
+    let floor = p.min_p.max(0.0);
+    for (x, out) in row.iter().zip(w.iter_mut()) {
+        let v = ((*x - max) * inv_t).exp();
+        *out = if v >= floor { v } else { 0.0 };
+    }
+    if p.top_k > 0 || p.top_p < 1.0 {
+        let kept = kept_set(&w, p);
+        w.fill(0.0);
+        for (i, x) in kept {
+            w[i as usize] = x;
+        }
+    }
+    let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+    if total > 0.0 {
+        for x in &mut w {
+            *x = (f64::from(*x) / total) as f32;
+        }
+    } else {
+        let best = argmax(row) as usize;
+        w[best] = 1.0;
+    }
+    w
+}
+
+/// The candidates [`truncate_and_draw`] draws from (same histogram, same selections), with their
+/// weights.
+fn kept_set(w: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
+    let mut mass = vec![0f64; NUM_BUCKETS];
+    let mut count = vec![0usize; NUM_BUCKETS];
+    for &x in w.iter().filter(|&&x| x > 0.0) {
+        let b = bucket(x);
+        mass[b] += f64::from(x);
+        count[b] += 1;
+    }
+    let total_count: usize = count.iter().sum();
+    if total_count == 0 {
+        return vec![(argmax(w), 1.0)];
+    }
+    if p.top_k > 0 && p.top_k < total_count {
+        let (mut above, mut b) = (0usize, 0usize);
+        while above + count[b] < p.top_k {
+            above += count[b];
+            b += 1;
+        }
+        let mut kept: Vec<(u32, f32)> = Vec::with_capacity(p.top_k);
+        let mut cross: Vec<(u32, f32)> = Vec::with_capacity(count[b]);
+        for (i, &x) in w.iter().enumerate().filter(|(_, &x)| x > 0.0) {
+            match bucket(x).cmp(&b) {
+                std::cmp::Ordering::Less => kept.push((i as u32, x)),
+                std::cmp::Ordering::Equal => cross.push((i as u32, x)),
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        let rest = p.top_k - above;
+        if rest < cross.len() {
+            cross.select_nth_unstable_by(rest - 1, by_weight);
+            cross.truncate(rest);
+        }
+        kept.extend(cross);
+        if p.top_p < 1.0 {
+            let kept_mass: f64 = kept.iter().map(|c| f64::from(c.1)).sum();
+            let n = weighted_select(
+                &mut kept,
+                f64::from(p.top_p) * kept_mass * (1.0 - TOP_P_SLACK),
+            );
+            kept.truncate(n);
+        }
+        return kept;
+    }
+    let positive = w
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x > 0.0)
+        .map(|(i, &x)| (i as u32, x));
+    if p.top_p >= 1.0 {
+        return positive.collect();
+    }
+    let total: f64 = mass.iter().sum();
+    let need = f64::from(p.top_p) * total * (1.0 - TOP_P_SLACK);
+    let last = count.iter().rposition(|&c| c > 0).unwrap_or(0);
+    let (mut above, mut b) = (0f64, 0usize);
+    while b < last && above + mass[b] < need {
+        above += mass[b];
+        b += 1;
+    }
+    let mut kept: Vec<(u32, f32)> = Vec::new();
+    let mut cross: Vec<(u32, f32)> = Vec::new();
+    for (i, x) in positive {
+        match bucket(x).cmp(&b) {
+            std::cmp::Ordering::Less => kept.push((i, x)),
+            std::cmp::Ordering::Equal => cross.push((i, x)),
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    let n = weighted_select(&mut cross, need - above);
+    cross.truncate(n);
+    kept.extend(cross);
+    kept
+}
+
 /// Histogram bucket of a weight in (0, 1]: monotone (larger weight → smaller bucket), 8 buckets
 /// per octave (exponent and top 3 mantissa bits of the float).
 #[inline]
@@ -263,6 +375,48 @@ mod tests {
             chosen.sort_unstable();
             want.sort_unstable();
             assert_eq!(chosen, want);
+        }
+    }
+
+    /// `distribution` is the law `draw` samples: the same support, and `draw` over a fine grid
+    /// of `u` hits each token about as often as its probability.
+    #[test]
+    fn distribution_is_what_draw_samples() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let settings = [
+            (1.0, 0, 1.0, 0.0),
+            (0.7, 5, 1.0, 0.0),
+            (1.3, 0, 0.8, 0.0),
+            (1.0, 12, 0.6, 0.0),
+            (0.9, 0, 1.0, 0.1),
+            (1.0, 3, 0.9, 0.05),
+        ];
+        for (temperature, top_k, top_p, min_p) in settings {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                ..params()
+            };
+            for _ in 0..10 {
+                let row: Vec<f32> = (0..40).map(|_| rng.gen_range(-3.0..3.0f32)).collect();
+                let dist = distribution(&row, &p);
+                let total: f64 = dist.iter().map(|&x| f64::from(x)).sum();
+                assert!((total - 1.0).abs() < 1e-5);
+                let grid = 20_000;
+                let mut hits = vec![0usize; row.len()];
+                for g in 0..grid {
+                    let u = (g as f64 + 0.5) / grid as f64;
+                    hits[draw(&mut row.clone(), &p, u) as usize] += 1;
+                }
+                for (i, (&h, &q)) in hits.iter().zip(&dist).enumerate() {
+                    assert!(h == 0 || q > 0.0, "{i} drawn outside the support: {p:?}");
+                    assert!(h > 0 || q < 1e-4, "{i} kept but never drawn: {p:?}");
+                    let share = h as f64 / grid as f64;
+                    assert!((share - f64::from(q)).abs() < 1e-3, "{i}: {share} vs {q}");
+                }
+            }
         }
     }
 

@@ -150,6 +150,99 @@ async fn serve_over_tcp_and_shut_down_cleanly() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
+/// Reads from `stream` until the peer closes it (or `limit` passes); returns what came.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_the_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = replica::ServeConfig {
+        request_body_timeout_ms: 300,
+        ..config()
+    };
+    let server = tokio::spawn(replica::serve(cfg, parts(fake()), listener, async {
+        let _ = rx.await;
+    }));
+    // Head complete, 100 bytes announced, 10 sent, then nothing.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"prompt\":",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reply = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    let body = &text[text.find("\r\n\r\n").expect("head end") + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON error body");
+    assert_eq!(v["error"]["code"], 408);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("300 ms"),
+        "{v}"
+    );
+    // The deadline, not the 10 s guard, ended it; and the server closed the connection.
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "408 after {waited:?}"
+    );
+    // A trickling body (a byte every 100 ms) is cut off by the same deadline.
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(b"POST /tokenize HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut writing = true;
+    while started.elapsed() < Duration::from_secs(5) {
+        // once the server has answered, a write may fail: what it sent is still read below
+        writing = writing && trickle.write_all(b" ").await.is_ok();
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::io::AsyncReadExt::read(&mut trickle, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) if !writing => break,
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "trickled body: {text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Still serving.
+    assert_eq!(http_get(addr, "/health").await.0, 200);
+    tx.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
+
 #[tokio::test]
 async fn scripted_load_format_from_file() {
     let path = std::env::temp_dir().join(format!("replica-script-{}.json", std::process::id()));

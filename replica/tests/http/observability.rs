@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use replica::ServeConfig;
 use serde_json::json;
 
 use crate::common::*;
@@ -49,6 +50,125 @@ async fn metrics_have_vllm_names_and_pass_promtool() {
         assert!(text.contains(name), "missing {name}\n{text}");
     }
     promtool_check(&text);
+}
+
+/// `--speculative-config` on the fake runner (which drafts, wrong at every fourth position):
+/// greedy completions are the same text as without speculation, and the `vllm:spec_decode_*`
+/// counters add up (every step yields its accepted drafts plus one token).
+#[tokio::test]
+async fn speculative_decoding_keeps_greedy_text_and_exports_spec_metrics() {
+    let body = json!({"prompt": "speculate", "max_tokens": 40, "temperature": 0});
+    let plain = start(config(), fake());
+    let want = post(&plain.app(), "/v1/completions", body.clone())
+        .await
+        .json();
+    let plain_text = get(&plain.app(), "/metrics").await;
+    assert!(!String::from_utf8_lossy(&plain_text.body).contains("spec_decode"));
+    let cfg = ServeConfig {
+        speculative_config: Some(
+            r#"{"method": "mtp", "num_speculative_tokens": 3}"#.parse().unwrap(),
+        ),
+        ..config()
+    };
+    let r = start(cfg, fake());
+    let app = r.app();
+    let got = post(&app, "/v1/completions", body).await.json();
+    assert_eq!(got["choices"][0]["text"], want["choices"][0]["text"]);
+    assert_eq!(got["usage"], want["usage"]);
+    // A sampled request speculates too.
+    let sampled = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "sample", "max_tokens": 20, "temperature": 1.0, "seed": 3}),
+    )
+    .await;
+    assert_eq!(sampled.status, 200);
+    assert_eq!(sampled.json()["usage"]["completion_tokens"], 20);
+    wait_idle(&r).await;
+    let text = String::from_utf8(get(&app, "/metrics").await.body.to_vec()).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("missing {name}\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let drafts = value("vllm:spec_decode_num_drafts_total{");
+    let draft_tokens = value("vllm:spec_decode_num_draft_tokens_total{");
+    let accepted = value("vllm:spec_decode_num_accepted_tokens_total{");
+    let per_pos: f64 = (0..3)
+        .map(|p| {
+            value(&format!(
+                "vllm:spec_decode_num_accepted_tokens_per_pos_total{{model_name=\"glm-test\",position=\"{p}\"}}"
+            ))
+        })
+        .sum();
+    assert!(
+        drafts > 0.0 && accepted > 0.0 && accepted < draft_tokens,
+        "{text}"
+    );
+    assert_eq!(per_pos, accepted);
+    // 60 generated tokens over the decode steps of two requests.
+    assert_eq!(value("vllm:generation_tokens_total{"), 60.0);
+    promtool_check(&text);
+}
+
+/// A stop string completed by an accepted draft token ends the choice there: same text, same
+/// token count and same stop reason as without speculation.
+#[tokio::test]
+async fn stop_string_inside_accepted_drafts_matches_plain_decoding() {
+    let spec_cfg = || ServeConfig {
+        speculative_config: Some(
+            r#"{"method": "mtp", "num_speculative_tokens": 3}"#.parse().unwrap(),
+        ),
+        ..config()
+    };
+    let plain = start(config(), fake());
+    let spec = start(spec_cfg(), fake());
+    let body = json!({"prompt": "stop here", "max_tokens": 60, "temperature": 0});
+    let full = post(&plain.app(), "/v1/completions", body).await.json();
+    let text: Vec<char> = full["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .collect();
+    // Stop strings taken from the greedy text (first occurrences past the start).
+    let mut stops: Vec<String> = Vec::new();
+    for (i, c) in text.iter().enumerate().skip(3) {
+        let s = c.to_string();
+        if c.is_ascii_alphanumeric() && !text[..i].contains(c) && !stops.contains(&s) {
+            stops.push(s);
+        }
+    }
+    assert!(stops.len() >= 2, "no usable stop strings in {text:?}");
+    for stop in stops.iter().take(4) {
+        let body = json!({
+            "prompt": "stop here", "max_tokens": 60, "temperature": 0, "stop": [stop]
+        });
+        let want = post(&plain.app(), "/v1/completions", body.clone())
+            .await
+            .json();
+        let got = post(&spec.app(), "/v1/completions", body).await.json();
+        assert_eq!(got["choices"], want["choices"], "stop {stop:?}");
+        assert_eq!(got["usage"], want["usage"], "stop {stop:?}");
+        assert_eq!(want["choices"][0]["stop_reason"], json!(stop));
+    }
+}
+
+/// A runner that cannot draft (the scripted one) refuses `--speculative-config` at startup.
+#[tokio::test]
+async fn speculative_config_needs_a_drafting_runner() {
+    let cfg = ServeConfig {
+        speculative_config: Some(r#"{"method": "mtp"}"#.parse().unwrap()),
+        ..config()
+    };
+    let err = replica::Replica::start(&cfg, parts(scripted(&["x"])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--speculative-config") && err.contains("MTP"),
+        "{err}"
+    );
 }
 
 /// Runs `promtool check metrics`; the only lint findings allowed are the two that vLLM's

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use e2e::no_inherited_fds;
 use serde_json::Value;
 
 /// Upper bound of any single socket read or write.
@@ -405,29 +406,6 @@ pub fn stream_request(addr: SocketAddr, path: &str, body: &Value) -> StreamCheck
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-/// Marks every descriptor above stderr close-on-exec in the child, so a server a test starts
-/// does not inherit descriptors of the test runner (such as the lock file `flock` holds around
-/// `cargo test`: a server that outlived its test would keep that lock held).
-pub fn no_inherited_fds(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    /// `CLOSE_RANGE_CLOEXEC` from linux/close_range.h.
-    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: close_range(2) is async-signal-safe; it only sets flags on this child's
-    // descriptors (std's own exec-error pipe is already close-on-exec). Failure (an old kernel)
-    // is ignored: the child then simply inherits as before.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                CLOSE_RANGE_CLOEXEC,
-            );
-            Ok(())
-        })
-    }
-}
 
 /// A `glmfleet` process whose stderr goes to a file; stopped on drop (SIGTERM, so that `up`
 /// stops its replicas too, then SIGKILL after 10 s).

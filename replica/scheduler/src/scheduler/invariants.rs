@@ -2,7 +2,7 @@
 //! engine. Checked: the block pool's own structure; every block's reference count equals the
 //! number of block tables holding it (so no block is both free and in use); no table holds a
 //! block twice; cached blocks sit where their hash says; queue, running list and request map
-//! agree; per-request counters are in range.
+//! agree; per-request counters and draft tokens are in range.
 
 use crate::error::InvariantError;
 use crate::request::{Request, RequestStatus};
@@ -91,6 +91,12 @@ impl Scheduler {
         check(req.num_output_tokens() <= req.max_tokens, || {
             format!("request {id} exceeded max_tokens")
         })?;
+        let drafts = req.draft_token_ids.len();
+        check(
+            drafts <= self.cfg.num_speculative_tokens
+                && (drafts == 0 || req.num_output_tokens() + drafts < req.max_tokens),
+            || format!("request {id} holds {drafts} draft tokens, more than it may use"),
+        )?;
         check(req.num_tokens() <= self.cfg.max_model_len, || {
             format!("request {id} exceeded max_model_len")
         })?;
@@ -119,6 +125,9 @@ impl Scheduler {
                     req.blocks.is_empty() && req.num_computed_tokens == 0,
                     || format!("waiting request {id} holds KV"),
                 )?;
+                check(req.draft_token_ids.is_empty(), || {
+                    format!("waiting request {id} holds draft tokens")
+                })?;
             }
         }
         Ok(())

@@ -23,6 +23,10 @@ struct Counters {
     last_step_tokens: usize,
     last_step_seqs: usize,
     steps: u64,
+    spec_drafts: u64,
+    spec_draft_tokens: u64,
+    spec_accepted_tokens: u64,
+    spec_accepted_per_pos: Vec<u64>,
 }
 
 /// Continuous-batching scheduler with paged KV bookkeeping and prefix caching. See the crate
@@ -153,6 +157,11 @@ impl Scheduler {
         self.requests.contains_key(&id)
     }
 
+    /// Tokens of a live request whose KV is computed (cheaper than [`Self::request_info`]).
+    pub fn num_computed_tokens(&self, id: RequestId) -> Option<usize> {
+        self.requests.get(&id).map(|r| r.num_computed_tokens)
+    }
+
     /// Snapshot of one live request, `None` if unknown or finished.
     pub fn request_info(&self, id: RequestId) -> Option<RequestInfo> {
         self.requests.get(&id).map(Request::info)
@@ -185,9 +194,15 @@ impl Scheduler {
             last_step_tokens: c.last_step_tokens,
             last_step_seqs: c.last_step_seqs,
             steps: c.steps,
+            spec_num_drafts: c.spec_drafts,
+            spec_num_draft_tokens: c.spec_draft_tokens,
+            spec_num_accepted_tokens: c.spec_accepted_tokens,
+            spec_accepted_per_pos: c.spec_accepted_per_pos.clone(),
         }
     }
 }
 
+#[cfg(test)]
+mod spec_tests;
 #[cfg(test)]
 mod tests;

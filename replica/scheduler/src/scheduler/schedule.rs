@@ -1,11 +1,12 @@
 //! Choosing one step's batch under the token budget.
 //!
 //! 1. Running requests, in admission order: each gets `min(remaining known tokens, budget)`
-//!    tokens (a decode token, or the next prefill chunk). If its blocks cannot grow, a victim
-//!    is preempted, possibly the request itself, until the allocation fits: under FCFS the
-//!    newest running request (never one already scheduled this step); under the priority
-//!    policy the lowest-priority one, newest on ties, taking back its chunk if it was already
-//!    scheduled this step.
+//!    tokens (a decode token, or the next prefill chunk), plus its draft tokens (speculative
+//!    decoding) when that reaches the end of its known tokens and the budget allows. If its
+//!    blocks cannot grow (even without drafts), a victim is preempted, possibly the request
+//!    itself, until the allocation fits: under FCFS the newest running request (never one
+//!    already scheduled this step); under the priority policy the lowest-priority one, newest
+//!    on ties, taking back its chunk if it was already scheduled this step.
 //! 2. If nobody was preempted (so memory is not under pressure), waiting requests are admitted
 //!    in queue order while the budget, `max_num_seqs` and free blocks allow; each first takes
 //!    over its cached prefix. The first one that does not fit stops admission (no overtaking).
@@ -76,7 +77,10 @@ impl Scheduler {
     }
 
     /// Schedules a running request's next chunk; `Ok(None)` if it has nothing to compute (it
-    /// awaits a sampled token the engine did not provide).
+    /// awaits a sampled token the engine did not provide). A chunk that reaches the end of the
+    /// known tokens carries the request's draft tokens as far as the budget allows; if the
+    /// blocks for the drafts do not fit, the chunk goes without them before anyone is
+    /// preempted.
     fn try_schedule_running(
         &mut self,
         id: RequestId,
@@ -91,27 +95,34 @@ impl Scheduler {
             return Ok(None);
         }
         let sample = num_new == remaining;
-        let slots = SlotRequest {
-            hashes: &req.block_hashes,
-            hit: PrefixHit::default(),
-            num_computed: req.num_computed_tokens,
-            num_new,
-            num_lookahead: if sample {
-                self.cfg.num_lookahead_tokens
-            } else {
-                0
-            },
-            num_known: req.num_tokens(),
+        let num_drafts = if sample {
+            req.draft_token_ids.len().min(budget - num_new)
+        } else {
+            0
         };
-        if !self.kv.allocate_slots(&mut req.blocks, slots) {
-            return Err(NoSpace);
+        let attempts = [num_drafts, 0];
+        for &drafts in &attempts[..if num_drafts > 0 { 2 } else { 1 }] {
+            let slots = SlotRequest {
+                hashes: &req.block_hashes,
+                hit: PrefixHit::default(),
+                num_computed: req.num_computed_tokens,
+                num_new: num_new + drafts,
+                num_lookahead: if sample {
+                    self.cfg.num_lookahead_tokens
+                } else {
+                    0
+                },
+                num_known: req.num_tokens(),
+            };
+            if self.kv.allocate_slots(&mut req.blocks, slots) {
+                let seq = scheduled_seq(req, req.num_computed_tokens, num_new, sample, drafts);
+                if sample {
+                    req.draft_token_ids.clear();
+                }
+                return Ok(Some(seq));
+            }
         }
-        Ok(Some(scheduled_seq(
-            req,
-            req.num_computed_tokens,
-            num_new,
-            sample,
-        )))
+        Err(NoSpace)
     }
 
     /// Index in `running` of the request to preempt: the newest (FCFS; never one already
@@ -140,6 +151,7 @@ impl Scheduler {
         };
         self.kv.free(&mut req.blocks, req.num_computed_tokens);
         req.num_computed_tokens = 0;
+        req.draft_token_ids.clear();
         req.status = RequestStatus::Preempted;
         req.num_preemptions += 1;
         req.queue_key = Some(self.waiting.push_preempted(id, req.priority, req.arrival));
@@ -196,16 +208,27 @@ impl Scheduler {
                 self.counters.prefix_hits_tokens += hit.num_tokens as u64;
             }
         }
-        Some(scheduled_seq(req, hit.num_tokens, num_new, sample))
+        Some(scheduled_seq(req, hit.num_tokens, num_new, sample, 0))
     }
 }
 
-fn scheduled_seq(req: &Request, start: usize, num_new: usize, sample: bool) -> ScheduledSeq {
+/// The seq of `num_new` known tokens from `start`, then the first `num_drafts` draft tokens.
+fn scheduled_seq(
+    req: &Request,
+    start: usize,
+    num_new: usize,
+    sample: bool,
+    num_drafts: usize,
+) -> ScheduledSeq {
+    let mut token_ids = Vec::with_capacity(num_new + num_drafts);
+    token_ids.extend_from_slice(&req.tokens[start..start + num_new]);
+    token_ids.extend_from_slice(&req.draft_token_ids[..num_drafts]);
     ScheduledSeq {
         id: req.id,
-        token_ids: req.tokens[start..start + num_new].to_vec(),
+        token_ids,
         start_pos: start,
         block_table: req.blocks.ids().to_vec(),
         sample,
+        num_draft_tokens: num_drafts,
     }
 }

@@ -54,7 +54,8 @@ fn prefill_then_decode_until_length() {
             token_ids: vec![5, 6, 7, 8, 9],
             start_pos: 0,
             block_table: vec![0, 1],
-            sample: true
+            sample: true,
+            num_draft_tokens: 0,
         }]
     );
     assert_eq!(out.num_batched_tokens, 5);

@@ -1,5 +1,6 @@
-//! Applying a step's results: commit computed tokens, append sampled ones, check stop
-//! conditions, release finished requests.
+//! Applying a step's results: commit computed tokens (rolling back rejected draft tokens),
+//! append sampled ones, check stop conditions, release finished requests; and taking the
+//! engine's draft tokens for the next step.
 
 use crate::fast_map::FastMap;
 use crate::output::{RequestUpdate, ScheduledSeq, SchedulerOutput};
@@ -71,9 +72,19 @@ impl Scheduler {
 
     /// Commits one seq; returns its update if it produced tokens or finished. A finished
     /// request is removed from the map here (and from `running` by the caller).
+    ///
+    /// With draft tokens, the KV of the drafts the sampled tokens confirm (the longest common
+    /// prefix, never the last sampled token) stays computed; the rest is rolled back, and
+    /// those slots are simply written again later.
     fn apply_seq(&mut self, seq: &ScheduledSeq, sampled: Option<&[u32]>) -> Option<RequestUpdate> {
         let req = self.requests.get_mut(&seq.id)?;
-        let end = seq.start_pos + seq.token_ids.len();
+        let num_drafts = if seq.sample {
+            seq.num_draft_tokens
+                .min(seq.token_ids.len().saturating_sub(1))
+        } else {
+            0
+        };
+        let end = seq.start_pos + seq.token_ids.len() - num_drafts;
         // Stale seq: the request was aborted and re-added, or this output was already applied.
         if req.status != RequestStatus::Running
             || req.num_computed_tokens != seq.start_pos
@@ -92,6 +103,26 @@ impl Scheduler {
             req.num_computed_tokens -= 1;
             return None;
         }
+        let drafts = &seq.token_ids[seq.token_ids.len() - num_drafts..];
+        let accepted = sampled
+            .iter()
+            .zip(drafts)
+            .take_while(|(s, d)| s == d)
+            .count()
+            .min(sampled.len() - 1);
+        if num_drafts > 0 {
+            let c = &mut self.counters;
+            c.spec_drafts += 1;
+            c.spec_draft_tokens += num_drafts as u64;
+            c.spec_accepted_tokens += accepted as u64;
+            if c.spec_accepted_per_pos.len() < num_drafts {
+                c.spec_accepted_per_pos.resize(num_drafts, 0);
+            }
+            for n in &mut c.spec_accepted_per_pos[..accepted] {
+                *n += 1;
+            }
+        }
+        req.draft_token_ids.clear();
         let start = req.tokens.len();
         let mut finished = None;
         let mut stop_token = None;
@@ -103,6 +134,7 @@ impl Scheduler {
                 break;
             }
         }
+        req.num_computed_tokens = (end + accepted).min(req.num_tokens() - 1);
         if self.cfg.enable_prefix_caching {
             req.update_block_hashes(&mut self.hasher);
         }
@@ -118,6 +150,26 @@ impl Scheduler {
             self.release_finished(seq.id);
         }
         Some(update)
+    }
+
+    /// Speculative decoding: proposes `drafts` to follow request `id`'s last token, replacing
+    /// any earlier proposal; they are scheduled (and their KV computed) with its next decode
+    /// step, and verified by the engine. Capped at `num_speculative_tokens` and at what the
+    /// request may still generate (`max_tokens` - generated - 1: the verifying step adds one
+    /// token of its own). Returns how many were kept: 0 for unknown, waiting or preempted
+    /// requests.
+    pub fn set_draft_tokens(&mut self, id: RequestId, drafts: &[u32]) -> usize {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return 0;
+        };
+        req.draft_token_ids.clear();
+        if req.status != RequestStatus::Running {
+            return 0;
+        }
+        let room = req.max_tokens.saturating_sub(req.num_output_tokens() + 1);
+        let n = drafts.len().min(self.cfg.num_speculative_tokens).min(room);
+        req.draft_token_ids.extend_from_slice(&drafts[..n]);
+        n
     }
 
     fn release_finished(&mut self, id: RequestId) {

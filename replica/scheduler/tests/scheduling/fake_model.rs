@@ -14,8 +14,17 @@
 //!
 //! Seqs are executed in batch order, each writing its chunk before attending, which is the
 //! weakest form of the "writes of earlier seqs are visible to later seqs" contract.
+//!
+//! Speculative decoding ([`Harness::with_drafts`]): after each step the harness proposes draft
+//! tokens for every running request (the true continuation, each token corrupted with some
+//! probability); the model writes the drafts' KV like any other token and verifies them
+//! greedily against its own samples, so rejected drafts leave wrong KV behind that the
+//! scheduler must never let anyone read.
 
 use std::collections::{HashMap, HashSet};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use scheduler::kv_cache::{BlockHash, BlockHasher};
 use scheduler::{
@@ -92,17 +101,21 @@ impl FakeModel {
             let Some(hist) = histories.get(&seq.id) else {
                 continue;
             };
-            let end = seq.start_pos + seq.token_ids.len();
+            let end = seq.start_pos + seq.known_tokens().len();
             assert!(!seq.token_ids.is_empty(), "empty chunk for {}", seq.id);
+            assert!(
+                seq.sample || seq.num_draft_tokens == 0,
+                "drafts on a chunk that does not sample"
+            );
             assert_eq!(
                 &hist[seq.start_pos..end],
-                &seq.token_ids[..],
+                seq.known_tokens(),
                 "chunk tokens of {}",
                 seq.id
             );
             assert_eq!(seq.sample, end == hist.len(), "sample flag of {}", seq.id);
             assert!(
-                seq.block_table.len() * self.block_size >= end,
+                seq.block_table.len() * self.block_size >= seq.context_len(),
                 "block table too short"
             );
             // Write the chunk, each position from the previous one's cached content.
@@ -127,8 +140,17 @@ impl FakeModel {
                 );
             }
             if seq.sample {
-                let last = self.read(seq.id, &seq.block_table, end - 1);
-                sampled.push((seq.id, vec![sample(last, self.vocab)]));
+                // Greedy verification: keep drafts while they equal the model's own token.
+                let mut tokens = Vec::new();
+                for i in 0..=seq.num_draft_tokens {
+                    let kv = self.read(seq.id, &seq.block_table, end - 1 + i);
+                    let t = sample(kv, self.vocab);
+                    tokens.push(t);
+                    if seq.draft_tokens().get(i) != Some(&t) {
+                        break;
+                    }
+                }
+                sampled.push((seq.id, tokens));
             }
         }
         sampled
@@ -158,6 +180,11 @@ pub struct Harness {
     hasher: BlockHasher,
     /// KV content of each slot of every full block any request ever had, by block hash.
     block_truth: HashMap<BlockHash, Vec<u64>>,
+    /// Speculative decoding: (draft tokens per step, probability of a wrong draft token, rng).
+    drafter: Option<(usize, f64, StdRng)>,
+    /// Tokens produced per request (outputs) and steps that produced them, summed.
+    pub tokens_produced: usize,
+    pub token_steps: usize,
 }
 
 impl Harness {
@@ -176,6 +203,42 @@ impl Harness {
             steps: 0,
             hasher: BlockHasher::new(cfg_block_size).expect("block size"),
             block_truth: HashMap::new(),
+            drafter: None,
+            tokens_produced: 0,
+            token_steps: 0,
+        }
+    }
+
+    /// Proposes `k` draft tokens per running request after every step, each one wrong with
+    /// probability `p_wrong`.
+    pub fn with_drafts(mut self, k: usize, p_wrong: f64, seed: u64) -> Self {
+        self.drafter = Some((k, p_wrong, StdRng::seed_from_u64(seed)));
+        self
+    }
+
+    fn propose_drafts(&mut self) {
+        let Some((k, p_wrong, rng)) = self.drafter.as_mut() else {
+            return;
+        };
+        let mut ids: Vec<RequestId> = self.histories.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let hist = &self.histories[&id];
+            let mut kv = KV_ROOT;
+            for (p, &t) in hist.iter().enumerate() {
+                kv = mix(kv, t, p);
+            }
+            let mut drafts = Vec::with_capacity(*k);
+            for i in 0..*k {
+                let mut t = sample(kv, self.vocab);
+                if rng.gen_bool(*p_wrong) {
+                    t = (t + 1 + rng.gen_range(0..self.vocab - 1)) % self.vocab;
+                }
+                drafts.push(t);
+                kv = mix(kv, t, hist.len() + i);
+            }
+            let kept = self.sched.set_draft_tokens(id, &drafts);
+            assert!(kept <= *k);
         }
     }
 
@@ -229,6 +292,8 @@ impl Harness {
                 .get_mut(&u.id)
                 .expect("known")
                 .extend_from_slice(&u.new_token_ids);
+            self.tokens_produced += u.new_token_ids.len();
+            self.token_steps += usize::from(!u.new_token_ids.is_empty());
             let history = self.histories[&u.id].clone();
             self.record_truth(&self.requests[&u.id].clone(), &history);
             if let Some(reason) = u.finished {
@@ -237,6 +302,7 @@ impl Harness {
             }
         }
         self.steps += 1;
+        self.propose_drafts();
         self.check();
         (out, updates)
     }

@@ -17,6 +17,8 @@ struct Totals {
     prefix_hits: u64,
     finished: usize,
     aborted: usize,
+    draft_tokens: u64,
+    accepted_tokens: u64,
 }
 
 fn random_request(rng: &mut StdRng, id: u64, prefixes: &[Vec<u32>]) -> NewRequest {
@@ -58,6 +60,11 @@ fn pick_live(rng: &mut StdRng, h: &Harness) -> Option<u64> {
 }
 
 fn run(cfg: SchedulerConfig, seed: u64, ops: usize) -> Totals {
+    let h = Harness::new(cfg, VOCAB);
+    run_harness(h, seed, ops)
+}
+
+fn run_harness(mut h: Harness, seed: u64, ops: usize) -> Totals {
     let mut rng = StdRng::seed_from_u64(seed);
     let prefixes: Vec<Vec<u32>> = (0..4)
         .map(|_| {
@@ -66,7 +73,6 @@ fn run(cfg: SchedulerConfig, seed: u64, ops: usize) -> Totals {
                 .collect()
         })
         .collect();
-    let mut h = Harness::new(cfg.clone(), VOCAB);
     let mut next_id = 0u64;
     for _ in 0..ops {
         match rng.gen_range(0..100) {
@@ -104,6 +110,8 @@ fn run(cfg: SchedulerConfig, seed: u64, ops: usize) -> Totals {
         prefix_hits: stats.prefix_hits_tokens,
         finished: h.finished.len() - h.cut_short.len(),
         aborted: h.cut_short.len(),
+        draft_tokens: stats.spec_num_draft_tokens,
+        accepted_tokens: stats.spec_num_accepted_tokens,
     }
 }
 
@@ -147,6 +155,8 @@ fn random_operations_keep_invariants_and_free_everything() {
         prefix_hits: 0,
         finished: 0,
         aborted: 0,
+        draft_tokens: 0,
+        accepted_tokens: 0,
     };
     for (i, c) in scenarios.into_iter().enumerate() {
         let t = run(c, 0x5eed + i as u64, 4000);
@@ -163,5 +173,90 @@ fn random_operations_keep_invariants_and_free_everything() {
         "{} finished, {} aborted",
         totals.finished,
         totals.aborted
+    );
+}
+
+/// The same random operations with speculative decoding: drafts (some wrong) ride with decode
+/// steps, rejected ones leave wrong KV behind. Outputs still equal the reference generation
+/// token for token, every block table reads only true KV, cached blocks hold their content and
+/// everything is freed at the end.
+#[test]
+fn random_operations_with_draft_tokens_keep_outputs_exact() {
+    let spec = |k: usize, c: SchedulerConfig| SchedulerConfig {
+        num_speculative_tokens: k,
+        ..c
+    };
+    let scenarios = [
+        (spec(1, cfg(4, 40, 32, 8)), 0.2),
+        (spec(3, cfg(4, 40, 32, 8)), 0.3),
+        (
+            SchedulerConfig {
+                policy: QueuePolicy::Priority,
+                num_lookahead_tokens: 2,
+                ..spec(3, cfg(4, 48, 32, 8))
+            },
+            0.5,
+        ),
+        (spec(4, cfg(1, 130, 16, 6)), 0.1),
+        (
+            SchedulerConfig {
+                enable_prefix_caching: false,
+                ..spec(2, cfg(16, 10, 64, 16))
+            },
+            0.3,
+        ),
+    ];
+    let mut preemptions = 0;
+    let (mut drafts, mut accepted) = (0, 0);
+    for (i, (c, p_wrong)) in scenarios.into_iter().enumerate() {
+        let k = c.num_speculative_tokens;
+        let h = Harness::new(c, VOCAB).with_drafts(k, p_wrong, 77 + i as u64);
+        let t = run_harness(h, 0xd4af + i as u64, 3000);
+        assert!(t.accepted_tokens <= t.draft_tokens);
+        preemptions += t.preemptions;
+        drafts += t.draft_tokens;
+        accepted += t.accepted_tokens;
+    }
+    assert!(preemptions > 0, "no preemption happened");
+    assert!(
+        accepted > 1000 && accepted < drafts,
+        "{accepted} of {drafts} draft tokens accepted"
+    );
+}
+
+/// Without interference (no aborts, no stop tokens) every decode step yields its accepted
+/// drafts plus one token: tokens = accepted + steps, exactly.
+#[test]
+fn produced_tokens_are_accepted_drafts_plus_steps() {
+    let c = SchedulerConfig {
+        num_speculative_tokens: 3,
+        ..cfg(4, 200, 64, 8)
+    };
+    let mut h = Harness::new(c, VOCAB).with_drafts(3, 0.25, 5);
+    let mut rng = StdRng::seed_from_u64(8);
+    for id in 0..12 {
+        let len = rng.gen_range(1..30);
+        let prompt = (0..len).map(|_| rng.gen_range(1..VOCAB)).collect();
+        h.add(NewRequest {
+            id,
+            prompt_token_ids: prompt,
+            max_tokens: rng.gen_range(1..60),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    h.run_to_completion(2000);
+    h.assert_all_free();
+    h.assert_matches_reference();
+    let st = h.sched.stats();
+    assert_eq!(
+        h.tokens_produced as u64,
+        st.spec_num_accepted_tokens + h.token_steps as u64
+    );
+    assert!(st.spec_num_accepted_tokens > 0);
+    assert!(st.spec_accepted_per_pos.windows(2).all(|w| w[0] >= w[1]));
+    assert_eq!(
+        st.spec_accepted_per_pos.iter().sum::<u64>(),
+        st.spec_num_accepted_tokens
     );
 }

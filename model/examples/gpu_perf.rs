@@ -1,0 +1,442 @@
+//! GPU performance of the engine on a full-size config with dummy weights (feature `gpu`):
+//! kernel-level (each GEMM shape of the model at M = 1…8192, grouped expert GEMMs, LM head) against
+//! the weight-read and FP8-peak rooflines, and model-level (decode step at batch 1/16/64/256, eager
+//! and replayed from CUDA graphs; prefill tokens/s at 8k). `ops/perf/gpu.sh` runs it on the H200
+//! together with the PyTorch/cuBLAS counterparts; the notes are in `ops/perf/`.
+//!
+//! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::sys::CUevent_flags;
+use model::gpu::weights::{GpuLinear, WeightFormat};
+use model::gpu::{gemm_launch, DevBuf, Gpu, GpuModel, GpuOptions, StepOutput};
+use model::sample::DeviceSampling;
+use model::{Glm4MoeConfig, SeqInput};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Measured device copy bandwidth (bytes read + written) and FP8 dense peak on the H200
+/// (`../shared/reference/h200-baseline.md`).
+const HBM_TBS: f64 = 4.3;
+const FP8_PEAK_TFLOPS: f64 = 1426.0;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args
+        .get(1)
+        .ok_or("usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only|--model-only]")?;
+    let out = args.get(2).filter(|a| !a.starts_with("--")).cloned();
+    let kernels = !args.iter().any(|a| a == "--model-only");
+    let whole = !args.iter().any(|a| a == "--kernels-only");
+    let cfg = Glm4MoeConfig::from_dir(std::path::Path::new(dir))?;
+    let mut report = json!({});
+    if kernels {
+        let g = Gpu::new(0)?;
+        println!("device: {} ({} SMs)", g.name, g.sm_count);
+        report["kernels"] = kernel_bench(&g, &cfg)?;
+        drop(g);
+    }
+    if whole {
+        report["model"] = model_bench(&cfg)?;
+    }
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {path}");
+    }
+    Ok(())
+}
+
+/// Mean µs per call of `f` over `iters` calls after `warm` warm-ups, timed with CUDA events.
+fn time_us(g: &Gpu, warm: usize, iters: usize, mut f: impl FnMut() -> Res<()>) -> Res<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    let start = g.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    let end = g.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+    start.record(&g.stream)?;
+    for _ in 0..iters {
+        f()?;
+    }
+    end.record(&g.stream)?;
+    end.synchronize()?;
+    Ok(start.elapsed_ms(&end)? as f64 * 1e3 / iters as f64)
+}
+
+struct Act {
+    act: DevBuf,
+    scales: DevBuf,
+}
+
+/// Random activations for `lin`, quantized by the prep kernel.
+fn activations(g: &Gpu, lin: &GpuLinear, rows: usize) -> Res<Act> {
+    let x = DevBuf::zeros(g, rows * lin.k * 4)?;
+    let n = (rows * lin.k) as u64;
+    model::launch!(g, fill_f32_rand, (((n / 256).clamp(1, 65_535)) as u32, 1, 1), (256, 1, 1), 0;
+        x.p(), n, 1234u64, 2.0f32)?;
+    let act = DevBuf::zeros(g, rows * lin.kp * lin.elem_bytes())?;
+    let scales = DevBuf::zeros(g, rows * lin.act_groups().max(1) * 4)?;
+    let (fmt, group) = lin.act_format();
+    model::launch!(g, prep_rows, (rows as u32, 1, 1), (256, 1, 1), 0;
+        x.p(), lin.k as i32, 0u64, lin.k as i32, 0i32, 0u64, 1e-5f32, 0i32, fmt, act.p(),
+        lin.kp as i32, scales.p(), group as i32)?;
+    Ok(Act { act, scales })
+}
+
+fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
+    let h = c.hidden_size;
+    let qkv_n = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+    let fp8 = WeightFormat::Fp8Channel;
+    let dense: Vec<(&str, WeightFormat, Vec<usize>, usize)> = vec![
+        ("qkv", fp8, vec![qkv_n], h),
+        ("o_proj", fp8, vec![h], c.num_attention_heads * c.head_dim),
+        ("dense gate+up", fp8, vec![2 * c.intermediate_size], h),
+        ("dense down", fp8, vec![h], c.intermediate_size),
+        ("lm_head (bf16)", WeightFormat::Bf16, vec![c.vocab_size], h),
+    ];
+    let ms = [1usize, 16, 64, 256, 2048, 8192];
+    let mut rows = vec![];
+    println!("\n| GEMM (N×K) | M | µs | weight TB/s | TFLOP/s | roofline µs |");
+    println!("|---|---|---|---|---|---|");
+    for (name, fmt, parts, k) in &dense {
+        let lin = GpuLinear::dummy(g, *fmt, parts, *k, 1, false, 7)?;
+        let maxm = if name.starts_with("lm_head") {
+            256
+        } else {
+            8192
+        };
+        for &m in ms.iter().filter(|&&m| m <= maxm) {
+            let a = activations(g, &lin, m)?;
+            let out = DevBuf::zeros(g, m * lin.n * 4)?;
+            let iters = if m >= 2048 { 10 } else { 50 };
+            let us = time_us(g, 3, iters, || {
+                gemm_launch(g, &lin, a.act.p(), a.scales.p(), m, None, out.p(), lin.n, 0)?;
+                Ok(())
+            })?;
+            let wbytes = (lin.n * lin.k * lin.elem_bytes()) as f64;
+            let flops = 2.0 * (m * lin.n * lin.k) as f64;
+            let roof = (wbytes / (HBM_TBS * 1e6)).max(flops / (FP8_PEAK_TFLOPS * 1e6));
+            println!(
+                "| {name} {}×{} | {m} | {us:.1} | {:.2} | {:.1} | {roof:.1} |",
+                lin.n,
+                lin.k,
+                wbytes / us / 1e6,
+                flops / us / 1e6
+            );
+            rows.push(
+                json!({"gemm": name, "n": lin.n, "k": lin.k, "m": m, "us": us,
+                "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof}),
+            );
+        }
+    }
+    // grouped expert GEMMs: B tokens routed top-k uniformly over E experts
+    let (e, k, inter) = (
+        c.n_routed_experts,
+        c.num_experts_per_tok,
+        c.moe_intermediate_size,
+    );
+    let gu = GpuLinear::dummy(g, fp8, &[inter, inter], h, e, false, 9)?;
+    let down = GpuLinear::dummy(g, fp8, &[h], inter, e, false, 10)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    println!(
+        "\n| grouped GEMM | tokens | experts touched | µs | weight TB/s | TFLOP/s | roofline µs |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &b in &[1usize, 16, 64, 256, 2048, 8192] {
+        let mut counts = vec![0usize; e];
+        for _ in 0..b {
+            let mut chosen = std::collections::HashSet::new();
+            while chosen.len() < k {
+                chosen.insert(rng.gen_range(0..e));
+            }
+            for x in chosen {
+                counts[x] += 1;
+            }
+        }
+        let touched = counts.iter().filter(|&&x| x > 0).count();
+        let a_rows = b * k;
+        let bm = if a_rows >= 32 * e { 64 } else { 16 };
+        let mut offsets = vec![0i32];
+        let mut tiles = vec![];
+        for (x, &cnt) in counts.iter().enumerate() {
+            let s = *offsets.last().unwrap();
+            for j in 0..cnt.div_ceil(bm) {
+                tiles.push(x as i32);
+                tiles.push(s + (j * bm) as i32);
+            }
+            offsets.push(s + cnt as i32);
+        }
+        let ntiles = tiles.len() / 2;
+        let max_tiles = a_rows.div_ceil(bm) + e;
+        let tb = DevBuf::from_host(g, &tiles)?;
+        let ob = DevBuf::from_host(g, &offsets)?;
+        let nb = DevBuf::from_host(g, &[ntiles as i32])?;
+        for (name, lin) in [("expert gate+up", &gu), ("expert down", &down)] {
+            let a = activations(g, lin, a_rows)?;
+            let out = DevBuf::zeros(g, a_rows * lin.n * 4)?;
+            let iters = if b >= 2048 { 10 } else { 50 };
+            let us = time_us(g, 3, iters, || {
+                gemm_launch(
+                    g,
+                    lin,
+                    a.act.p(),
+                    a.scales.p(),
+                    a_rows,
+                    Some((bm, max_tiles, tb.p(), nb.p(), ob.p())),
+                    out.p(),
+                    lin.n,
+                    0,
+                )?;
+                Ok(())
+            })?;
+            let wbytes = (touched * lin.n * lin.k) as f64;
+            let flops = 2.0 * (a_rows * lin.n * lin.k) as f64;
+            let roof = (wbytes / (HBM_TBS * 1e6)).max(flops / (FP8_PEAK_TFLOPS * 1e6));
+            println!(
+                "| {name} {}×{}×{e} | {b} | {touched} | {us:.1} | {:.2} | {:.1} | {roof:.1} |",
+                lin.n,
+                lin.k,
+                wbytes / us / 1e6,
+                flops / us / 1e6
+            );
+            rows.push(
+                json!({"gemm": name, "tokens": b, "touched": touched, "us": us,
+                "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof}),
+            );
+        }
+    }
+    Ok(Value::Array(rows))
+}
+
+/// Weight bytes one decode step reads at batch `b` (experts touched in expectation).
+fn decode_weight_bytes(c: &Glm4MoeConfig, b: usize) -> f64 {
+    let h = c.hidden_size as f64;
+    let qd = (c.num_attention_heads * c.head_dim) as f64;
+    let kvd = (c.num_key_value_heads * c.head_dim) as f64;
+    let attn = h * (qd + 2.0 * kvd) + qd * h;
+    let expert = 3.0 * h * c.moe_intermediate_size as f64;
+    let e = c.n_routed_experts as f64;
+    let touched = e * (1.0 - (1.0 - c.num_experts_per_tok as f64 / e).powi(b as i32));
+    let mut total = 0.0;
+    for l in 0..c.num_hidden_layers {
+        total += attn;
+        total += if c.is_moe_layer(l) {
+            touched * expert + expert * c.n_shared_experts as f64
+        } else {
+            3.0 * h * c.intermediate_size as f64
+        };
+    }
+    total + 2.0 * h * c.vocab_size as f64 // BF16 LM head
+}
+
+fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
+    let opts = GpuOptions {
+        max_num_batched_tokens: 8192,
+        max_num_seqs: 256,
+        max_model_len: 8192,
+        gpu_memory_utilization: 0.92,
+        cuda_graphs: false,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
+    let (w, ws, kv) = m.memory();
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "\nmodel: {} layers, weights {:.2} GiB, workspace {:.2} GiB, KV {:.2} GiB ({} blocks), built in {:.1} s",
+        c.num_hidden_layers, gib(w), gib(ws), gib(kv), m.num_blocks(), t0.elapsed().as_secs_f64()
+    );
+    let bs = m.block_size();
+    let nb = m.num_blocks();
+    let ctx = 1024usize;
+    let per_seq = ctx.div_ceil(bs) + 1;
+    let kv_token_bytes =
+        2.0 * (c.num_key_value_heads * c.head_dim * 2 * c.num_hidden_layers) as f64;
+    let mut rows = vec![];
+    println!("\n| decode batch | context | eager ms | graph ms | tok/s (graph) | roofline ms | graph / roofline |");
+    println!("|---|---|---|---|---|---|---|");
+    for &b in &[1usize, 16, 64, 256] {
+        let batch = DecodeBatch::new(b, per_seq, nb);
+        let (seqs, sp) = (batch.seqs(ctx), batch.sampling());
+        let run = |m: &mut GpuModel, graphs: bool, warm: usize, iters: usize| -> Res<f64> {
+            m.set_cuda_graphs(graphs);
+            time_steps(m, &seqs, &sp, warm, iters)
+        };
+        let eager = run(&mut m, false, 2, 5)?;
+        let prof = m.profile_step(&seqs, Some(&sp))?;
+        let total: f64 = prof.iter().map(|p| p.1).sum();
+        let parts: Vec<String> = prof
+            .iter()
+            .map(|(l, ms)| format!("{l} {ms:.2} ms ({:.0}%)", 100.0 * ms / total))
+            .collect();
+        println!(
+            "<!-- batch {b} eager step by phase: {} -->",
+            parts.join(", ")
+        );
+        let graph = run(&mut m, true, 2, 20)?;
+        let bytes = decode_weight_bytes(c, b) + b as f64 * ctx as f64 * kv_token_bytes;
+        let roof = bytes / (HBM_TBS * 1e9);
+        println!(
+            "| {b} | {ctx} | {eager:.2} | {graph:.2} | {:.0} | {roof:.2} | {:.2}× |",
+            b as f64 / graph * 1e3,
+            graph / roof
+        );
+        rows.push(
+            json!({"decode_batch": b, "context": ctx, "eager_ms": eager, "graph_ms": graph,
+            "tokens_per_s": b as f64 / graph * 1e3, "roofline_ms": roof,
+            "phases_ms": prof.iter().map(|(l, ms)| json!([l, ms])).collect::<Vec<_>>()}),
+        );
+    }
+    println!("\n| prefill | tokens | ms | tokens/s |");
+    println!("|---|---|---|---|");
+    for &(nseq, len) in &[(1usize, 8192usize), (4, 2048), (8, 1000)] {
+        let prompts: Vec<Vec<u32>> = (0..nseq)
+            .map(|s| (0..len).map(|i| ((i * 31 + s * 7) % 700) as u32).collect())
+            .collect();
+        let per = len.div_ceil(bs);
+        let tables: Vec<Vec<u32>> = (0..nseq)
+            .map(|s| (0..per).map(|j| ((s * per + j) % nb) as u32).collect())
+            .collect();
+        let seqs: Vec<SeqInput> = (0..nseq)
+            .map(|s| SeqInput {
+                tokens: &prompts[s],
+                start_pos: 0,
+                block_table: &tables[s],
+                sample: true,
+            })
+            .collect();
+        let sp = vec![
+            DeviceSampling {
+                temperature: 0.0,
+                seed: 0
+            };
+            nseq
+        ];
+        expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
+        let iters = 3;
+        let t = Instant::now();
+        for _ in 0..iters {
+            expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / iters as f64;
+        let n = nseq * len;
+        let prof = m.profile_step(&seqs, Some(&sp))?;
+        let total: f64 = prof.iter().map(|p| p.1).sum();
+        let parts: Vec<String> = prof
+            .iter()
+            .map(|(l, ms)| format!("{l} {ms:.1} ms ({:.0}%)", 100.0 * ms / total))
+            .collect();
+        println!(
+            "<!-- prefill {nseq} x {len} by phase: {} -->",
+            parts.join(", ")
+        );
+        println!(
+            "| {nseq} × {len} | {n} | {ms:.1} | {:.0} |",
+            n as f64 / ms * 1e3
+        );
+        rows.push(json!({"prefill_seqs": nseq, "prefill_len": len, "ms": ms,
+            "tokens_per_s": n as f64 / ms * 1e3}));
+    }
+    // the same decode steps with the KV cache in FP8 (`--kv-cache-dtype fp8`)
+    drop(m);
+    let mut m = GpuModel::dummy(
+        c.clone(),
+        &GpuOptions {
+            kv_fp8: true,
+            cuda_graphs: true,
+            ..opts
+        },
+        42,
+        false,
+    )?;
+    let nb8 = m.num_blocks();
+    println!(
+        "\nFP8 KV cache: {nb8} blocks ({} tokens) against {nb} with BF16",
+        nb8 * bs
+    );
+    println!("\n| decode batch (FP8 KV) | context | graph ms | tok/s |");
+    println!("|---|---|---|---|");
+    for &b in &[16usize, 64, 256] {
+        let batch = DecodeBatch::new(b, per_seq, nb8);
+        let ms = time_steps(&mut m, &batch.seqs(ctx), &batch.sampling(), 2, 20)?;
+        println!("| {b} | {ctx} | {ms:.2} | {:.0} |", b as f64 / ms * 1e3);
+        rows.push(
+            json!({"decode_batch": b, "context": ctx, "kv": "fp8", "graph_ms": ms,
+            "tokens_per_s": b as f64 / ms * 1e3, "kv_blocks": nb8}),
+        );
+    }
+    Ok(json!({"weights_bytes": w, "workspace_bytes": ws, "kv_bytes": kv, "steps": rows}))
+}
+
+/// `b` one-token decode sequences at the same position, each with its own blocks (wrapping around
+/// the cache when it is smaller), sampled greedily on the device.
+struct DecodeBatch {
+    tables: Vec<Vec<u32>>,
+    toks: Vec<[u32; 1]>,
+}
+
+impl DecodeBatch {
+    fn new(b: usize, per_seq: usize, num_blocks: usize) -> Self {
+        Self {
+            tables: (0..b)
+                .map(|i| {
+                    (0..per_seq)
+                        .map(|j| ((i * per_seq + j) % num_blocks) as u32)
+                        .collect()
+                })
+                .collect(),
+            toks: (0..b).map(|i| [(i % 700) as u32]).collect(),
+        }
+    }
+
+    fn seqs(&self, ctx: usize) -> Vec<SeqInput<'_>> {
+        self.toks
+            .iter()
+            .zip(&self.tables)
+            .map(|(t, table)| SeqInput {
+                tokens: t,
+                start_pos: ctx - 1,
+                block_table: table,
+                sample: true,
+            })
+            .collect()
+    }
+
+    fn sampling(&self) -> Vec<DeviceSampling> {
+        vec![
+            DeviceSampling {
+                temperature: 0.0,
+                seed: 0
+            };
+            self.toks.len()
+        ]
+    }
+}
+
+/// Mean wall-clock ms per step (ending with the sampled ids on the host) after `warm` steps.
+fn time_steps(
+    m: &mut GpuModel,
+    seqs: &[SeqInput<'_>],
+    sp: &[DeviceSampling],
+    warm: usize,
+    iters: usize,
+) -> Res<f64> {
+    for _ in 0..warm {
+        expect_tokens(m.step(seqs, Some(sp))?, seqs.len())?;
+    }
+    let t = Instant::now();
+    for _ in 0..iters {
+        expect_tokens(m.step(seqs, Some(sp))?, seqs.len())?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
+}
+
+fn expect_tokens(out: StepOutput, n: usize) -> Res<()> {
+    match out {
+        StepOutput::Tokens(t) if t.len() == n => Ok(()),
+        other => Err(format!("expected {n} tokens, got {other:?}").into()),
+    }
+}

@@ -1,0 +1,226 @@
+//! One CUDA device: context (the primary one, shared with anything else in the process), our stream,
+//! the NVRTC-compiled kernels, and [`DevBuf`], an owned device allocation addressed by raw pointer
+//! (kernels take pointers and byte offsets; typed views would only add ceremony here).
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+use crate::error::{ModelError, Result};
+
+const SOURCE: &str = include_str!("kernels.cu");
+
+/// Maps any driver/NVRTC error to [`ModelError::Device`] with what was being done.
+pub fn dev_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> ModelError {
+    move |e| ModelError::Device(format!("{what}: {e:?}"))
+}
+
+macro_rules! funcs {
+    ($($name:ident),* $(,)?) => {
+        /// Every kernel of `kernels.cu`.
+        pub struct Funcs { $(pub $name: CudaFunction,)* }
+        impl Funcs {
+            fn load(m: &Arc<cudarc::driver::CudaModule>) -> Result<Self> {
+                Ok(Self { $($name: m.load_function(stringify!($name)).map_err(dev_err(stringify!($name)))?,)* })
+            }
+        }
+    };
+}
+
+funcs!(
+    embed_rows,
+    prep_rows,
+    gemm_fp8_m16,
+    gemm_fp8_m64,
+    gemm_bf16_m16,
+    gemm_bf16_m64,
+    rope_kv,
+    attn_d32,
+    attn_d64,
+    attn_d128,
+    attn_combine,
+    router_logits,
+    moe_topk,
+    moe_plan,
+    moe_combine,
+    sample_rows,
+    fill_fp8,
+    fill_bf16,
+    fill_f32,
+    fill_f32_rand,
+);
+
+/// Dynamic shared memory of the GEMM kernels for a tile height `bm`: two stages of A and W tiles.
+pub const fn gemm_smem(bm: usize) -> usize {
+    2 * (bm + 128) * 144
+}
+
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub f: Funcs,
+    pub name: String,
+    pub sm_count: usize,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` and compiles the kernels for it (FP8 tensor cores: sm_89 or newer).
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        let ctx = CudaContext::new(ordinal).map_err(dev_err("opening the CUDA device"))?;
+        // One stream, ordered by construction: cudarc's per-buffer events would only add host work
+        // and cannot be captured into graphs.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(dev_err("creating a stream"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(dev_err("reading the compute capability"))?;
+        let arch: &'static str = match (major, minor) {
+            (8, 9) => "sm_89",
+            (9, 0) => "sm_90",
+            (10, 0) => "sm_100",
+            (12, 0) => "sm_120",
+            (m, _) if m >= 9 => "sm_90",
+            _ => {
+                return Err(ModelError::Device(format!(
+                    "compute capability {major}.{minor}: the kernels need FP8 tensor cores (8.9 or newer)"
+                )))
+            }
+        };
+        let ptx = compile_ptx_with_opts(
+            SOURCE,
+            CompileOptions {
+                arch: Some(arch),
+                options: vec!["--std=c++17".into()],
+                ..Default::default()
+            },
+        )
+        .map_err(dev_err("compiling kernels.cu with NVRTC"))?;
+        let module = ctx.load_module(ptx).map_err(dev_err("loading kernels"))?;
+        let f = Funcs::load(&module)?;
+        for func in [
+            &f.gemm_fp8_m64,
+            &f.gemm_bf16_m64,
+            &f.gemm_fp8_m16,
+            &f.gemm_bf16_m16,
+        ] {
+            func.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                gemm_smem(64) as i32,
+            )
+            .map_err(dev_err("raising the GEMM shared-memory limit"))?;
+        }
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(dev_err("reading the SM count"))? as usize;
+        Ok(Arc::new(Self {
+            ctx,
+            stream,
+            f,
+            name,
+            sm_count,
+        }))
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(dev_err("reading device memory"))
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(dev_err("synchronising the stream"))
+    }
+
+    /// Zeroes `bytes` at `ptr` on our stream (capturable into a graph).
+    pub fn memset0(&self, ptr: u64, bytes: usize) -> Result<()> {
+        unsafe { result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .map_err(dev_err("memset"))
+    }
+
+    /// Copies host data to `ptr` (pageable memory: the call returns once the data is staged).
+    pub fn upload<T: DeviceRepr>(&self, ptr: u64, data: &[T]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        unsafe { result::memcpy_htod_async(ptr, data, self.stream.cu_stream()) }
+            .map_err(dev_err("host-to-device copy"))
+    }
+
+    /// Copies `out.len()` elements from `ptr` and waits for them.
+    pub fn download<T: DeviceRepr>(&self, ptr: u64, out: &mut [T]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        unsafe { result::memcpy_dtoh_async(out, ptr, self.stream.cu_stream()) }
+            .map_err(dev_err("device-to-host copy"))?;
+        self.sync()
+    }
+}
+
+/// An owned device allocation.
+pub struct DevBuf {
+    _mem: CudaSlice<u8>,
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DevBuf {
+    pub fn zeros(g: &Gpu, bytes: usize) -> Result<Self> {
+        let mem = g
+            .stream
+            .alloc_zeros::<u8>(bytes.max(256))
+            .map_err(|e| ModelError::Device(format!("allocating {bytes} bytes: {e:?}")))?;
+        let ptr = mem.device_ptr(&g.stream).0;
+        Ok(Self {
+            _mem: mem,
+            ptr,
+            bytes,
+        })
+    }
+
+    pub fn from_host<T: DeviceRepr>(g: &Gpu, data: &[T]) -> Result<Self> {
+        let b = Self::zeros(g, std::mem::size_of_val(data))?;
+        g.upload(b.ptr, data)?;
+        Ok(b)
+    }
+
+    pub fn p(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Address `off` bytes in.
+    pub fn at(&self, off: usize) -> u64 {
+        self.ptr + off as u64
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Launches a kernel of [`Funcs`] on the GPU's stream: `launch!(gpu, name, grid, block, smem; args...)`.
+/// Pointer arguments are `u64` device addresses (0 = null).
+#[macro_export]
+macro_rules! launch {
+    ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {{
+        use cudarc::driver::PushKernelArg;
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: $grid,
+            block_dim: $block,
+            shared_mem_bytes: ($smem) as u32,
+        };
+        let g: &$crate::gpu::Gpu = &$g;
+        let mut b = g.stream.launch_builder(&g.f.$f);
+        $( let a = $arg; b.arg(&a); )*
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err($crate::gpu::device::dev_err(stringify!($f)))
+    }};
+}

@@ -1,0 +1,1320 @@
+//! The model on the device and one engine step.
+//!
+//! A step is a fixed sequence of kernel launches on our stream: embedding, per layer (norm+quant,
+//! fused QKV GEMM, QK-norm+RoPE+KV write, paged attention, quant, O GEMM added into the residual,
+//! then the dense MLP or the MoE: f32 router, top-k, expert plan, grouped gate|up GEMM,
+//! SiLU·up+quant, grouped down GEMM, shared expert, weighted combine), final norm of the sampled rows,
+//! LM head, and sampling. The only host synchronisation is reading the sampled ids (or the logits,
+//! when the host sampler needs them). Shapes depend only on (tokens, sampled rows), so a decode step
+//! of a given batch-size bucket is captured once as a CUDA graph and replayed after copying in that
+//! step's ids, positions, slots and block tables.
+//!
+//! Memory: weights first, then the workspace for `max_num_batched_tokens`, then the KV cache gets
+//! what `gpu_memory_utilization` leaves (or a fixed size when given).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaGraph};
+
+use crate::checkpoint::TensorStore;
+use crate::config::{Glm4MoeConfig, Quantization};
+use crate::error::{ModelError, Result};
+use crate::gpu::device::{dev_err, gemm_smem, DevBuf, Gpu};
+use crate::gpu::weights::{fill_const, GpuLinear, WeightFormat, FMT_F32};
+use crate::launch;
+use crate::loader::{ParamSource, WeightLoader};
+use crate::model::{DecoderLayer, Mlp, SeqInput};
+use crate::sample::DeviceSampling;
+use crate::CpuBackend;
+
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    pub device: usize,
+    /// Most tokens in one step (prefill chunks and decode tokens together).
+    pub max_num_batched_tokens: usize,
+    /// Most sequences in one step.
+    pub max_num_seqs: usize,
+    /// Longest sequence (sizes the block tables).
+    pub max_model_len: usize,
+    pub block_size: usize,
+    /// Fraction of the device's memory this process may use (weights + workspace + KV).
+    pub gpu_memory_utilization: f64,
+    /// Fixed KV size in blocks, or in bytes (else planned from `gpu_memory_utilization`).
+    pub num_blocks: Option<usize>,
+    pub kv_cache_bytes: Option<u64>,
+    /// Replay decode steps from CUDA graphs (one per batch-size bucket).
+    pub cuda_graphs: bool,
+    /// KV cache in E4M3 with unit scales (`--kv-cache-dtype fp8`): half the bytes per token.
+    pub kv_fp8: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            max_num_batched_tokens: 8192,
+            max_num_seqs: 256,
+            max_model_len: 8192,
+            block_size: 16,
+            gpu_memory_utilization: 0.9,
+            num_blocks: None,
+            kv_cache_bytes: None,
+            cuda_graphs: true,
+            kv_fp8: false,
+        }
+    }
+}
+
+/// What a step hands back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutput {
+    /// No sequence sampled (a prefill chunk short of its prompt's end).
+    Nothing,
+    /// `[rows, vocab]` f32 for the host sampler.
+    Logits { data: Vec<f32>, rows: usize },
+    /// One id per sampled row, drawn on the device.
+    Tokens(Vec<u32>),
+}
+
+// One per layer: the variants' size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum GpuMlp {
+    Dense {
+        gate_up: GpuLinear,
+        down: GpuLinear,
+        inter: usize,
+    },
+    Moe {
+        /// `[E, H]` f32
+        gate: DevBuf,
+        /// `[E]` f32
+        bias: DevBuf,
+        experts_gu: GpuLinear,
+        experts_down: GpuLinear,
+        shared_gu: GpuLinear,
+        shared_down: GpuLinear,
+        inter: usize,
+        shared_inter: usize,
+    },
+}
+
+struct GpuLayer {
+    in_norm: DevBuf,
+    qkv: GpuLinear,
+    q_norm: Option<DevBuf>,
+    k_norm: Option<DevBuf>,
+    o: GpuLinear,
+    post_norm: DevBuf,
+    mlp: GpuMlp,
+}
+
+/// Per-step buffers, sized once for the largest step.
+struct Workspace {
+    t_cap: usize,
+    r_cap: usize,
+    s_cap: usize,
+    blocks_per_seq: usize,
+    /// i32: tokens | pos | slots | row_seq | sample_rows | btab stride | attention tiles |
+    /// tile count | btab
+    meta: DevBuf,
+    /// Key-split partial results of attention: `[tiles, kv heads, splits, 64, head_dim + 2]`.
+    attn_part: DevBuf,
+    temps: DevBuf,
+    seeds: DevBuf,
+    sampled: DevBuf,
+    x: DevBuf,
+    xn: DevBuf,
+    act: DevBuf,
+    act_scales: DevBuf,
+    f1: DevBuf,
+    q: DevBuf,
+    o: DevBuf,
+    y: DevBuf,
+    router: DevBuf,
+    ids: DevBuf,
+    wts: DevBuf,
+    offsets: DevBuf,
+    perm: DevBuf,
+    inv: DevBuf,
+    tiles: DevBuf,
+    ntiles: DevBuf,
+    logits: DevBuf,
+}
+
+impl Workspace {
+    fn meta_at(&self, field: Meta) -> u64 {
+        let (t, r) = (self.t_cap, self.r_cap);
+        let off = match field {
+            Meta::Tokens => 0,
+            Meta::Pos => t,
+            Meta::Slots => 2 * t,
+            Meta::RowSeq => 3 * t,
+            Meta::SampleRows => 4 * t,
+            Meta::Stride => 4 * t + r,
+            Meta::AttnTiles => 4 * t + r + 4,
+            Meta::AttnTileCount => 6 * t + r + 4,
+            Meta::BlockTables => 6 * t + r + 8,
+        };
+        self.meta.at(off * 4)
+    }
+
+    fn meta_ints(t_cap: usize, r_cap: usize, s_cap: usize, blocks_per_seq: usize) -> usize {
+        6 * t_cap + r_cap + 8 + s_cap * blocks_per_seq
+    }
+}
+
+/// Fields of the per-step metadata buffer.
+#[derive(Clone, Copy)]
+enum Meta {
+    Tokens,
+    Pos,
+    Slots,
+    RowSeq,
+    SampleRows,
+    Stride,
+    AttnTiles,
+    AttnTileCount,
+    BlockTables,
+}
+
+/// Most (tile, KV head, split) work items whose partial attention results the workspace holds.
+const ATTN_PART_ITEMS: usize = 4096;
+
+impl Workspace {
+    /// Key splits for `tiles` attention tiles: enough blocks to fill the GPU twice over.
+    fn attn_splits(&self, tiles: usize, nkv: usize, sms: usize) -> usize {
+        let items = tiles * nkv;
+        if items >= 2 * sms {
+            return 1;
+        }
+        (2 * sms)
+            .div_ceil(items)
+            .min(16)
+            .min(ATTN_PART_ITEMS / items)
+            .max(1)
+    }
+}
+
+/// The host side of one step's metadata.
+#[derive(Default)]
+struct HostBatch {
+    tokens: Vec<i32>,
+    pos: Vec<i32>,
+    slots: Vec<i32>,
+    row_seq: Vec<i32>,
+    sample_rows: Vec<i32>,
+    stride: usize,
+    /// (first row, rows) of each attention tile: consecutive rows of one sequence.
+    attn_tiles: Vec<i32>,
+    btab: Vec<i32>,
+}
+
+pub struct GpuModel {
+    pub config: Glm4MoeConfig,
+    g: Arc<Gpu>,
+    opts: GpuOptions,
+    embed: DevBuf,
+    layers: Vec<GpuLayer>,
+    norm: DevBuf,
+    lm_head: GpuLinear,
+    kv: Vec<(DevBuf, DevBuf)>,
+    num_blocks: usize,
+    ws: Workspace,
+    graphs: HashMap<usize, Graph>,
+    valid_vocab: usize,
+    /// Events recorded after each phase while [`GpuModel::profile_step`] runs.
+    prof: Option<std::cell::RefCell<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
+    weight_bytes: usize,
+    workspace_bytes: usize,
+}
+
+/// A captured step. cudarc's graph holds raw driver handles and is not `Send`; ours is only ever
+/// touched through `&mut GpuModel`, i.e. by one thread at a time, which is all the driver asks.
+struct Graph(CudaGraph);
+// SAFETY: see above — no concurrent access is possible without `&mut GpuModel`.
+unsafe impl Send for Graph {}
+
+/// Decode batches up to this many sequences are replayed from graphs (buckets: powers of two).
+const MAX_GRAPH_BATCH: usize = 256;
+
+impl GpuModel {
+    /// Loads a checkpoint folder layer by layer through the CPU loader (same names, shapes and FP8
+    /// conventions, one layer on the host at a time), then plans the KV cache.
+    pub fn load(dir: &Path, opts: &GpuOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingFolder(dir.to_path_buf()));
+        }
+        let config = Glm4MoeConfig::from_dir(dir)?;
+        let store = TensorStore::open(dir)?;
+        let g = Gpu::new(opts.device)?;
+        let c = config.clone();
+        let mut w = WeightLoader::<CpuBackend>::new(&store, &c, Default::default(), true);
+        let embed_t = w.mat("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])?;
+        let embed = bf16_buf(&g, &tensor_f32(&embed_t)?)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let host = crate::model::load_layer(&mut w, &c, l)?;
+            layers.push(upload_layer(&g, &c, &host)?);
+        }
+        let norm = f32_buf(
+            &g,
+            &tensor_f32(&w.vec("model.norm.weight", c.hidden_size)?)?,
+        )?;
+        let lm = if c.tie_word_embeddings && !w.has("lm_head.weight") {
+            crate::linear::Linear {
+                weight: crate::linear::LinearWeight::Dense(embed_t),
+                bias: None,
+            }
+        } else {
+            w.linear("lm_head", c.vocab_size, c.hidden_size, false)?
+        };
+        let lm_head = GpuLinear::upload(&g, &[vec![&lm]])?;
+        // the MTP layer is not run by the GPU engine yet: allowed, like a CPU load without MTP
+        let allowed: Vec<String> = (0..c.num_nextn_predict_layers.max(1))
+            .map(|i| format!("model.layers.{}.", c.num_hidden_layers + i))
+            .collect();
+        if let Some(extra) = w.unused(&allowed).into_iter().next() {
+            return Err(ModelError::Unexpected(extra));
+        }
+        w.finish();
+        Self::assemble(config, g, opts, embed, layers, norm, lm_head)
+    }
+
+    /// The architecture from a config alone with random weights generated on the device
+    /// (`--load-format dummy`). Linear layers are FP8 per-channel unless the config says block FP8
+    /// (or `bf16` is asked for); embeddings and the LM head are BF16, as in the published FP8
+    /// checkpoints.
+    pub fn dummy(config: Glm4MoeConfig, opts: &GpuOptions, seed: u64, bf16: bool) -> Result<Self> {
+        config.validate()?;
+        let g = Gpu::new(opts.device)?;
+        let c = &config;
+        let fmt = match (bf16, &c.quantization) {
+            (true, _) => WeightFormat::Bf16,
+            (false, Quantization::Fp8Block { block }) => WeightFormat::Fp8Block {
+                bn: block[0],
+                bk: block[1],
+            },
+            _ => WeightFormat::Fp8Channel,
+        };
+        let (h, nh, nkv, d) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let mut s = seed;
+        let mut next = || {
+            s = crate::sample::splitmix(s);
+            s
+        };
+        let embed = DevBuf::zeros(&g, c.vocab_size * h * 2)?;
+        fill_bf16(&g, &embed, c.vocab_size * h, next(), 0.02)?;
+        let ones = |n: usize| -> Result<DevBuf> {
+            let b = DevBuf::zeros(&g, n * 4)?;
+            fill_const(&g, b.p(), n, 1.0)?;
+            Ok(b)
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let mlp = if c.is_moe_layer(l) {
+                let (e, i) = (c.n_routed_experts, c.moe_intermediate_size);
+                let si = i * c.n_shared_experts;
+                let gate = DevBuf::zeros(&g, e * h * 4)?;
+                let n = (e * h) as u64;
+                launch!(g, fill_f32_rand, (((n / 256).clamp(1, 65_535)) as u32, 1, 1), (256, 1, 1), 0;
+                    gate.p(), n, next(), 1.0 / (h as f32).sqrt())?;
+                GpuMlp::Moe {
+                    gate,
+                    bias: DevBuf::zeros(&g, e * 4)?,
+                    experts_gu: GpuLinear::dummy(&g, fmt, &[i, i], h, e, false, next())?,
+                    experts_down: GpuLinear::dummy(&g, fmt, &[h], i, e, false, next())?,
+                    shared_gu: GpuLinear::dummy(&g, fmt, &[si, si], h, 1, false, next())?,
+                    shared_down: GpuLinear::dummy(&g, fmt, &[h], si, 1, false, next())?,
+                    inter: i,
+                    shared_inter: si,
+                }
+            } else {
+                let i = c.intermediate_size;
+                GpuMlp::Dense {
+                    gate_up: GpuLinear::dummy(&g, fmt, &[i, i], h, 1, false, next())?,
+                    down: GpuLinear::dummy(&g, fmt, &[h], i, 1, false, next())?,
+                    inter: i,
+                }
+            };
+            layers.push(GpuLayer {
+                in_norm: ones(h)?,
+                qkv: GpuLinear::dummy(
+                    &g,
+                    fmt,
+                    &[nh * d, nkv * d, nkv * d],
+                    h,
+                    1,
+                    c.attention_bias,
+                    next(),
+                )?,
+                q_norm: c.use_qk_norm.then(|| ones(d)).transpose()?,
+                k_norm: c.use_qk_norm.then(|| ones(d)).transpose()?,
+                o: GpuLinear::dummy(&g, fmt, &[h], nh * d, 1, false, next())?,
+                post_norm: ones(h)?,
+                mlp,
+            });
+        }
+        let norm = ones(h)?;
+        let lm_head =
+            GpuLinear::dummy(&g, WeightFormat::Bf16, &[c.vocab_size], h, 1, false, next())?;
+        Self::assemble(config, g, opts, embed, layers, norm, lm_head)
+    }
+
+    fn assemble(
+        config: Glm4MoeConfig,
+        g: Arc<Gpu>,
+        opts: &GpuOptions,
+        embed: DevBuf,
+        layers: Vec<GpuLayer>,
+        norm: DevBuf,
+        lm_head: GpuLinear,
+    ) -> Result<Self> {
+        let c = &config;
+        if c.num_attention_heads / c.num_key_value_heads > 16 || c.head_dim > 128 {
+            return Err(ModelError::Device(format!(
+                "attention kernel supports up to 16 query heads per KV head and head_dim 128 (got {} and {})",
+                c.num_attention_heads / c.num_key_value_heads,
+                c.head_dim
+            )));
+        }
+        if ![32, 64, 128].contains(&c.head_dim) {
+            return Err(ModelError::Device(format!(
+                "the attention kernel supports head_dim 32, 64 and 128 (got {})",
+                c.head_dim
+            )));
+        }
+        if !c.hidden_size.is_multiple_of(4) {
+            return Err(ModelError::Device(format!(
+                "hidden_size {} is not a multiple of 4 (the router reads 16-byte vectors)",
+                c.hidden_size
+            )));
+        }
+        if c.n_group > 32 || c.n_routed_experts > 4096 {
+            return Err(ModelError::Device(
+                "router kernel supports up to 32 expert groups and 4096 experts".into(),
+            ));
+        }
+        let mut weight_bytes = embed.bytes() + norm.bytes() + lm_head.bytes();
+        for l in &layers {
+            weight_bytes += l.in_norm.bytes() + l.post_norm.bytes() + l.qkv.bytes() + l.o.bytes();
+            weight_bytes += match &l.mlp {
+                GpuMlp::Dense { gate_up, down, .. } => gate_up.bytes() + down.bytes(),
+                GpuMlp::Moe {
+                    gate,
+                    bias,
+                    experts_gu,
+                    experts_down,
+                    shared_gu,
+                    shared_down,
+                    ..
+                } => {
+                    gate.bytes()
+                        + bias.bytes()
+                        + experts_gu.bytes()
+                        + experts_down.bytes()
+                        + shared_gu.bytes()
+                        + shared_down.bytes()
+                }
+            };
+        }
+        let ws = Workspace::new(&g, c, opts, &layers, &lm_head)?;
+        let workspace_bytes = ws.bytes();
+        let valid_vocab = c.vocab_size;
+        let mut m = Self {
+            config,
+            g,
+            opts: opts.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            kv: Vec::new(),
+            num_blocks: 0,
+            ws,
+            graphs: HashMap::new(),
+            valid_vocab,
+            prof: None,
+            weight_bytes,
+            workspace_bytes,
+        };
+        m.g.sync()?;
+        m.alloc_kv()?;
+        Ok(m)
+    }
+
+    fn kv_elem_bytes(&self) -> usize {
+        if self.opts.kv_fp8 {
+            1
+        } else {
+            2
+        }
+    }
+
+    fn kv_block_bytes(&self) -> usize {
+        let c = &self.config;
+        2 * self.opts.block_size
+            * c.num_key_value_heads
+            * c.head_dim
+            * self.kv_elem_bytes()
+            * c.num_hidden_layers
+    }
+
+    fn alloc_kv(&mut self) -> Result<()> {
+        let per_block = self.kv_block_bytes();
+        let num_blocks = match (self.opts.num_blocks, self.opts.kv_cache_bytes) {
+            (Some(n), _) => n,
+            (None, Some(b)) => (b / per_block as u64) as usize,
+            (None, None) => {
+                let (free, total) = self.g.mem_info()?;
+                let budget = self.opts.gpu_memory_utilization * total as f64;
+                let used = (total - free) as f64;
+                // room for graphs, NVRTC and allocator slack
+                let reserve = 512.0 * 1024.0 * 1024.0;
+                let left = budget - used - reserve;
+                if left < per_block as f64 {
+                    return Err(ModelError::Device(format!(
+                        "no memory left for the KV cache: weights {:.1} GiB + workspace {:.1} GiB (+ {:.1} GiB in use before) exceed --gpu-memory-utilization {} of {:.1} GiB",
+                        gib(self.weight_bytes),
+                        gib(self.workspace_bytes),
+                        gib((used as usize).saturating_sub(self.weight_bytes + self.workspace_bytes)),
+                        self.opts.gpu_memory_utilization,
+                        gib(total)
+                    )));
+                }
+                (left / per_block as f64) as usize
+            }
+        };
+        if num_blocks == 0 {
+            return Err(ModelError::KvCache("the KV cache holds no block".into()));
+        }
+        let c = &self.config;
+        let layer_bytes = num_blocks
+            * self.opts.block_size
+            * c.num_key_value_heads
+            * c.head_dim
+            * self.kv_elem_bytes();
+        let mut kv = Vec::with_capacity(c.num_hidden_layers);
+        for _ in 0..c.num_hidden_layers {
+            kv.push((
+                DevBuf::zeros(&self.g, layer_bytes)?,
+                DevBuf::zeros(&self.g, layer_bytes)?,
+            ));
+        }
+        self.kv = kv;
+        self.num_blocks = num_blocks;
+        self.g.sync()
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.opts.block_size
+    }
+
+    /// Bytes of weights, workspace and KV cache on the device.
+    pub fn memory(&self) -> (usize, usize, usize) {
+        (
+            self.weight_bytes,
+            self.workspace_bytes,
+            self.num_blocks * self.kv_block_bytes(),
+        )
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.g.name
+    }
+
+    /// Ids at or above `n` (a tokenizer smaller than the embedding) are never sampled.
+    pub fn set_valid_vocab(&mut self, n: usize) {
+        let n = n.clamp(1, self.config.vocab_size);
+        if n != self.valid_vocab {
+            // captured graphs baked the old bound in
+            self.graphs.clear();
+            self.valid_vocab = n;
+        }
+    }
+
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.opts.cuda_graphs = on;
+    }
+
+    /// Graphs captured so far (batch-size buckets).
+    pub fn graph_buckets(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self.graphs.keys().copied().collect();
+        b.sort_unstable();
+        b
+    }
+
+    /// Records the end of a phase when profiling.
+    fn mark(&self, label: &'static str) -> Result<()> {
+        if let Some(p) = &self.prof {
+            let ev = self
+                .g
+                .ctx
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(dev_err("profiling event"))?;
+            ev.record(&self.g.stream)
+                .map_err(dev_err("profiling event"))?;
+            p.borrow_mut().push((label, ev));
+        }
+        Ok(())
+    }
+
+    /// Runs one eager step with an event after every phase and returns the GPU milliseconds per
+    /// phase (summed over layers), in order of first appearance.
+    pub fn profile_step(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        sampling: Option<&[DeviceSampling]>,
+    ) -> Result<Vec<(&'static str, f64)>> {
+        let graphs = self.opts.cuda_graphs;
+        self.opts.cuda_graphs = false;
+        self.prof = Some(Default::default());
+        self.mark("start")?;
+        let out = self.step(seqs, sampling);
+        self.opts.cuda_graphs = graphs;
+        let events = self.prof.take().map(|p| p.into_inner()).unwrap_or_default();
+        out?;
+        self.g.sync()?;
+        let mut totals: Vec<(&'static str, f64)> = Vec::new();
+        for w in events.windows(2) {
+            let ms = w[0]
+                .1
+                .elapsed_ms(&w[1].1)
+                .map_err(dev_err("event timing"))? as f64;
+            match totals.iter_mut().find(|(l, _)| *l == w[1].0) {
+                Some(t) => t.1 += ms,
+                None => totals.push((w[1].0, ms)),
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Runs one step. With `sampling` (one entry per sampled sequence) the ids are drawn on the
+    /// device; without, the sampled rows' logits come back.
+    pub fn step(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        sampling: Option<&[DeviceSampling]>,
+    ) -> Result<StepOutput> {
+        let r = seqs.iter().filter(|s| s.sample).count();
+        if let Some(sp) = sampling {
+            if sp.len() != r {
+                return Err(ModelError::Input(format!(
+                    "{} sampling entries for {r} sampled sequences",
+                    sp.len()
+                )));
+            }
+        }
+        let decode = seqs.iter().all(|s| s.tokens.len() == 1 && s.sample);
+        let graph = self.opts.cuda_graphs && decode && sampling.is_some() && !seqs.is_empty();
+        let bucket = seqs.len().next_power_of_two();
+        if graph
+            && bucket <= MAX_GRAPH_BATCH.min(self.ws.s_cap.next_power_of_two())
+            && bucket <= self.ws.t_cap
+        {
+            let hb = self.host_batch(seqs, Some(bucket))?;
+            self.upload_batch(&hb, bucket)?;
+            let sp = sampling.unwrap_or_default();
+            self.upload_sampling(sp, bucket)?;
+            if !self.graphs.contains_key(&bucket) {
+                self.g
+                    .stream
+                    .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                    .map_err(dev_err("begin graph capture"))?;
+                let run = self
+                    .forward(bucket, bucket, bucket)
+                    .and_then(|_| self.sample(bucket));
+                let graph = self
+                    .g
+                    .stream
+                    .end_capture(sys::CUgraphInstantiate_flags(0))
+                    .map_err(dev_err("end graph capture"))?;
+                run?;
+                let graph = graph.ok_or_else(|| ModelError::Device("empty graph".into()))?;
+                self.graphs.insert(bucket, Graph(graph));
+            }
+            self.graphs[&bucket]
+                .0
+                .launch()
+                .map_err(dev_err("graph launch"))?;
+            return self.read_tokens(seqs.len());
+        }
+        let hb = self.host_batch(seqs, None)?;
+        let t = hb.tokens.len();
+        self.upload_batch(&hb, t)?;
+        self.forward(t, hb.attn_tiles.len() / 2, r)?;
+        if r == 0 {
+            self.g.sync()?;
+            return Ok(StepOutput::Nothing);
+        }
+        match sampling {
+            Some(sp) => {
+                self.upload_sampling(sp, r)?;
+                self.sample(r)?;
+                self.mark("sampling")?;
+                self.read_tokens(r)
+            }
+            None => {
+                let v = self.config.vocab_size;
+                let mut data = vec![0f32; r * v];
+                self.g.download(self.ws.logits.p(), &mut data)?;
+                Ok(StepOutput::Logits { data, rows: r })
+            }
+        }
+    }
+
+    fn read_tokens(&self, n: usize) -> Result<StepOutput> {
+        let mut ids = vec![0i32; n];
+        self.g.download(self.ws.sampled.p(), &mut ids)?;
+        Ok(StepOutput::Tokens(
+            ids.into_iter().map(|i| i as u32).collect(),
+        ))
+    }
+
+    /// Validates the batch and lays out its metadata; `pad_to` pads a decode batch to a bucket
+    /// (padding rows write no KV and attend to nothing).
+    fn host_batch(&self, seqs: &[SeqInput<'_>], pad_to: Option<usize>) -> Result<HostBatch> {
+        let c = &self.config;
+        let bs = self.opts.block_size;
+        if seqs.is_empty() {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        if seqs.len() > self.ws.s_cap {
+            return Err(ModelError::Input(format!(
+                "{} sequences in one step; at most {}",
+                seqs.len(),
+                self.ws.s_cap
+            )));
+        }
+        let t: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if t > self.ws.t_cap {
+            return Err(ModelError::Input(format!(
+                "{t} tokens in one step; at most {}",
+                self.ws.t_cap
+            )));
+        }
+        let mut hb = HostBatch::default();
+        let mut stride = 1;
+        for s in seqs {
+            let need = (s.start_pos + s.tokens.len()).div_ceil(bs);
+            if need > s.block_table.len() {
+                return Err(ModelError::KvCache(format!(
+                    "position {} is beyond the block table ({} blocks of {bs})",
+                    s.start_pos + s.tokens.len() - 1,
+                    s.block_table.len()
+                )));
+            }
+            stride = stride.max(need);
+        }
+        if stride > self.ws.blocks_per_seq {
+            return Err(ModelError::Input(format!(
+                "a sequence needs {stride} KV blocks; max_model_len allows {}",
+                self.ws.blocks_per_seq
+            )));
+        }
+        hb.stride = stride;
+        for (si, s) in seqs.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(ModelError::Input(format!("sequence {si} has no tokens")));
+            }
+            for (i, &tok) in s.tokens.iter().enumerate() {
+                if tok as usize >= c.vocab_size {
+                    return Err(ModelError::Input(format!(
+                        "token id {tok} is outside the vocabulary (size {})",
+                        c.vocab_size
+                    )));
+                }
+                let p = s.start_pos + i;
+                let b = s.block_table[p / bs] as usize;
+                if b >= self.num_blocks {
+                    return Err(ModelError::KvCache(format!(
+                        "block {b} is outside the cache ({} blocks)",
+                        self.num_blocks
+                    )));
+                }
+                hb.tokens.push(tok as i32);
+                hb.pos.push(p as i32);
+                hb.slots.push((b * bs + p % bs) as i32);
+                hb.row_seq.push(si as i32);
+            }
+            if s.sample {
+                hb.sample_rows.push(hb.tokens.len() as i32 - 1);
+            }
+            let end = hb.tokens.len();
+            let mut r0 = end - s.tokens.len();
+            while r0 < end {
+                let n = (end - r0).min(self.attn_rows_per_tile());
+                hb.attn_tiles.extend([r0 as i32, n as i32]);
+                r0 += n;
+            }
+            let used = stride.min(s.block_table.len());
+            for &b in &s.block_table[..used] {
+                hb.btab.push(if (b as usize) < self.num_blocks {
+                    b as i32
+                } else {
+                    0
+                });
+            }
+            hb.btab.extend(std::iter::repeat_n(0, stride - used));
+        }
+        // a slot written twice in one step keeps the last write (as the CPU reference does)
+        let mut seen = std::collections::HashSet::with_capacity(hb.slots.len());
+        for sl in hb.slots.iter_mut().rev() {
+            if !seen.insert(*sl) {
+                *sl = -1;
+            }
+        }
+        if let Some(n) = pad_to {
+            while hb.tokens.len() < n {
+                hb.attn_tiles.extend([hb.tokens.len() as i32, 1]);
+                hb.tokens.push(0);
+                hb.pos.push(0);
+                hb.slots.push(-1);
+                hb.row_seq.push(-1);
+            }
+            hb.sample_rows = (0..n as i32).collect();
+        }
+        Ok(hb)
+    }
+
+    fn upload_batch(&self, hb: &HostBatch, _t: usize) -> Result<()> {
+        let (g, ws) = (&self.g, &self.ws);
+        g.upload(ws.meta_at(Meta::Tokens), &hb.tokens)?;
+        g.upload(ws.meta_at(Meta::Pos), &hb.pos)?;
+        g.upload(ws.meta_at(Meta::Slots), &hb.slots)?;
+        g.upload(ws.meta_at(Meta::RowSeq), &hb.row_seq)?;
+        g.upload(ws.meta_at(Meta::SampleRows), &hb.sample_rows)?;
+        g.upload(ws.meta_at(Meta::Stride), &[hb.stride as i32])?;
+        g.upload(ws.meta_at(Meta::AttnTiles), &hb.attn_tiles)?;
+        g.upload(
+            ws.meta_at(Meta::AttnTileCount),
+            &[(hb.attn_tiles.len() / 2) as i32],
+        )?;
+        g.upload(ws.meta_at(Meta::BlockTables), &hb.btab)
+    }
+
+    /// Query rows of one sequence that share an attention block: 64 (row, head) pairs.
+    fn attn_rows_per_tile(&self) -> usize {
+        (64 / (self.config.num_attention_heads / self.config.num_key_value_heads)).max(1)
+    }
+
+    fn upload_sampling(&self, sp: &[DeviceSampling], n: usize) -> Result<()> {
+        let mut temps: Vec<f32> = sp.iter().map(|s| s.temperature).collect();
+        let mut seeds: Vec<u64> = sp.iter().map(|s| s.seed).collect();
+        temps.resize(n, 0.0);
+        seeds.resize(n, 0);
+        self.g.upload(self.ws.temps.p(), &temps)?;
+        self.g.upload(self.ws.seeds.p(), &seeds)
+    }
+
+    fn sample(&self, r: usize) -> Result<()> {
+        let v = self.config.vocab_size as i32;
+        launch!(self.g, sample_rows, (r as u32, 1, 1), (256, 1, 1), 0;
+            self.ws.logits.p(), v, self.valid_vocab as i32, self.ws.temps.p(), self.ws.seeds.p(), self.ws.sampled.p())
+    }
+
+    /// All kernels of a step for `t` rows of metadata, `tiles` attention tiles and `r` sampled rows.
+    fn forward(&self, t: usize, tiles: usize, r: usize) -> Result<()> {
+        let c = &self.config;
+        let (g, ws) = (&*self.g, &self.ws);
+        let h = c.hidden_size;
+        launch!(g, embed_rows, (t as u32, 1, 1), (256, 1, 1), 0;
+            self.embed.p(), ws.meta_at(Meta::Tokens), ws.x.p(), h as i32)?;
+        self.mark("embedding")?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            self.attention(li, layer, t, tiles)?;
+            match &layer.mlp {
+                GpuMlp::Dense {
+                    gate_up,
+                    down,
+                    inter,
+                } => self.swiglu(
+                    gate_up,
+                    down,
+                    *inter,
+                    (ws.x.p(), 0, t, layer.post_norm.p()),
+                    None,
+                    (ws.x.p(), 1),
+                    "dense MLP GEMMs",
+                )?,
+                GpuMlp::Moe { .. } => self.moe(layer, t)?,
+            }
+        }
+        if r > 0 {
+            let lm = &self.lm_head;
+            self.prep_for(
+                lm,
+                ws.x.p(),
+                h,
+                ws.meta_at(Meta::SampleRows),
+                r,
+                h,
+                1,
+                self.norm.p(),
+                0,
+            )?;
+            self.mark("norm/quant")?;
+            self.gemm(lm, r, None, ws.logits.p(), c.vocab_size, 0)?;
+            self.mark("LM head")?;
+        }
+        Ok(())
+    }
+
+    fn attention(&self, li: usize, layer: &GpuLayer, t: usize, tiles: usize) -> Result<()> {
+        let c = &self.config;
+        let (g, ws) = (&*self.g, &self.ws);
+        let (h, nh, nkv, d) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let qkv = &layer.qkv;
+        self.prep_for(qkv, ws.x.p(), h, 0, t, h, 1, layer.in_norm.p(), 0)?;
+        self.mark("norm/quant")?;
+        self.gemm(qkv, t, None, ws.f1.p(), qkv.n, 0)?;
+        self.mark("QKV GEMM")?;
+        let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
+        let heads = nh + 2 * nkv;
+        launch!(g, rope_kv, (t as u32, heads.div_ceil(8) as u32, 1), (256, 1, 1), 8 * d * 4;
+            ws.f1.p(), qkv.n as i32, qkv.parts[1] as i32, qkv.parts[2] as i32,
+            ws.meta_at(Meta::Pos), ws.meta_at(Meta::Slots),
+            layer.q_norm.as_ref().map_or(0, |b| b.p()), layer.k_norm.as_ref().map_or(0, |b| b.p()),
+            c.rms_norm_eps, ws.q.p(), kc.p(), vc.p(),
+            nh as i32, nkv as i32, d as i32, c.rotary_dim() as i32, c.rope_theta,
+            i32::from(self.opts.kv_fp8))?;
+        self.mark("RoPE + KV write")?;
+        // tiles: at most one per row (exactly one per row for a padded decode bucket)
+        let tiles = tiles.min(t);
+        let splits = ws.attn_splits(tiles, nkv, g.sm_count);
+        let part = if splits > 1 { ws.attn_part.p() } else { 0 };
+        let grid = (tiles as u32, nkv as u32, splits as u32);
+        macro_rules! attn {
+            ($f:ident) => {
+                launch!(g, $f, grid, (128, 1, 1), 0;
+                    ws.q.p(), kc.p(), vc.p(), ws.meta_at(Meta::AttnTiles),
+                    ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
+                    ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
+                    self.opts.block_size as i32, ws.o.p(), part, nh as i32, nkv as i32,
+                    (d as f32).powf(-0.5), i32::from(self.opts.kv_fp8))
+            };
+        }
+        match d {
+            32 => attn!(attn_d32)?,
+            64 => attn!(attn_d64)?,
+            _ => attn!(attn_d128)?,
+        }
+        if splits > 1 {
+            launch!(g, attn_combine, (tiles as u32, nkv as u32, 1), (128, 1, 1), 0;
+                part, ws.meta_at(Meta::AttnTiles), ws.meta_at(Meta::AttnTileCount),
+                ws.meta_at(Meta::RowSeq), splits as i32, ws.o.p(), nh as i32, nkv as i32, d as i32)?;
+        }
+        let o = &layer.o;
+        self.mark("attention")?;
+        self.prep_for(o, ws.o.p(), nh * d, 0, t, nh * d, 0, 0, 0)?;
+        self.mark("norm/quant")?;
+        self.gemm(o, t, None, ws.x.p(), h, 1)?;
+        self.mark("O GEMM")
+    }
+
+    fn moe(&self, layer: &GpuLayer, t: usize) -> Result<()> {
+        let GpuMlp::Moe {
+            gate,
+            bias,
+            experts_gu,
+            experts_down,
+            shared_gu,
+            shared_down,
+            inter,
+            shared_inter,
+        } = &layer.mlp
+        else {
+            unreachable!("moe() is called for MoE layers")
+        };
+        let c = &self.config;
+        let (g, ws) = (&*self.g, &self.ws);
+        let (h, e, k) = (c.hidden_size, c.n_routed_experts, c.num_experts_per_tok);
+        // f32 normed input for the router (and, quantized, for the experts)
+        launch!(g, prep_rows, (t as u32, 1, 1), (256, 1, 1), 0;
+            ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
+            FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
+        self.mark("norm/quant")?;
+        launch!(g, router_logits, (t.div_ceil(8) as u32, e.div_ceil(8) as u32, 1), (256, 1, 1), 0;
+            ws.xn.p(), gate.p(), ws.router.p(), t as i32, e as i32, h as i32)?;
+        launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+            ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
+            c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
+            ws.ids.p(), ws.wts.p())?;
+        let a = t * k;
+        let bm = if a >= 32 * e { 64 } else { 16 };
+        let max_tiles = a.div_ceil(bm) + e;
+        launch!(g, moe_plan, (1, 1, 1), (1024, 1, 1), 3 * e * 4;
+            ws.ids.p(), a as i32, e as i32, k as i32, bm as i32, ws.offsets.p(), ws.perm.p(),
+            ws.inv.p(), ws.tiles.p(), ws.ntiles.p())?;
+        self.mark("MoE routing")?;
+        let grouped = Some((bm, max_tiles));
+        let xn = ws.xn.p();
+        self.swiglu(
+            experts_gu,
+            experts_down,
+            *inter,
+            (xn, ws.perm.p(), a, 0),
+            grouped,
+            (ws.y.p(), 0),
+            "expert GEMMs",
+        )?;
+        self.swiglu(
+            shared_gu,
+            shared_down,
+            *shared_inter,
+            (xn, 0, t, 0),
+            None,
+            (ws.x.p(), 1),
+            "shared expert GEMMs",
+        )?;
+        launch!(g, moe_combine, (t as u32, 1, 1), (256, 1, 1), 0;
+            ws.y.p(), h as i32, ws.inv.p(), ws.wts.p(), k as i32, ws.x.p(), h as i32)?;
+        self.mark("MoE combine")
+    }
+
+    /// gate|up GEMM, SiLU·up with quantization, down GEMM: the dense MLP, the routed experts
+    /// (grouped, rows gathered in expert order) and the shared expert. `input` is (x, gathered rows
+    /// or 0, rows, RMSNorm weight or 0); `output` is (destination, 0 store / 1 add).
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu(
+        &self,
+        gate_up: &GpuLinear,
+        down: &GpuLinear,
+        inter: usize,
+        input: (u64, u64, usize, u64),
+        grouped: Option<(usize, usize)>,
+        output: (u64, i32),
+        label: &'static str,
+    ) -> Result<()> {
+        let (x, rows, n, norm) = input;
+        let (ws, h) = (&self.ws, self.config.hidden_size);
+        let mode = i32::from(norm != 0);
+        self.prep_for(gate_up, x, h, rows, n, h, mode, norm, 0)?;
+        self.mark("norm/quant")?;
+        self.gemm(gate_up, n, grouped, ws.f1.p(), gate_up.n, 0)?;
+        self.mark(label)?;
+        let up = gate_up.parts[1];
+        self.prep_for(down, ws.f1.p(), gate_up.n, 0, n, inter, 2, 0, up)?;
+        self.mark("norm/quant")?;
+        self.gemm(down, n, grouped, output.0, h, output.1)?;
+        self.mark(label)
+    }
+
+    /// Prepares `nrows` rows (gathered through `rows` when non-zero) of `x` as the activations of
+    /// `lin` in the workspace. `mode`: 0 plain, 1 RMSNorm with `w`, 2 SiLU(x)·x[.. + up_off].
+    #[allow(clippy::too_many_arguments)]
+    fn prep_for(
+        &self,
+        lin: &GpuLinear,
+        x: u64,
+        ldx: usize,
+        rows: u64,
+        nrows: usize,
+        k: usize,
+        mode: i32,
+        w: u64,
+        up_off: usize,
+    ) -> Result<()> {
+        let (fmt, group) = lin.act_format();
+        launch!(self.g, prep_rows, (nrows as u32, 1, 1), (256, 1, 1), 0;
+            x, ldx as i32, rows, k as i32, mode, w, self.config.rms_norm_eps, up_off as i32,
+            fmt, self.ws.act.p(), lin.kp as i32, self.ws.act_scales.p(), group as i32)
+    }
+
+    /// `out = act · Wᵀ` over `rows` rows (`omode` 0 store f32, 1 add f32), dense or grouped by the
+    /// MoE plan (`(bm, max_tiles)`).
+    fn gemm(
+        &self,
+        w: &GpuLinear,
+        rows: usize,
+        grouped: Option<(usize, usize)>,
+        out: u64,
+        ldc: usize,
+        omode: i32,
+    ) -> Result<()> {
+        gemm_launch(
+            &self.g,
+            w,
+            self.ws.act.p(),
+            self.ws.act_scales.p(),
+            rows,
+            grouped.map(|(bm, mt)| {
+                (
+                    bm,
+                    mt,
+                    self.ws.tiles.p(),
+                    self.ws.ntiles.p(),
+                    self.ws.offsets.p(),
+                )
+            }),
+            out,
+            ldc,
+            omode,
+        )
+    }
+}
+
+/// Launches the GEMM for `w` on activations `a` (+ scales `sa`). Grouped: `(bm, max_tiles, tiles,
+/// ntiles, offsets)`. Dense launches with few tiles split K (f32 outputs only).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_launch(
+    g: &Gpu,
+    w: &GpuLinear,
+    a: u64,
+    sa: u64,
+    rows: usize,
+    grouped: Option<(usize, usize, u64, u64, u64)>,
+    out: u64,
+    ldc: usize,
+    omode: i32,
+) -> Result<()> {
+    let (fp8, smode, bn, bk) = match w.format {
+        WeightFormat::Bf16 => (false, 0, 0, 0),
+        WeightFormat::Fp8Channel => (true, 1, 0, 0),
+        WeightFormat::Fp8Block { bn, bk } => (true, 2, bn, bk),
+    };
+    let bm = grouped.map_or(if rows <= 128 { 16 } else { 64 }, |g| g.0);
+    let n_tiles = w.n.div_ceil(128);
+    let m_tiles = grouped.map_or(rows.div_ceil(bm), |g| g.1);
+    let kb = w.kp * w.elem_bytes();
+    let nkt = kb.div_ceil(128);
+    let mut split_tiles = nkt;
+    if grouped.is_none() && omode != 2 {
+        // enough CTAs for four per SM: a CTA's two-stage pipeline cannot hide memory latency
+        // alone, so long K loops are split rather than left to few CTAs
+        let ctas = n_tiles * m_tiles;
+        let want = 4 * g.sm_count;
+        if ctas < want {
+            let splits = want.div_ceil(ctas).min(nkt).max(1);
+            split_tiles = nkt.div_ceil(splits);
+        }
+    }
+    let splits = nkt.div_ceil(split_tiles);
+    if splits > 1 && omode == 0 {
+        g.memset0(out, rows * ldc * 4)?;
+    }
+    let (tiles, ntiles, offsets) = grouped.map_or((0, 0, 0), |g| (g.2, g.3, g.4));
+    let sw = w.scales.as_ref().map_or(0, |s| s.p());
+    let bias = w.bias.as_ref().map_or(0, |s| s.p());
+    let w_gstride = (w.n * kb) as i64;
+    let sw_gstride = w.scales_per_group() as i64;
+    let grid = if grouped.is_some() {
+        (n_tiles as u32, m_tiles as u32, 1)
+    } else {
+        (m_tiles as u32, n_tiles as u32, splits as u32)
+    };
+    let sa = if fp8 { sa } else { 0 };
+    macro_rules! go {
+        ($f:ident) => {
+            launch!(g, $f, grid, (256, 1, 1), gemm_smem(bm);
+                a, kb as i32, sa, w.act_groups() as i32, w.w.p(), w_gstride, kb as i32, sw,
+                sw_gstride, smode, bn as i32, bk as i32, tiles, ntiles, offsets, rows as i32,
+                w.n as i32, kb as i32, split_tiles as i32, bias, out, ldc as i32, omode)
+        };
+    }
+    match (fp8, bm) {
+        (true, 16) => go!(gemm_fp8_m16),
+        (true, _) => go!(gemm_fp8_m64),
+        (false, 16) => go!(gemm_bf16_m16),
+        (false, _) => go!(gemm_bf16_m64),
+    }
+}
+
+impl Workspace {
+    fn new(
+        g: &Gpu,
+        c: &Glm4MoeConfig,
+        opts: &GpuOptions,
+        layers: &[GpuLayer],
+        lm_head: &GpuLinear,
+    ) -> Result<Self> {
+        let s_cap = opts.max_num_seqs.max(1);
+        let t_cap = opts
+            .max_num_batched_tokens
+            .max(s_cap)
+            .max(MAX_GRAPH_BATCH.min(s_cap.next_power_of_two()));
+        let r_cap = t_cap.min(s_cap.next_power_of_two());
+        let blocks_per_seq = opts.max_model_len.div_ceil(opts.block_size);
+        let (h, e, k) = (c.hidden_size, c.n_routed_experts, c.num_experts_per_tok);
+        let a_cap = t_cap * k;
+        let qd = c.num_attention_heads * c.head_dim;
+        let mut act = 0usize;
+        let mut scales = 0usize;
+        let mut f1 = 0usize;
+        let mut use_act = |l: &GpuLinear, rows: usize| {
+            act = act.max(rows * l.kp * l.elem_bytes());
+            scales = scales.max(rows * l.act_groups().max(1));
+        };
+        for l in layers {
+            use_act(&l.qkv, t_cap);
+            use_act(&l.o, t_cap);
+            f1 = f1.max(t_cap * l.qkv.n);
+            match &l.mlp {
+                GpuMlp::Dense { gate_up, down, .. } => {
+                    use_act(gate_up, t_cap);
+                    use_act(down, t_cap);
+                    f1 = f1.max(t_cap * gate_up.n);
+                }
+                GpuMlp::Moe {
+                    experts_gu,
+                    experts_down,
+                    shared_gu,
+                    shared_down,
+                    ..
+                } => {
+                    use_act(experts_gu, a_cap);
+                    use_act(experts_down, a_cap);
+                    use_act(shared_gu, t_cap);
+                    use_act(shared_down, t_cap);
+                    f1 = f1.max(a_cap * experts_gu.n).max(t_cap * shared_gu.n);
+                }
+            }
+        }
+        use_act(lm_head, r_cap);
+        let meta_ints = Self::meta_ints(t_cap, r_cap, s_cap, blocks_per_seq);
+        let z = |bytes: usize| DevBuf::zeros(g, bytes);
+        Ok(Self {
+            t_cap,
+            r_cap,
+            s_cap,
+            blocks_per_seq,
+            meta: z(meta_ints * 4)?,
+            attn_part: z(ATTN_PART_ITEMS * 64 * (c.head_dim + 2) * 4)?,
+            temps: z(r_cap * 4)?,
+            seeds: z(r_cap * 8)?,
+            sampled: z(r_cap * 4)?,
+            x: z(t_cap * h * 4)?,
+            xn: z(t_cap * h * 4)?,
+            act: z(act)?,
+            act_scales: z(scales * 4)?,
+            f1: z(f1 * 4)?,
+            q: z(t_cap * qd * 4)?,
+            o: z(t_cap * qd * 4)?,
+            y: z(a_cap * h * 4)?,
+            router: z(t_cap * e * 4)?,
+            ids: z(a_cap * 4)?,
+            wts: z(a_cap * 4)?,
+            offsets: z((e + 1) * 4)?,
+            perm: z(a_cap * 4)?,
+            inv: z(a_cap * 4)?,
+            tiles: z(2 * (a_cap.div_ceil(16) + e) * 4)?,
+            ntiles: z(4)?,
+            logits: z(r_cap * c.vocab_size * 4)?,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        [
+            &self.meta,
+            &self.attn_part,
+            &self.temps,
+            &self.seeds,
+            &self.sampled,
+            &self.x,
+            &self.xn,
+            &self.act,
+            &self.act_scales,
+            &self.f1,
+            &self.q,
+            &self.o,
+            &self.y,
+            &self.router,
+            &self.ids,
+            &self.wts,
+            &self.offsets,
+            &self.perm,
+            &self.inv,
+            &self.tiles,
+            &self.ntiles,
+            &self.logits,
+        ]
+        .iter()
+        .map(|b| b.bytes())
+        .sum()
+    }
+}
+
+fn gib(b: usize) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+fn tensor_f32<const D: usize>(t: &burn::tensor::Tensor<CpuBackend, D>) -> Result<Vec<f32>> {
+    t.to_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| ModelError::Input(format!("tensor values: {e:?}")))
+}
+
+fn f32_buf(g: &Gpu, v: &[f32]) -> Result<DevBuf> {
+    DevBuf::from_host(g, v)
+}
+
+fn bf16_buf(g: &Gpu, v: &[f32]) -> Result<DevBuf> {
+    let b: Vec<u16> = v
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_bits())
+        .collect();
+    DevBuf::from_host(g, &b)
+}
+
+fn fill_bf16(g: &Gpu, b: &DevBuf, n: usize, seed: u64, amp: f32) -> Result<()> {
+    let n = n as u64;
+    launch!(g, fill_bf16, (((n / 256).clamp(1, 65_535)) as u32, 1, 1), (256, 1, 1), 0;
+        b.p(), n, seed, amp)
+}
+
+fn upload_layer(g: &Gpu, c: &Glm4MoeConfig, l: &DecoderLayer<CpuBackend>) -> Result<GpuLayer> {
+    let a = &l.attn;
+    let vec =
+        |t: &burn::tensor::Tensor<CpuBackend, 1>| -> Result<DevBuf> { f32_buf(g, &tensor_f32(t)?) };
+    let mlp = match &l.mlp {
+        Mlp::Dense(m) => GpuMlp::Dense {
+            gate_up: GpuLinear::upload(g, &[vec![&m.gate, &m.up]])?,
+            down: GpuLinear::upload(g, &[vec![&m.down]])?,
+            inter: c.intermediate_size,
+        },
+        Mlp::Moe(m) => GpuMlp::Moe {
+            gate: f32_buf(g, &tensor_f32(&m.gate)?)?,
+            bias: f32_buf(g, &m.correction_bias)?,
+            experts_gu: GpuLinear::upload(
+                g,
+                &m.experts
+                    .iter()
+                    .map(|x| vec![&x.gate, &x.up])
+                    .collect::<Vec<_>>(),
+            )?,
+            experts_down: GpuLinear::upload(
+                g,
+                &m.experts.iter().map(|x| vec![&x.down]).collect::<Vec<_>>(),
+            )?,
+            shared_gu: GpuLinear::upload(g, &[vec![&m.shared.gate, &m.shared.up]])?,
+            shared_down: GpuLinear::upload(g, &[vec![&m.shared.down]])?,
+            inter: c.moe_intermediate_size,
+            shared_inter: c.moe_intermediate_size * c.n_shared_experts,
+        },
+    };
+    Ok(GpuLayer {
+        in_norm: vec(&l.input_norm)?,
+        qkv: GpuLinear::upload(g, &[vec![&a.q, &a.k, &a.v]])?,
+        q_norm: a.q_norm.as_ref().map(vec).transpose()?,
+        k_norm: a.k_norm.as_ref().map(vec).transpose()?,
+        o: GpuLinear::upload(g, &[vec![&a.o]])?,
+        post_norm: vec(&l.post_norm)?,
+        mlp,
+    })
+}

@@ -1,0 +1,21 @@
+//! The GPU engine (feature `gpu`): GLM-4.x on one CUDA device through cudarc, with our own kernels
+//! (`kernels.cu`, compiled by NVRTC at start-up) on one stream of our own.
+//!
+//! Why not burn's CUDA backend: its matmul is 8× off cuBLAS, it has no FP8 tensor-core GEMM, no
+//! grouped GEMM, no paged attention, costs tens of µs of host time per op and keeps its stream
+//! private (`../shared/reference/burn.md` §10, design (b)). So the hot path is ours: weights, KV cache
+//! and workspace are plain device allocations, every step is a fixed sequence of kernel launches with
+//! no host synchronisation until the sampled ids are read, and decode steps are replayed from CUDA
+//! graphs. burn stays the CPU reference: every kernel has a parity test against it
+//! (`model/tests/gpu.rs`), and checkpoints are read through the same loader as the CPU model.
+//!
+//! - [`device`]: context, stream, NVRTC module, device buffers and the launch helper.
+//! - [`weights`]: linear layers on the device (BF16, FP8 per-channel, FP8 block), fused and grouped.
+//! - [`engine`]: the model, its workspace, the step (eager or graph) and memory planning.
+
+pub mod device;
+pub mod engine;
+pub mod weights;
+
+pub use device::{DevBuf, Gpu};
+pub use engine::{gemm_launch, GpuModel, GpuOptions, StepOutput};

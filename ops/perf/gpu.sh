@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU measurement run (on the device machine, from the repo root): parity tests, kernel and
+# model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
+# GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
+#
+#   ops/perf/gpu.sh [tests] [perf] [torch] [bench]     (all stages when none is named)
+#   env: NUM_PROMPTS IN_LEN OUT_LEN CONC (bench: 256 / 1000 / 1000 / 64), EXTRA_SERVE_ARGS
+# Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
+set -uo pipefail
+LOG=${LOG:-/tmp/glmfleet-gpu}
+mkdir -p "$LOG"
+B=.gpu
+for f in "$B"/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
+chmod +x "$B"/gpu-tests "$B"/gpu_perf "$B"/glmfleet 2>/dev/null
+stages=${*:-tests perf torch bench}
+has() { [[ " $stages " == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$LOG/gpu.txt"
+export GLMFLEET_FIXTURES=$PWD/tests/fixtures RUST_BACKTRACE=1
+
+if has tests; then
+  echo "== parity tests"
+  timeout 300 "$B"/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$LOG/tests.log" | grep -Ev '^\s*$'
+fi
+if has perf; then
+  echo "== kernel and model benchmarks"
+  timeout 420 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/perf.json" ${PERF_ARGS:-} 2>&1 | tee "$LOG/perf.log"
+fi
+if has torch; then
+  echo "== cuBLAS / PyTorch counterparts"
+  timeout 200 python3 ops/perf/torch_baseline.py "$LOG/torch.json" 2>&1 | tee "$LOG/torch.log"
+fi
+if has bench; then
+  echo "== bench serve against one replica"
+  MODEL=ops/perf/glm-4.5-air-fp8-dummy
+  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port 8011 \
+    --gpu-memory-utilization 0.93 --max-model-len 4096 --max-num-seqs 256 \
+    --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 240); do
+    curl -sf http://127.0.0.1:8011/health > /dev/null && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 1
+  done
+  grep -m3 -E 'GPU engine|error|Error' "$LOG/serve.log"
+  timeout 480 "$B"/glmfleet bench serve --port 8011 --tokenizer "$MODEL" --dataset-name random \
+    --random-input-len "${IN_LEN:-1000}" --random-output-len "${OUT_LEN:-1000}" \
+    --num-prompts "${NUM_PROMPTS:-256}" --max-concurrency "${CONC:-64}" --ignore-eos \
+    --save-result --result-dir "$LOG" 2>&1 | tee "$LOG/bench.log"
+  curl -s http://127.0.0.1:8011/metrics | grep -E '^vllm:(num_preemptions|prompt_tokens|generation_tokens|gpu_cache_usage)' > "$LOG/metrics.txt"
+  kill $pid; wait $pid 2>/dev/null
+  tail -5 "$LOG/serve.log"
+fi
+ls -la "$LOG"
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-${stages// /-}.tgz" -C "$LOG" .; fi

@@ -1,0 +1,604 @@
+//! Speculative decoding with the MTP layer, on real models: the demo checkpoint (`model/demo`) and
+//! the parity fixture `tests/fixtures/tiny-a`, both tiny random GLM-4.5-architecture models with an
+//! MTP layer, behind `ModelRunner<CpuBackend>`.
+//!
+//! The key property: greedy output with speculation is token for token the output without it,
+//! for every draft length, batched with chunked prefill, alone, and under preemption. The
+//! acceptance counters must add up: every step yields its accepted drafts plus one token.
+//! (With random weights the acceptance rate itself means little; it is printed for the record.)
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use model::{CpuBackend, Glm4Moe, LoadOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use replica::engine::{EngineEvent, EngineHandle, EngineRequest, RequestGuard};
+use replica::runner::{DraftSeq, ModelRunner, SchedulerOutput};
+use replica::sampler::SamplingParams;
+use replica::{
+    GenerationDefaults, Logits, ModelFamily, Replica, ReplicaParts, Runner, RunnerError,
+    ServeConfig,
+};
+use scheduler::FinishReason;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+const BLOCK_SIZE: usize = 16;
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A model with its tokenizer and the ids prompts may use.
+#[derive(Debug, Clone, Copy)]
+enum Fixture {
+    /// `model/demo`: its own tokenizer, ordinary tokens below 609.
+    Demo,
+    /// `tests/fixtures/tiny-a`: the byte-level test tokenizer (ids below 256).
+    TinyA,
+}
+
+impl Fixture {
+    fn dir(self) -> PathBuf {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        match self {
+            Self::Demo => root.join("../model/demo"),
+            Self::TinyA => root.join("../tests/fixtures/tiny-a"),
+        }
+    }
+
+    fn load(self, load_mtp: bool) -> Glm4Moe<CpuBackend> {
+        let opts = LoadOptions {
+            load_mtp,
+            progress: false,
+            ..LoadOptions::default()
+        };
+        Glm4Moe::load(&self.dir(), &Default::default(), &opts).expect("load the model")
+    }
+
+    fn tokenizer(self) -> Arc<Tokenizer> {
+        Arc::new(match self {
+            Self::Demo => {
+                Tokenizer::from_file(self.dir().join("tokenizer.json")).expect("demo tokenizer")
+            }
+            Self::TinyA => replica::testing::byte_tokenizer(),
+        })
+    }
+
+    fn prompt_vocab(self) -> u32 {
+        match self {
+            Self::Demo => 609,
+            Self::TinyA => 256,
+        }
+    }
+}
+
+/// What the runner was asked to do.
+#[derive(Debug, Default)]
+struct RunLog {
+    /// Steps that computed at least one token.
+    steps: usize,
+    /// Steps in which some sequence carried draft tokens.
+    steps_with_drafts: usize,
+}
+
+/// `ModelRunner` plus a [`RunLog`], forwarding the drafting methods.
+struct Recording {
+    inner: ModelRunner<CpuBackend>,
+    log: Arc<Mutex<RunLog>>,
+}
+
+impl Recording {
+    fn record(&self, batch: &SchedulerOutput) {
+        let mut log = self.log.lock().unwrap();
+        log.steps += usize::from(!batch.seqs.is_empty());
+        log.steps_with_drafts += usize::from(batch.num_draft_tokens() > 0);
+    }
+}
+
+impl Runner for Recording {
+    fn execute(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        self.record(batch);
+        self.inner.execute(batch)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn release(&mut self, ids: &[u64]) {
+        self.inner.release(ids)
+    }
+    fn supports_drafting(&self) -> bool {
+        self.inner.supports_drafting()
+    }
+    fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        self.record(batch);
+        self.inner.execute_verify(batch)
+    }
+    fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
+        self.inner.draft(batch, seqs)
+    }
+    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
+        self.inner.draft_next(tokens)
+    }
+}
+
+fn config(k: usize, budget: usize, max_model_len: usize) -> ServeConfig {
+    ServeConfig {
+        model: Some("fixture".into()),
+        max_model_len: Some(max_model_len),
+        max_num_seqs: 32,
+        max_num_batched_tokens: budget,
+        block_size: BLOCK_SIZE,
+        speculative_config: (k > 0).then(|| {
+            format!(r#"{{"method": "mtp", "num_speculative_tokens": {k}}}"#)
+                .parse()
+                .unwrap()
+        }),
+        ..ServeConfig::default()
+    }
+}
+
+fn parts(
+    f: Fixture,
+    model: Glm4Moe<CpuBackend>,
+    num_blocks: usize,
+) -> (ReplicaParts, Arc<Mutex<RunLog>>) {
+    let eos = model.config.eos_token_ids.clone();
+    let max_position_embeddings = model.config.max_position_embeddings;
+    let log = Arc::new(Mutex::new(RunLog::default()));
+    let runner = Recording {
+        inner: ModelRunner::new(model, num_blocks, BLOCK_SIZE).expect("KV cache"),
+        log: log.clone(),
+    };
+    let parts = ReplicaParts {
+        runner: Box::new(runner),
+        tokenizer: f.tokenizer(),
+        num_blocks,
+        eos_token_ids: eos,
+        chat_template: None,
+        model_family_hint: Some(ModelFamily::Glm45),
+        max_position_embeddings,
+        default_served_name: "fixture".into(),
+        generation_defaults: GenerationDefaults::default(),
+    };
+    (parts, log)
+}
+
+fn start(f: Fixture, cfg: ServeConfig, num_blocks: usize) -> (Replica, Arc<Mutex<RunLog>>) {
+    let (parts, log) = parts(f, f.load(true), num_blocks);
+    (Replica::start(&cfg, parts).expect("start replica"), log)
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> EngineRequest {
+    EngineRequest {
+        prompt_token_ids: prompt,
+        n: 1,
+        choice_base: 0,
+        max_tokens,
+        sampling,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: true,
+        include_stop_str_in_output: false,
+        skip_special_tokens: true,
+        priority: 0,
+        cache_salt: None,
+        arrival: Instant::now(),
+    }
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
+    request(
+        prompt,
+        max_tokens,
+        SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+    )
+}
+
+fn seeded(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> EngineRequest {
+    request(
+        prompt,
+        max_tokens,
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 20,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+struct Choice {
+    tokens: Vec<u32>,
+    finish: FinishReason,
+    /// Deltas that carried tokens: one per step that produced tokens for this choice.
+    token_steps: usize,
+}
+
+struct Pending {
+    guard: RequestGuard,
+    events: mpsc::UnboundedReceiver<EngineEvent>,
+}
+
+fn submit(engine: &EngineHandle, req: EngineRequest) -> Pending {
+    let (tx, events) = mpsc::unbounded_channel();
+    let guard = engine.submit(req, tx).expect("submit");
+    Pending { guard, events }
+}
+
+async fn collect(mut p: Pending) -> Choice {
+    let mut tokens = Vec::new();
+    let mut token_steps = 0;
+    loop {
+        let event = tokio::time::timeout(DEADLINE, p.events.recv())
+            .await
+            .expect("engine stalled")
+            .expect("event channel closed before the request finished");
+        match event {
+            EngineEvent::Delta(d) => {
+                token_steps += usize::from(!d.token_ids.is_empty());
+                tokens.extend(&d.token_ids);
+                assert_eq!(d.num_generated, tokens.len());
+                if let Some(finish) = d.finish {
+                    p.guard.complete();
+                    return Choice {
+                        tokens,
+                        finish: finish.reason,
+                        token_steps,
+                    };
+                }
+            }
+            EngineEvent::Error { message, .. } => panic!("request failed: {message}"),
+        }
+    }
+}
+
+async fn idle(engine: &EngineHandle) {
+    tokio::time::timeout(DEADLINE, engine.wait_idle())
+        .await
+        .expect("engine did not become idle");
+}
+
+async fn run_together(engine: &EngineHandle, reqs: &[EngineRequest]) -> Vec<Choice> {
+    let pending: Vec<Pending> = reqs.iter().map(|r| submit(engine, r.clone())).collect();
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(collect(p).await);
+    }
+    idle(engine).await;
+    out
+}
+
+async fn run_alone(engine: &EngineHandle, reqs: &[EngineRequest]) -> Vec<Choice> {
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        out.push(collect(submit(engine, r.clone())).await);
+        idle(engine).await;
+    }
+    out
+}
+
+fn prompts(f: Fixture, seed: u64, lens: &[usize]) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    lens.iter()
+        .map(|&n| (0..n).map(|_| rng.gen_range(0..f.prompt_vocab())).collect())
+        .collect()
+}
+
+fn assert_same(got: &[Choice], want: &[Choice], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.tokens, w.tokens, "{what}: request {i} differs");
+        assert_eq!(g.finish, w.finish, "{what}: finish of request {i}");
+    }
+}
+
+/// Every step of a choice yields its accepted drafts plus one token (no stop token cuts a
+/// run short here), and nothing is accepted that was not drafted.
+fn assert_counters_add_up(engine: &EngineHandle, out: &[Choice], what: &str) -> (u64, u64) {
+    let st = engine.stats();
+    let tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
+    let steps: usize = out.iter().map(|c| c.token_steps).sum();
+    assert!(
+        st.spec_num_accepted_tokens <= st.spec_num_draft_tokens,
+        "{what}: {st:?}"
+    );
+    assert_eq!(
+        tokens as u64,
+        st.spec_num_accepted_tokens + steps as u64,
+        "{what}: tokens = accepted + steps"
+    );
+    assert_eq!(
+        st.spec_accepted_per_pos.iter().sum::<u64>(),
+        st.spec_num_accepted_tokens
+    );
+    (st.spec_num_draft_tokens, st.spec_num_accepted_tokens)
+}
+
+/// Greedy with MTP speculation (1, 2 and 3 draft tokens) equals greedy without, batched with a
+/// small budget (chunked prefill mixed with decode and draft tokens) and one request at a time.
+async fn greedy_equivalence(f: Fixture) {
+    let lens = [1, 2, 15, 16, 17, 40, 100, 150, 33, 64, 5, 90];
+    let max_tokens = [1, 2, 5, 16, 31, 40];
+    let reqs: Vec<EngineRequest> = prompts(f, 0x5bec, &lens)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| greedy(p, max_tokens[i % max_tokens.len()]))
+        .collect();
+    let (plain, plain_log) = start(f, config(0, 128, 512), 512);
+    let want = run_together(plain.engine(), &reqs).await;
+    let plain_steps = plain_log.lock().unwrap().steps;
+    assert_eq!(plain.engine().stats().spec_num_drafts, 0);
+    plain.shutdown().await;
+    for k in [1, 2, 3] {
+        let (spec, log) = start(f, config(k, 128, 512), 512);
+        let got = run_together(spec.engine(), &reqs).await;
+        assert_same(&got, &want, &format!("k = {k}, batched"));
+        let (drafted, accepted) = assert_counters_add_up(spec.engine(), &got, "batched");
+        let (steps, steps_with_drafts) = {
+            let log = log.lock().unwrap();
+            (log.steps, log.steps_with_drafts)
+        };
+        assert!(steps_with_drafts > 0, "k = {k}: no step verified drafts");
+        eprintln!(
+            "{f:?} k={k} batched: {accepted}/{drafted} drafts accepted ({:.1}%), {steps} steps vs \
+             {plain_steps} without speculation",
+            100.0 * accepted as f64 / drafted.max(1) as f64,
+        );
+        spec.shutdown().await;
+    }
+    // One at a time: every decode step is a speculative step of a single sequence.
+    let (spec, log) = start(f, config(1, 128, 512), 512);
+    let alone = run_alone(spec.engine(), &reqs[..6]).await;
+    assert_same(&alone, &want[..6], "k = 1, alone");
+    let (drafted, accepted) = assert_counters_add_up(spec.engine(), &alone, "alone");
+    eprintln!(
+        "{f:?} k=1 alone: {accepted}/{drafted} accepted, {} steps",
+        log.lock().unwrap().steps
+    );
+    spec.shutdown().await;
+}
+
+#[tokio::test]
+async fn greedy_with_mtp_speculation_equals_plain_greedy_demo() {
+    greedy_equivalence(Fixture::Demo).await;
+}
+
+#[tokio::test]
+async fn greedy_with_mtp_speculation_equals_plain_greedy_tiny_a() {
+    greedy_equivalence(Fixture::TinyA).await;
+}
+
+/// Drafts that are mostly right: the MTP layer still runs (its rows are replaced), but the
+/// proposed tokens come from a reference greedy run, wrong at every third position. With random
+/// weights the MTP layer itself is almost never right, so this is what exercises multi-token
+/// acceptance and KV rollback on the real model.
+struct Oracle {
+    inner: Recording,
+    /// Reference sequences (prompt + greedy output).
+    reference: Vec<Vec<u32>>,
+    /// Known tokens of each sequence, then its draft chain.
+    history: std::collections::HashMap<u64, Vec<u32>>,
+}
+
+impl Oracle {
+    fn row(&self, id: u64, out: &mut [f32]) {
+        let hist = &self.history[&id];
+        let next = self
+            .reference
+            .iter()
+            .find(|r| r.len() > hist.len() && r.starts_with(hist))
+            .map(|r| r[hist.len()]);
+        out.fill(0.0);
+        if let Some(t) = next {
+            let wrong = (id as usize + hist.len()).is_multiple_of(3);
+            out[if wrong {
+                (t as usize + 1) % 600
+            } else {
+                t as usize
+            }] = 10.0;
+        }
+    }
+}
+
+impl Runner for Oracle {
+    fn execute(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        self.inner.execute(batch)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn release(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.history.remove(id);
+        }
+        self.inner.release(ids)
+    }
+    fn supports_drafting(&self) -> bool {
+        true
+    }
+    fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        for s in &batch.seqs {
+            let h = self.history.entry(s.id).or_default();
+            h.truncate(s.start_pos);
+            h.extend_from_slice(s.known_tokens());
+        }
+        self.inner.execute_verify(batch)
+    }
+    fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
+        let mut logits = self.inner.draft(batch, seqs)?;
+        for (i, d) in seqs.iter().enumerate() {
+            let s = batch
+                .seqs
+                .iter()
+                .find(|s| s.id == d.id)
+                .expect("drafting seq");
+            let h = self.history.get_mut(&d.id).expect("history");
+            h.truncate(s.start_pos);
+            h.extend_from_slice(&s.token_ids[..d.num_verified]);
+            h.push(d.next_token);
+            self.row(d.id, logits.row_mut(i));
+        }
+        Ok(logits)
+    }
+    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
+        let mut logits = self.inner.draft_next(tokens)?;
+        for (i, &(id, t)) in tokens.iter().enumerate() {
+            self.history.get_mut(&id).expect("history").push(t);
+            self.row(id, logits.row_mut(i));
+        }
+        Ok(logits)
+    }
+}
+
+/// With mostly-right drafts, greedy output is still unchanged, most drafts are accepted, and
+/// the requests need far fewer steps.
+#[tokio::test]
+async fn accepted_drafts_keep_greedy_output_and_save_steps() {
+    let f = Fixture::Demo;
+    let lens = [3, 17, 40, 64, 90, 31];
+    let reqs: Vec<EngineRequest> = prompts(f, 0x0a11, &lens)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| greedy(p, [32, 7, 40, 19, 40, 2][i]))
+        .collect();
+    let (plain, plain_log) = start(f, config(0, 128, 512), 512);
+    let want = run_alone(plain.engine(), &reqs).await;
+    let plain_steps = plain_log.lock().unwrap().steps;
+    plain.shutdown().await;
+    let reference: Vec<Vec<u32>> = reqs
+        .iter()
+        .zip(&want)
+        .map(|(r, c)| {
+            r.prompt_token_ids
+                .iter()
+                .chain(&c.tokens)
+                .copied()
+                .collect()
+        })
+        .collect();
+    for (k, together) in [(3, false), (2, true)] {
+        let (p, log) = parts(f, f.load(true), 512);
+        let oracle = Oracle {
+            inner: Recording {
+                inner: ModelRunner::new(f.load(true), 512, BLOCK_SIZE).unwrap(),
+                log: log.clone(),
+            },
+            reference: reference.clone(),
+            history: Default::default(),
+        };
+        let spec = Replica::start(
+            &config(k, 128, 512),
+            ReplicaParts {
+                runner: Box::new(oracle),
+                ..p
+            },
+        )
+        .unwrap();
+        let got = if together {
+            run_together(spec.engine(), &reqs).await
+        } else {
+            run_alone(spec.engine(), &reqs).await
+        };
+        assert_same(&got, &want, &format!("oracle drafts, k = {k}"));
+        let (drafted, accepted) = assert_counters_add_up(spec.engine(), &got, "oracle");
+        let steps = log.lock().unwrap().steps;
+        eprintln!(
+            "oracle drafts k={k} together={together}: {accepted}/{drafted} accepted, {steps} \
+             steps (alone without speculation: {plain_steps})"
+        );
+        assert!(accepted * 2 > drafted, "{accepted} of {drafted} accepted");
+        if !together {
+            assert!(
+                steps * 3 < plain_steps * 2,
+                "{steps} vs {plain_steps} steps"
+            );
+        }
+        spec.shutdown().await;
+    }
+}
+
+/// A batch mixing greedy and seeded sampled requests: the greedy ones are unchanged by
+/// speculation, the sampled ones run to their length and are reproducible by seed.
+#[tokio::test]
+async fn sampled_and_greedy_requests_speculate_together() {
+    let f = Fixture::Demo;
+    let ps = prompts(f, 9, &[30, 45, 30, 12]);
+    let max_tokens = 24;
+    let reqs = vec![
+        greedy(ps[0].clone(), max_tokens),
+        seeded(ps[1].clone(), max_tokens, 7),
+        seeded(ps[1].clone(), max_tokens, 7),
+        greedy(ps[2].clone(), max_tokens),
+        seeded(ps[3].clone(), max_tokens, 8),
+    ];
+    let (plain, _) = start(f, config(0, 256, 512), 256);
+    let want = run_alone(plain.engine(), &[reqs[0].clone(), reqs[3].clone()]).await;
+    plain.shutdown().await;
+    let (spec, _) = start(f, config(2, 256, 512), 256);
+    let got = run_together(spec.engine(), &reqs).await;
+    assert_same(
+        &[got[0].clone(), got[3].clone()],
+        &want,
+        "greedy next to sampled",
+    );
+    for c in &got {
+        assert_eq!(
+            (c.finish, c.tokens.len()),
+            (FinishReason::Length, max_tokens)
+        );
+    }
+    assert_eq!(got[1].tokens, got[2].tokens, "same seed, same batch");
+    let again = run_alone(spec.engine(), &reqs[1..2]).await;
+    assert_eq!(again[0].tokens.len(), max_tokens);
+    let st = spec.engine().stats();
+    assert!(st.spec_num_drafts > 0 && st.spec_num_accepted_tokens <= st.spec_num_draft_tokens);
+    spec.shutdown().await;
+}
+
+/// Speculating requests preempted under a tiny KV cache recompute and still produce the greedy
+/// output; every block is free afterwards.
+#[tokio::test]
+async fn preemption_with_speculation_keeps_greedy_outputs() {
+    let f = Fixture::Demo;
+    let mut rng = StdRng::seed_from_u64(11);
+    let lens: Vec<usize> = (0..10).map(|_| rng.gen_range(40..=90)).collect();
+    let reqs: Vec<EngineRequest> = prompts(f, 12, &lens)
+        .into_iter()
+        .map(|p| greedy(p, 24))
+        .collect();
+    let (plain, _) = start(f, config(0, 256, 128), 256);
+    let want = run_alone(plain.engine(), &reqs).await;
+    plain.shutdown().await;
+    let num_blocks = 24;
+    let (tight, _) = start(f, config(2, 256, 128), num_blocks);
+    let got = run_together(tight.engine(), &reqs).await;
+    let st = tight.engine().stats();
+    assert!(st.preemptions > 0, "no preemption: {st:?}");
+    assert_eq!(st.free_blocks, num_blocks, "blocks leaked: {st:?}");
+    assert_same(&got, &want, "preempted with speculation");
+    tight.shutdown().await;
+}
+
+/// `--speculative-config` on a model without an MTP layer fails at startup, clearly.
+#[tokio::test]
+async fn speculation_needs_an_mtp_layer() {
+    let f = Fixture::Demo;
+    let (p, _) = parts(f, f.load(false), 64);
+    let err = Replica::start(&config(1, 256, 512), p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--speculative-config") && err.contains("MTP"),
+        "{err}"
+    );
+    // Without speculation the same model serves.
+    let (p, _) = parts(f, f.load(false), 64);
+    let r = Replica::start(&config(0, 256, 512), p).expect("plain replica");
+    let out = run_alone(r.engine(), &[greedy(vec![1, 2, 3], 4)]).await;
+    assert_eq!(out[0].tokens.len(), 4);
+    r.shutdown().await;
+}
