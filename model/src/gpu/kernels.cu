@@ -524,6 +524,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   int rA = mA / G, rB = mB / G;
   bool vA = rA < nrows, vB = rB < nrows;
   int posA = vA ? pos[row0 + rA] : -1, posB = vB ? pos[row0 + rB] : -1;
+  // warps whose 16 (row, head) pairs are all past the tile's rows only help load K/V (in decode,
+  // G = 12 real pairs leave three of the four warps idle)
+  bool active = (warp * 16) / G < nrows;
   const float* qA = q + ((size_t)(row0 + rA) * nh + kvh * G + mA % G) * D;
   const float* qB = q + ((size_t)(row0 + rB) * nh + kvh * G + mB % G) * D;
   u32 qf[D / 16][4];
@@ -577,6 +580,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       for (int e = 0; e < 8; e++) Vt[(ch * 8 + e) * VS + j] = ve[e];
     }
     __syncthreads();
+    if (!active) continue;
     float sc[KT / 8][4];
 #pragma unroll
     for (int nt = 0; nt < KT / 8; nt++) {
