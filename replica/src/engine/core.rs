@@ -700,15 +700,19 @@ impl EngineCore {
         };
         let mut delta = Self::delta(seq, text.text, tokens, logprobs);
         delta.finish = finish.clone();
-        let _ = seq.events.send(EngineEvent::Delta(delta));
-        if let Some(finish) = finish {
-            if update.finished.is_none() {
-                // Stop string: the scheduler still holds the request.
-                self.scheduler.finish(update.id, FinishReason::Stop);
-            }
-            if let Some(seq) = self.seqs.remove(&update.id) {
-                self.finished(update.id, &seq, finish.reason);
-            }
+        let Some(finish) = finish else {
+            let _ = seq.events.send(EngineEvent::Delta(delta));
+            return;
+        };
+        if update.finished.is_none() {
+            // Stop string: the scheduler still holds the request.
+            self.scheduler.finish(update.id, FinishReason::Stop);
+        }
+        if let Some(seq) = self.seqs.remove(&update.id) {
+            // Counters first, then the final event: a client that has its answer sees it counted
+            // in /metrics and /load.
+            self.finished(update.id, &seq, finish.reason);
+            let _ = seq.events.send(EngineEvent::Delta(delta));
         }
     }
 
