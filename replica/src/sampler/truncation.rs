@@ -99,35 +99,7 @@ fn kept_set(w: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
         return vec![(argmax(w), 1.0)];
     }
     if p.top_k > 0 && p.top_k < total_count {
-        let (mut above, mut b) = (0usize, 0usize);
-        while above + count[b] < p.top_k {
-            above += count[b];
-            b += 1;
-        }
-        let mut kept: Vec<(u32, f32)> = Vec::with_capacity(p.top_k);
-        let mut cross: Vec<(u32, f32)> = Vec::with_capacity(count[b]);
-        for (i, &x) in w.iter().enumerate().filter(|(_, &x)| x > 0.0) {
-            match bucket(x).cmp(&b) {
-                std::cmp::Ordering::Less => kept.push((i as u32, x)),
-                std::cmp::Ordering::Equal => cross.push((i as u32, x)),
-                std::cmp::Ordering::Greater => {}
-            }
-        }
-        let rest = p.top_k - above;
-        if rest < cross.len() {
-            cross.select_nth_unstable_by(rest - 1, by_weight);
-            cross.truncate(rest);
-        }
-        kept.extend(cross);
-        if p.top_p < 1.0 {
-            let kept_mass: f64 = kept.iter().map(|c| f64::from(c.1)).sum();
-            let n = weighted_select(
-                &mut kept,
-                f64::from(p.top_p) * kept_mass * (1.0 - TOP_P_SLACK),
-            );
-            kept.truncate(n);
-        }
-        return kept;
+        return top_k_kept(w, p, &count);
     }
     let positive = w
         .iter()
@@ -157,6 +129,41 @@ fn kept_set(w: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     let n = weighted_select(&mut cross, need - above);
     cross.truncate(n);
     kept.extend(cross);
+    kept
+}
+
+/// The top-k set (then top_p within it) from the bucket histogram's counts: buckets before the
+/// crossing one hold fewer than k tokens and are kept whole; the crossing bucket is resolved by
+/// selection.
+fn top_k_kept(w: &[f32], p: &SamplingParams, count: &[usize]) -> Vec<(u32, f32)> {
+    let (mut above, mut b) = (0usize, 0usize);
+    while above + count[b] < p.top_k {
+        above += count[b];
+        b += 1;
+    }
+    let mut kept: Vec<(u32, f32)> = Vec::with_capacity(p.top_k);
+    let mut cross: Vec<(u32, f32)> = Vec::with_capacity(count[b]);
+    for (i, &x) in w.iter().enumerate().filter(|(_, &x)| x > 0.0) {
+        match bucket(x).cmp(&b) {
+            std::cmp::Ordering::Less => kept.push((i as u32, x)),
+            std::cmp::Ordering::Equal => cross.push((i as u32, x)),
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    let rest = p.top_k - above;
+    if rest < cross.len() {
+        cross.select_nth_unstable_by(rest - 1, by_weight);
+        cross.truncate(rest);
+    }
+    kept.extend(cross);
+    if p.top_p < 1.0 {
+        let kept_mass: f64 = kept.iter().map(|c| f64::from(c.1)).sum();
+        let n = weighted_select(
+            &mut kept,
+            f64::from(p.top_p) * kept_mass * (1.0 - TOP_P_SLACK),
+        );
+        kept.truncate(n);
+    }
     kept
 }
 
@@ -256,36 +263,7 @@ fn truncate_and_draw(w: &[f32], p: &SamplingParams, u: f64) -> u32 {
         return argmax(w);
     }
     if p.top_k > 0 && p.top_k < total_count {
-        // Crossing bucket by count: buckets before it hold fewer than k tokens.
-        let (mut above, mut b) = (0usize, 0usize);
-        while above + count[b] < p.top_k {
-            above += count[b];
-            b += 1;
-        }
-        let mut kept: Vec<(u32, f32)> = Vec::with_capacity(p.top_k);
-        let mut cross: Vec<(u32, f32)> = Vec::with_capacity(count[b]);
-        for (i, &x) in w.iter().enumerate().filter(|(_, &x)| x > 0.0) {
-            match bucket(x).cmp(&b) {
-                std::cmp::Ordering::Less => kept.push((i as u32, x)),
-                std::cmp::Ordering::Equal => cross.push((i as u32, x)),
-                std::cmp::Ordering::Greater => {}
-            }
-        }
-        let rest = p.top_k - above;
-        if rest < cross.len() {
-            cross.select_nth_unstable_by(rest - 1, by_weight);
-            cross.truncate(rest);
-        }
-        kept.extend(cross);
-        if p.top_p < 1.0 {
-            let kept_mass: f64 = kept.iter().map(|c| f64::from(c.1)).sum();
-            let n = weighted_select(
-                &mut kept,
-                f64::from(p.top_p) * kept_mass * (1.0 - TOP_P_SLACK),
-            );
-            kept.truncate(n);
-        }
-        return draw_from(&kept, u);
+        return draw_from(&top_k_kept(w, p, &count), u);
     }
     if p.top_p >= 1.0 {
         // top_k keeps everything: sample over all positive weights.
