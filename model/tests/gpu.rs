@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
-use common::fixture;
+use common::{fixture, floats, ids, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{gemm_launch, DevBuf, Gpu, GpuModel, GpuOptions, StepOutput};
@@ -18,19 +18,11 @@ use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{sample_host, DeviceSampling};
 use model::{CpuBackend, Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
 type Cpu = CpuBackend;
 
 fn gpu() -> Arc<Gpu> {
     Gpu::new(0).expect("a CUDA device")
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn bf16_round(x: f32) -> f32 {
@@ -347,22 +339,6 @@ fn opts() -> GpuOptions {
     }
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 fn logits_of(out: StepOutput) -> Vec<f32> {
     match out {
         StepOutput::Logits { data, .. } => data,
@@ -388,9 +364,7 @@ struct Errors {
 /// comparing every sampled row with the CPU model (same weights; W8A8 for FP8 checkpoints).
 fn check_model(name: &str) -> Errors {
     let dir = fixture(name);
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let r = reference(name);
     let mut gm = GpuModel::load(&dir, &opts()).unwrap();
     let cpu = Glm4Moe::<Cpu>::load(
         &dir,
@@ -653,9 +627,7 @@ fn gpu_rejects_bad_batches() {
 #[test]
 fn fp8_kv_cache_doubles_capacity_within_tolerance() {
     let dir = fixture("tiny-b");
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
+    let r = reference("tiny-b");
     let mk = |fp8: bool| {
         GpuModel::load(
             &dir,

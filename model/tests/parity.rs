@@ -6,15 +6,9 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{fixture, to_f32, B};
+use common::{fixture, floats, ids, reference, rel_l2, to_f32, B};
 use model::generate::{generate, GenerateOptions, Greedy};
 use model::{Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
-use serde_json::Value;
-
-fn reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
 
 fn load(name: &str, act: Fp8Activations) -> Glm4Moe<B> {
     let opts = LoadOptions {
@@ -23,29 +17,6 @@ fn load(name: &str, act: Fp8Activations) -> Glm4Moe<B> {
         ..Default::default()
     };
     Glm4Moe::<B>::load(&fixture(name), &Default::default(), &opts).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
 }
 
 /// Last-position logits of a prompt, computed in two chunks to exercise chunked prefill over the cache.

@@ -1,5 +1,7 @@
-//! Helpers shared by the model's integration tests: where the fixture checkpoints are, and
-//! reading tensors back as host floats.
+//! Helpers shared by the model's integration tests: where the fixture checkpoints are, their
+//! reference outputs, reading tensors back as host floats, and the relative error they are judged by.
+// Each test binary uses a subset.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -19,4 +21,36 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A tensor's values as `f32`, row-major.
 pub fn to_f32<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// A fixture's `reference.json` (transformers' outputs, written by `tests/fixtures/generate.py`).
+pub fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A JSON array of numbers as `f32`.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
 }
