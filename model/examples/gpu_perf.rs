@@ -4,7 +4,10 @@
 //! and replayed from CUDA graphs; prefill tokens/s at 8k). `ops/perf/gpu.sh` runs it on the H200
 //! together with the PyTorch/cuBLAS counterparts; the notes are in `ops/perf/`.
 //!
-//! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only]
+//! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only | --ncu-step B,B,...]
+//!
+//! `--ncu-step` runs one eager decode step per batch size (context 1,024) between
+//! cuProfilerStart/Stop, for `ncu --profile-from-start off` to time every kernel of a step.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +36,16 @@ fn main() -> Res<()> {
     let kernels = !args.iter().any(|a| a == "--model-only");
     let whole = !args.iter().any(|a| a == "--kernels-only");
     let cfg = Glm4MoeConfig::from_dir(std::path::Path::new(dir))?;
+    if let Some(i) = args.iter().position(|a| a == "--ncu-step") {
+        let batches = args
+            .get(i + 1)
+            .ok_or("--ncu-step needs batch sizes, e.g. 1,64")?;
+        let batches: Vec<usize> = batches
+            .split(',')
+            .map(|b| b.parse())
+            .collect::<Result<_, _>>()?;
+        return ncu_steps(&cfg, &batches);
+    }
     let mut report = json!({});
     if kernels {
         let g = Gpu::new(0)?;
@@ -80,7 +93,7 @@ fn activations(g: &Gpu, lin: &GpuLinear, rows: usize) -> Res<Act> {
     let act = DevBuf::zeros(g, rows * lin.kp * lin.elem_bytes())?;
     let scales = DevBuf::zeros(g, rows * lin.act_groups().max(1) * 4)?;
     let (fmt, group) = lin.act_format();
-    model::launch!(g, prep_rows, (rows as u32, 1, 1), (256, 1, 1), 0;
+    model::launch!(g, prep_rows, (rows as u32, 1, 1), (model::gpu::prep_threads(rows), 1, 1), 0;
         x.p(), lin.k as i32, 0u64, lin.k as i32, 0i32, 0u64, 1e-5f32, 0i32, fmt, act.p(),
         lin.kp as i32, scales.p(), group as i32)?;
     Ok(Act { act, scales })
@@ -232,15 +245,41 @@ fn decode_weight_bytes(c: &Glm4MoeConfig, b: usize) -> f64 {
     total + 2.0 * h * c.vocab_size as f64 // BF16 LM head
 }
 
-fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
-    let opts = GpuOptions {
+/// One profiled eager decode step per batch size (after two warm-up steps each).
+/// Four layers (the dense one and three MoE layers) stand for the model: every layer after the
+/// first runs the same kernels at the same shapes.
+fn ncu_steps(c: &Glm4MoeConfig, batches: &[usize]) -> Res<()> {
+    let mut c = c.clone();
+    c.num_hidden_layers = c.num_hidden_layers.min(4);
+    let mut m = GpuModel::dummy(c, &bench_options(), 42, false)?;
+    m.set_cuda_graphs(false);
+    let per_seq = 1024usize.div_ceil(m.block_size()) + 1;
+    for &b in batches {
+        let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
+        let (seqs, sp) = (batch.seqs(1024), batch.sampling());
+        time_steps(&mut m, &seqs, &sp, 2, 0)?;
+        let prof = cudarc::driver::Profiler::new()?;
+        time_steps(&mut m, &seqs, &sp, 0, 1)?;
+        drop(prof);
+        println!("profiled one decode step at batch {b}");
+    }
+    Ok(())
+}
+
+/// The engine options of the model benchmarks.
+fn bench_options() -> GpuOptions {
+    GpuOptions {
         max_num_batched_tokens: 8192,
         max_num_seqs: 256,
         max_model_len: 8192,
         gpu_memory_utilization: 0.92,
         cuda_graphs: false,
         ..Default::default()
-    };
+    }
+}
+
+fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
+    let opts = bench_options();
     let t0 = Instant::now();
     let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
     let (w, ws, kv) = m.memory();
@@ -340,6 +379,7 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
         rows.push(json!({"prefill_seqs": nseq, "prefill_len": len, "ms": ms,
             "tokens_per_s": n as f64 / ms * 1e3}));
     }
+    let verify = verify_steps(&mut m, per_seq, nb, ctx)?;
     // the same decode steps with the KV cache in FP8 (`--kv-cache-dtype fp8`)
     drop(m);
     let mut m = GpuModel::dummy(
@@ -368,7 +408,88 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
             "tokens_per_s": b as f64 / ms * 1e3, "kv_blocks": nb8}),
         );
     }
-    Ok(json!({"weights_bytes": w, "workspace_bytes": ws, "kv_bytes": kv, "steps": rows}))
+    drop(m);
+    let mtp = mtp_cost(c, &opts, &verify, &rows)?;
+    Ok(
+        json!({"weights_bytes": w, "workspace_bytes": ws, "kv_bytes": kv, "steps": rows, "mtp": mtp}),
+    )
+}
+
+/// Batches at which the cost of MTP speculation (one draft token) is measured.
+const MTP_BATCHES: [usize; 3] = [1, 16, 64];
+
+/// Eager ms of a verify step for each of [`MTP_BATCHES`]: every sequence brings two tokens (the
+/// last accepted one and the draft) at context `ctx`, as the verify step of
+/// `num_speculative_tokens = 1` computes them.
+fn verify_steps(m: &mut GpuModel, per_seq: usize, nb: usize, ctx: usize) -> Res<Vec<f64>> {
+    m.set_cuda_graphs(false);
+    let mut out = vec![];
+    for &b in &MTP_BATCHES {
+        let batch = DecodeBatch::new(b, per_seq, nb);
+        let toks: Vec<[u32; 2]> = batch.toks.iter().map(|t| [t[0], t[0] + 1]).collect();
+        let seqs: Vec<SeqInput> = toks
+            .iter()
+            .zip(&batch.tables)
+            .map(|(t, table)| SeqInput {
+                tokens: t,
+                start_pos: ctx - 2,
+                block_table: table,
+                sample: true,
+            })
+            .collect();
+        out.push(time_steps(m, &seqs, &batch.sampling(), 2, 10)?);
+    }
+    Ok(out)
+}
+
+/// The draft side of MTP: the MTP block is one MoE decoder layer plus the shared LM head (and an
+/// `eh_proj` GEMM and two norms, about 1% of the layer), so a one-MoE-layer model's decode step is
+/// its cost. With one draft token a step yields 1 + a tokens (a = acceptance rate) for
+/// verify + draft ms against one decode step: break-even a = (verify + draft) / decode - 1.
+fn mtp_cost(c: &Glm4MoeConfig, opts: &GpuOptions, verify: &[f64], rows: &[Value]) -> Res<Value> {
+    let mut one = c.clone();
+    one.num_hidden_layers = 1;
+    one.first_k_dense_replace = 0;
+    let mut m = GpuModel::dummy(
+        one,
+        &GpuOptions {
+            cuda_graphs: true,
+            num_blocks: Some(4096),
+            ..opts.clone()
+        },
+        43,
+        false,
+    )?;
+    let ctx = 1024usize;
+    let per_seq = ctx.div_ceil(m.block_size()) + 1;
+    println!("\n| MTP, 1 draft token: batch | decode step ms (graph) | verify step ms (2 tokens/seq, eager) | draft ms (MTP layer + LM head, graph) | break-even acceptance |");
+    println!("|---|---|---|---|---|");
+    let mut out = vec![];
+    for (i, &b) in MTP_BATCHES.iter().enumerate() {
+        let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
+        let draft = time_steps(&mut m, &batch.seqs(ctx), &batch.sampling(), 2, 20)?;
+        let row = rows
+            .iter()
+            .find(|r| r["decode_batch"] == b && r["kv"].is_null())
+            .ok_or("decode step missing")?;
+        let (decode, eager) = (
+            row["graph_ms"].as_f64().unwrap_or(f64::NAN),
+            row["eager_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+        // verify steps are timed eager: scaled by the decode step's graph / eager ratio
+        let verify_graph = verify[i] * decode / eager;
+        let even = (verify_graph + draft) / decode - 1.0;
+        println!(
+            "| {b} | {decode:.2} | {:.2} ({verify_graph:.2} as a graph) | {draft:.2} | {:.0}% |",
+            verify[i],
+            100.0 * even
+        );
+        out.push(
+            json!({"batch": b, "decode_ms": decode, "verify_eager_ms": verify[i],
+            "verify_graph_est_ms": verify_graph, "draft_ms": draft, "break_even_acceptance": even}),
+        );
+    }
+    Ok(json!(out))
 }
 
 /// `b` one-token decode sequences at the same position, each with its own blocks (wrapping around

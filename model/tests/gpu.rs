@@ -13,7 +13,10 @@ use burn::tensor::{Tensor, TensorData};
 use common::{fixture, floats, ids, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
-use model::gpu::{gemm_launch, DevBuf, Gpu, GpuModel, GpuOptions, StepOutput};
+use model::gpu::{
+    gemm_launch, prep_threads, sample_launch, sample_part_bytes, DevBuf, Gpu, GpuModel, GpuOptions,
+    StepOutput,
+};
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{sample_host, DeviceSampling};
 use model::{CpuBackend, Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
@@ -145,7 +148,7 @@ fn run_gemm(g: &Gpu, lin: &GpuLinear, x: &[f32], m: usize, groups: Option<&[usiz
     let act = DevBuf::zeros(g, m * lin.kp * 2).unwrap();
     let sc = DevBuf::zeros(g, m * lin.act_groups().max(1) * 4).unwrap();
     let (fmt, group) = lin.act_format();
-    model::launch!(g, prep_rows, (m as u32, 1, 1), (256, 1, 1), 0;
+    model::launch!(g, prep_rows, (m as u32, 1, 1), (prep_threads(m), 1, 1), 0;
         xb.p(), k as i32, 0u64, k as i32, 0i32, 0u64, 1e-6f32, 0i32, fmt, act.p(), lin.kp as i32,
         sc.p(), group as i32)
     .unwrap();
@@ -313,9 +316,16 @@ fn sampling_kernel_matches_host_twin() {
         DevBuf::from_host(&g, &specs.iter().map(|s| s.temperature).collect::<Vec<_>>()).unwrap();
     let sb = DevBuf::from_host(&g, &specs.iter().map(|s| s.seed).collect::<Vec<_>>()).unwrap();
     let out = DevBuf::zeros(&g, r * 4).unwrap();
+    let part = DevBuf::zeros(&g, sample_part_bytes(r)).unwrap();
     let valid = v - 10;
-    model::launch!(g, sample_rows, (r as u32, 1, 1), (256, 1, 1), 0;
-        lb.p(), v as i32, valid as i32, tb.p(), sb.p(), out.p())
+    sample_launch(
+        &g,
+        (lb.p(), v, valid),
+        (tb.p(), sb.p()),
+        part.p(),
+        out.p(),
+        r,
+    )
     .unwrap();
     let mut got = vec![0i32; r];
     g.download(out.p(), &mut got).unwrap();

@@ -3,8 +3,8 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [perf] [torch] [bench]     (all stages when none is named)
-#   env: NUM_PROMPTS IN_LEN OUT_LEN CONC (bench: 256 / 1000 / 1000 / 64), EXTRA_SERVE_ARGS
+#   ops/perf/gpu.sh [tests] [perf] [ncu] [torch] [bench]     (tests perf torch bench when none is named)
+#   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
 set -uo pipefail
 LOG=${LOG:-/tmp/glmfleet-gpu}
@@ -25,6 +25,25 @@ if has perf; then
   echo "== kernel and model benchmarks"
   timeout 420 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/perf.json" ${PERF_ARGS:-} 2>&1 | tee "$LOG/perf.log"
 fi
+if has ncu; then
+  echo "== per-kernel times of one decode step (ncu; 4 layers stand for the model)"
+  for b in ${NCU_BATCHES:-1 64 256}; do
+    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
+      --metrics gpu__time_duration.sum --csv "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy \
+      --ncu-step "$b" > "$LOG/ncu-b$b.csv" 2> "$LOG/ncu-b$b.err"
+    echo "-- batch $b"; python3 ops/perf/ncu_summary.py "$LOG/ncu-b$b.csv" 2>&1 | tee "$LOG/ncu-b$b.txt"
+  done
+  # NCU_DETAIL="BATCH:KERNEL_REGEX:SKIP" ...: speed-of-light, occupancy and stall reasons of one launch
+  for spec in ${NCU_DETAIL:-}; do
+    IFS=: read -r b k skip <<< "$spec"
+    echo "-- detail: $k at batch $b (launch $skip)"
+    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
+      --kernel-name "regex:$k" --launch-skip "${skip:-0}" --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy --ncu-step "$b" \
+      2>&1 | grep -vE '^==PROF==|^\s*$' | tee "$LOG/ncu-detail-b$b-${k//[^a-z0-9]/_}.txt" | tail -90
+  done
+fi
 if has torch; then
   echo "== cuBLAS / PyTorch counterparts"
   timeout 200 python3 ops/perf/torch_baseline.py "$LOG/torch.json" 2>&1 | tee "$LOG/torch.log"
@@ -33,7 +52,7 @@ if has bench; then
   echo "== bench serve against one replica"
   MODEL=ops/perf/glm-4.5-air-fp8-dummy
   RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port 8011 \
-    --gpu-memory-utilization 0.93 --max-model-len 4096 --max-num-seqs 256 \
+    --gpu-memory-utilization 0.93 --max-model-len "${MAX_LEN:-4096}" --max-num-seqs 256 \
     --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 240); do
@@ -51,4 +70,4 @@ if has bench; then
   tail -5 "$LOG/serve.log"
 fi
 ls -la "$LOG"
-if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-${stages// /-}.tgz" -C "$LOG" .; fi
+if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-${stages// /-}-$(basename "$LOG").tgz" -C "$LOG" .; fi

@@ -46,12 +46,25 @@ funcs!(
     moe_topk,
     moe_plan,
     moe_combine,
+    sample_part,
     sample_rows,
     fill_fp8,
     fill_bf16,
     fill_f32,
     fill_f32_rand,
 );
+
+/// Dynamic shared memory of the attention kernel for head size `d`: two BF16 K/V stages, or two raw
+/// FP8 stages plus the BF16 pair they are widened into (the larger of the two).
+pub const fn attn_smem(d: usize) -> usize {
+    let bf16 = 2 * 2 * 64 * (d + 8) * 2;
+    let fp8 = 2 * 2 * 64 * (d + 16) + 2 * 64 * (d + 8) * 2;
+    if bf16 > fp8 {
+        bf16
+    } else {
+        fp8
+    }
+}
 
 /// Dynamic shared memory of the GEMM kernels for a tile height `bm`: two stages of A and W tiles.
 pub const fn gemm_smem(bm: usize) -> usize {
@@ -93,7 +106,7 @@ impl Gpu {
             SOURCE,
             CompileOptions {
                 arch: Some(arch),
-                options: vec!["--std=c++17".into()],
+                options: vec!["--std=c++17".into(), "-default-device".into()],
                 ..Default::default()
             },
         )
@@ -111,6 +124,13 @@ impl Gpu {
                 gemm_smem(64) as i32,
             )
             .map_err(dev_err("raising the GEMM shared-memory limit"))?;
+        }
+        for (func, d) in [(&f.attn_d32, 32), (&f.attn_d64, 64), (&f.attn_d128, 128)] {
+            func.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                attn_smem(d) as i32,
+            )
+            .map_err(dev_err("raising the attention shared-memory limit"))?;
         }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let sm_count = ctx

@@ -21,7 +21,7 @@ use cudarc::driver::{sys, CudaGraph};
 use crate::checkpoint::TensorStore;
 use crate::config::{Glm4MoeConfig, Quantization};
 use crate::error::{ModelError, Result};
-use crate::gpu::device::{dev_err, gemm_smem, DevBuf, Gpu};
+use crate::gpu::device::{attn_smem, dev_err, gemm_smem, DevBuf, Gpu};
 use crate::gpu::weights::{fill_const, GpuLinear, WeightFormat, FMT_F32};
 use crate::launch;
 use crate::loader::{ParamSource, WeightLoader};
@@ -124,6 +124,8 @@ struct Workspace {
     temps: DevBuf,
     seeds: DevBuf,
     sampled: DevBuf,
+    /// Per-slice (value, id) of the sampling kernels: [`sample_part_bytes`].
+    sample_part: DevBuf,
     x: DevBuf,
     xn: DevBuf,
     act: DevBuf,
@@ -179,18 +181,30 @@ enum Meta {
     BlockTables,
 }
 
+/// Threads of a `prep_rows` block (one row) for `rows` rows: with few rows the launch is bound by
+/// load latency, so a row of 4–12k values gets 1,024 threads and a few loads each; with many rows
+/// (prefill, expert rows) smaller blocks keep the SMs busy with less synchronisation.
+pub const fn prep_threads(rows: usize) -> u32 {
+    if rows < 512 {
+        1024
+    } else {
+        256
+    }
+}
+
 /// Most (tile, KV head, split) work items whose partial attention results the workspace holds.
 const ATTN_PART_ITEMS: usize = 4096;
 
 impl Workspace {
-    /// Key splits for `tiles` attention tiles: enough blocks to fill the GPU twice over.
+    /// Key splits for `tiles` attention tiles: enough blocks for about three waves (three blocks fit
+    /// an SM), so the last wave's tail stays short.
     fn attn_splits(&self, tiles: usize, nkv: usize, sms: usize) -> usize {
         let items = tiles * nkv;
-        if items >= 2 * sms {
+        let want = 8 * sms;
+        if items >= want {
             return 1;
         }
-        (2 * sms)
-            .div_ceil(items)
+        want.div_ceil(items)
             .min(16)
             .min(ATTN_PART_ITEMS / items)
             .max(1)
@@ -818,9 +832,15 @@ impl GpuModel {
     }
 
     fn sample(&self, r: usize) -> Result<()> {
-        let v = self.config.vocab_size as i32;
-        launch!(self.g, sample_rows, (r as u32, 1, 1), (256, 1, 1), 0;
-            self.ws.logits.p(), v, self.valid_vocab as i32, self.ws.temps.p(), self.ws.seeds.p(), self.ws.sampled.p())
+        let ws = &self.ws;
+        sample_launch(
+            &self.g,
+            (ws.logits.p(), self.config.vocab_size, self.valid_vocab),
+            (ws.temps.p(), ws.seeds.p()),
+            ws.sample_part.p(),
+            ws.sampled.p(),
+            r,
+        )
     }
 
     /// All kernels of a step for `t` rows of metadata, `tiles` attention tiles and `r` sampled rows.
@@ -901,7 +921,7 @@ impl GpuModel {
         let grid = (tiles as u32, nkv as u32, splits as u32);
         macro_rules! attn {
             ($f:ident) => {
-                launch!(g, $f, grid, (128, 1, 1), 0;
+                launch!(g, $f, grid, (128, 1, 1), attn_smem(d);
                     ws.q.p(), kc.p(), vc.p(), ws.meta_at(Meta::AttnTiles),
                     ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
                     ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
@@ -915,7 +935,7 @@ impl GpuModel {
             _ => attn!(attn_d128)?,
         }
         if splits > 1 {
-            launch!(g, attn_combine, (tiles as u32, nkv as u32, 1), (128, 1, 1), 0;
+            launch!(g, attn_combine, (tiles as u32, nkv as u32, 1), (256, 1, 1), 0;
                 part, ws.meta_at(Meta::AttnTiles), ws.meta_at(Meta::AttnTileCount),
                 ws.meta_at(Meta::RowSeq), splits as i32, ws.o.p(), nh as i32, nkv as i32, d as i32)?;
         }
@@ -945,11 +965,11 @@ impl GpuModel {
         let (g, ws) = (&*self.g, &self.ws);
         let (h, e, k) = (c.hidden_size, c.n_routed_experts, c.num_experts_per_tok);
         // f32 normed input for the router (and, quantized, for the experts)
-        launch!(g, prep_rows, (t as u32, 1, 1), (256, 1, 1), 0;
+        launch!(g, prep_rows, (t as u32, 1, 1), (prep_threads(t), 1, 1), 0;
             ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
             FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
         self.mark("norm/quant")?;
-        launch!(g, router_logits, (t.div_ceil(8) as u32, e.div_ceil(8) as u32, 1), (256, 1, 1), 0;
+        launch!(g, router_logits, (t.div_ceil(8) as u32, e as u32, 1), (128, 1, 1), 0;
             ws.xn.p(), gate.p(), ws.router.p(), t as i32, e as i32, h as i32)?;
         launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
             ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
@@ -982,7 +1002,7 @@ impl GpuModel {
             (ws.x.p(), 1),
             "shared expert GEMMs",
         )?;
-        launch!(g, moe_combine, (t as u32, 1, 1), (256, 1, 1), 0;
+        launch!(g, moe_combine, (t as u32, h.div_ceil(256) as u32, 1), (256, 1, 1), 0;
             ws.y.p(), h as i32, ws.inv.p(), ws.wts.p(), k as i32, ws.x.p(), h as i32)?;
         self.mark("MoE combine")
     }
@@ -1031,7 +1051,7 @@ impl GpuModel {
         up_off: usize,
     ) -> Result<()> {
         let (fmt, group) = lin.act_format();
-        launch!(self.g, prep_rows, (nrows as u32, 1, 1), (256, 1, 1), 0;
+        launch!(self.g, prep_rows, (nrows as u32, 1, 1), (prep_threads(nrows), 1, 1), 0;
             x, ldx as i32, rows, k as i32, mode, w, self.config.rms_norm_eps, up_off as i32,
             fmt, self.ws.act.p(), lin.kp as i32, self.ws.act_scales.p(), group as i32)
     }
@@ -1069,6 +1089,32 @@ impl GpuModel {
     }
 }
 
+/// Vocabulary slices per row of the sampling kernels (`SAMPLE_SPLITS` in kernels.cu).
+pub const SAMPLE_SPLITS: usize = 64;
+
+/// Bytes of the sampling kernels' per-slice results for `rows` rows.
+pub const fn sample_part_bytes(rows: usize) -> usize {
+    rows * SAMPLE_SPLITS * 8
+}
+
+/// Draws one id per row of `logits` (`(buffer, row length, valid ids)`) with `(temperatures, seeds)`
+/// into `out`: each vocabulary slice's best, then the row's (`part`: [`sample_part_bytes`]).
+pub fn sample_launch(
+    g: &Gpu,
+    logits: (u64, usize, usize),
+    spec: (u64, u64),
+    part: u64,
+    out: u64,
+    rows: usize,
+) -> Result<()> {
+    let (l, v, valid) = logits;
+    let pi = part + (rows * SAMPLE_SPLITS * 4) as u64;
+    launch!(g, sample_part, (rows as u32, SAMPLE_SPLITS as u32, 1), (256, 1, 1), 0;
+        l, v as i32, valid as i32, spec.0, spec.1, part, pi)?;
+    launch!(g, sample_rows, (rows as u32, 1, 1), (32, 1, 1), 0;
+        part, pi, valid as i32, out)
+}
+
 /// Launches the GEMM for `w` on activations `a` (+ scales `sa`). Grouped: `(bm, max_tiles, tiles,
 /// ntiles, offsets)`. Dense launches with few tiles split K (f32 outputs only).
 #[allow(clippy::too_many_arguments)]
@@ -1094,10 +1140,12 @@ pub fn gemm_launch(
     let kb = w.kp * w.elem_bytes();
     let nkt = kb.div_ceil(128);
     let mut split_tiles = nkt;
-    if grouped.is_none() && omode != 2 {
+    if omode != 2 {
         // enough CTAs for four per SM: a CTA's two-stage pipeline cannot hide memory latency
-        // alone, so long K loops are split rather than left to few CTAs
-        let ctas = n_tiles * m_tiles;
+        // alone, so long K loops are split rather than left to few CTAs. A grouped launch counts
+        // the tiles it expects to be real: about one per row while rows are fewer than experts.
+        let real_tiles = grouped.map_or(m_tiles, |_| rows.min(m_tiles - rows.div_ceil(bm)));
+        let ctas = n_tiles * real_tiles.max(1);
         let want = 4 * g.sm_count;
         if ctas < want {
             let splits = want.div_ceil(ctas).min(nkt).max(1);
@@ -1114,7 +1162,7 @@ pub fn gemm_launch(
     let w_gstride = (w.n * kb) as i64;
     let sw_gstride = w.scales_per_group() as i64;
     let grid = if grouped.is_some() {
-        (n_tiles as u32, m_tiles as u32, 1)
+        (n_tiles as u32, m_tiles as u32, splits as u32)
     } else {
         (m_tiles as u32, n_tiles as u32, splits as u32)
     };
@@ -1198,6 +1246,7 @@ impl Workspace {
             temps: z(r_cap * 4)?,
             seeds: z(r_cap * 8)?,
             sampled: z(r_cap * 4)?,
+            sample_part: z(sample_part_bytes(r_cap))?,
             x: z(t_cap * h * 4)?,
             xn: z(t_cap * h * 4)?,
             act: z(act)?,
@@ -1225,6 +1274,7 @@ impl Workspace {
             &self.temps,
             &self.seeds,
             &self.sampled,
+            &self.sample_part,
             &self.x,
             &self.xn,
             &self.act,

@@ -109,6 +109,7 @@ extern "C" __global__ void embed_rows(const u16* table, const int* tokens, float
   int t = blockIdx.x;
   const u16* row = table + (size_t)tokens[t] * H;
   float* o = x + (size_t)t * H;
+#pragma unroll 4
   for (int j = threadIdx.x; j < H; j += blockDim.x) o[j] = bf2f(row[j]);
 }
 
@@ -127,6 +128,7 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
   float rs = 1.f;
   if (in_mode == 1) {
     float ss = 0.f;
+#pragma unroll 4
     for (int j = threadIdx.x; j < K; j += blockDim.x) {
       float v = xr[j];
       ss += v * v;
@@ -138,11 +140,13 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
   (in_mode == 1 ? xr[j] * rs * w[j] : (in_mode == 2 ? silu(xr[j]) * xr[(j) + up_off] : xr[j]))
   if (fmt == FMT_F32) {
     float* o = (float*)out + (size_t)r * out_ld;
+#pragma unroll 4
     for (int j = threadIdx.x; j < out_ld; j += blockDim.x) o[j] = j < K ? PREP_VAL(j) : 0.f;
     return;
   }
   if (fmt == FMT_BF16) {
     u16* o = (u16*)out + (size_t)r * out_ld;
+#pragma unroll 4
     for (int j = threadIdx.x; j < out_ld; j += blockDim.x) o[j] = j < K ? f2bf(PREP_VAL(j)) : 0;
     return;
   }
@@ -150,9 +154,11 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
   int ng = (K + group - 1) / group;
   if (ng == 1) {  // one scale per row: the whole block finds the row's max
     float am = 0.f;
+#pragma unroll 4
     for (int j = threadIdx.x; j < K; j += blockDim.x) am = fmaxf(am, fabsf(PREP_VAL(j)));
     am = block_max(am, sh);
     float s = fmaxf(am / 448.0f, 1e-12f);
+#pragma unroll 4
     for (int j = threadIdx.x; j < K; j += blockDim.x) o[j] = f2e4m3(PREP_VAL(j) / s);
     if (threadIdx.x == 0) scales[r] = s;
     for (int j = K + threadIdx.x; j < out_ld; j += blockDim.x) o[j] = 0;
@@ -195,6 +201,12 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
   int n = pred ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(smem)), "l"(gmem),
                "r"(n));
+}
+
+__device__ __forceinline__ void ldsm_x4(u32* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
 }
 
 __device__ __forceinline__ void mma_fp8(float* c, const u32* a, const u32* b) {
@@ -297,20 +309,24 @@ __device__ __forceinline__ void gemm_impl(
     const u8* w_s = sW + st * BN * RS;
 #pragma unroll
     for (int kk = 0; kk < BKB; kk += 32) {
+      // fragments by ldmatrix.x4 (8x8 b16 matrices = 8 rows x 16 bytes, for e4m3 and bf16 alike):
+      // A: rows +0 / +8 by bytes +0 / +16; W: two n-tiles, each by bytes +0 / +16
       u32 af[MT][4], bfr[NT][2];
+      int lr = lane & 7, lq = lane >> 3;
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        int r = wm * (MT * 16) + mt * 16 + gid;
-        af[mt][0] = *(const u32*)(a_s + r * RS + kk + tig * 4);
-        af[mt][1] = *(const u32*)(a_s + (r + 8) * RS + kk + tig * 4);
-        af[mt][2] = *(const u32*)(a_s + r * RS + kk + 16 + tig * 4);
-        af[mt][3] = *(const u32*)(a_s + (r + 8) * RS + kk + 16 + tig * 4);
+        int r = wm * (MT * 16) + mt * 16 + lr + (lq & 1) * 8;
+        ldsm_x4(af[mt], a_s + r * RS + kk + (lq >> 1) * 16);
       }
 #pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        int c = wn * WN + nt * 8 + gid;
-        bfr[nt][0] = *(const u32*)(w_s + c * RS + kk + tig * 4);
-        bfr[nt][1] = *(const u32*)(w_s + c * RS + kk + 16 + tig * 4);
+      for (int nt = 0; nt < NT; nt += 2) {
+        int c = wn * WN + nt * 8 + lr + (lq >> 1) * 8;
+        u32 t[4];
+        ldsm_x4(t, w_s + c * RS + kk + (lq & 1) * 16);
+        bfr[nt][0] = t[0];
+        bfr[nt][1] = t[1];
+        bfr[nt + 1][0] = t[2];
+        bfr[nt + 1][1] = t[3];
       }
       if (smode == 2) {
 #pragma unroll
@@ -488,14 +504,37 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
 // Paged GQA attention on tensor cores (FlashAttention-2 style), prefill and decode alike. A block
 // takes one KV head and a tile of up to QR = 64 / G consecutive query rows of one sequence: the
 // tile's (row, query head) pairs are the 64 rows of the M dimension (4 warps x 16), so the group's
-// heads share every K/V load. Keys stream through shared memory 64 at a time from the paged cache
-// (K as stored, V transposed); S = Q K^T and O += P V are bf16 mma.m16n8k16 with f32 accumulation
-// and an online softmax in registers; causality per row (key position <= the row's position).
-// blockIdx.z splits the keys (flash-decoding): with part != 0 each split writes its (m, l, O) and
-// attn_combine merges them.
+// heads share every K/V load. Keys stream from the paged cache 64 at a time through a two-stage
+// cp.async pipeline (the next tile's block-table entries are read a tile ahead, so no load waits on
+// another); K and V keep their cache layout in shared memory and V reaches the PV mma through
+// ldmatrix.trans. An FP8 cache lands as bytes and is widened to BF16 by the thread that fetched it.
+// S = Q K^T and O += P V are bf16 mma.m16n8k16 with f32 accumulation and an online softmax in
+// registers; causality per row (key position <= the row's position). When the tile has at most 16
+// (row, head) pairs (decode: one row of G heads) the four warps instead take 16 keys of each tile
+// each, with their own softmax state, merged through shared memory at the end, so no warp idles.
+// blockIdx.z splits the keys
+// (flash-decoding): with part != 0 each split writes its (m, l, O) and attn_combine merges them.
+// Dynamic shared memory: attn_smem(D) bytes (device.rs).
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
   return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
 }
+
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
+  int n = pred ? 8 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(n));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+template <int N>
+struct IntC {
+  static constexpr int v = N;
+};
 
 template <int D>
 __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, const float* q,
@@ -504,29 +543,35 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
                                           int bs, float* out, float* part, int nh, int nkv,
                                           float scale, int kv_fp8) {
   constexpr int KT = 64;
-  constexpr int KS = D + 8;
-  constexpr int VS = KT + 8;
-  __shared__ __align__(16) u16 Ks[KT * KS];
-  __shared__ __align__(16) u16 Vt[D * VS];
+  constexpr int KS = D + 8;        // bf16 row stride (elements): 16-byte rows, conflict-free
+  constexpr int K8 = D + 16;       // fp8 row stride (bytes)
+  constexpr int CPK = D / 8;       // 8-element chunks per key row
+  constexpr int KPP = 128 / CPK;   // key rows one pass of the block covers
+  constexpr int PASSES = KT / KPP;
+  extern __shared__ __align__(16) u8 smem[];
+  // bf16: stage s = K [KT][KS], V [KT][KS] u16. fp8: two raw stages of K, V [KT][K8] bytes,
+  // then one bf16 K, V pair they are widened into.
+  constexpr int STAGE16 = 2 * KT * KS * 2, STAGE8 = 2 * KT * K8;
   int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
   if (tile >= *ntiles) return;
   int row0 = tiles[2 * tile], nrows = tiles[2 * tile + 1];
   int G = nh / nkv;
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+  int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
   int s = row_seq[row0];
   if (s < 0) {  // a padding row of a graph bucket: attends to nothing
     if (split == 0)
-      for (int i = threadIdx.x; i < G * D; i += blockDim.x)
-        out[((size_t)row0 * nh + kvh * G) * D + i] = 0.f;
+      for (int i = tid; i < G * D; i += blockDim.x) out[((size_t)row0 * nh + kvh * G) * D + i] = 0.f;
     return;
   }
-  int mA = warp * 16 + gid, mB = mA + 8;
+  // decode: every warp holds the same <= 16 pairs and takes a quarter of each key tile
+  bool wsplit = nrows * G <= 16;
+  int mA = (wsplit ? 0 : warp) * 16 + gid, mB = mA + 8;
   int rA = mA / G, rB = mB / G;
   bool vA = rA < nrows, vB = rB < nrows;
   int posA = vA ? pos[row0 + rA] : -1, posB = vB ? pos[row0 + rB] : -1;
   // warps whose 16 (row, head) pairs are all past the tile's rows only help load K/V (in decode,
   // G = 12 real pairs leave three of the four warps idle)
-  bool active = (warp * 16) / G < nrows;
+  bool active = wsplit || (warp * 16) / G < nrows;
   const float* qA = q + ((size_t)(row0 + rA) * nh + kvh * G + mA % G) * D;
   const float* qB = q + ((size_t)(row0 + rB) * nh + kvh * G + mB % G) * D;
   u32 qf[D / 16][4];
@@ -549,56 +594,56 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   int per = (nkt + nsplit - 1) / nsplit;
   int kt0 = split * per, kt1 = min(nkt, kt0 + per);
   const int* bt = btab + (size_t)s * (*btab_stride);
-  for (int kt = kt0; kt < kt1; kt++) {
-    __syncthreads();
-    for (int c = threadIdx.x; c < KT * (D / 8); c += blockDim.x) {
-      int j = c / (D / 8), ch = c % (D / 8);
-      int p = kt * KT + j;
-      uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
-      if (p < nkeys) {
-        size_t off = ((size_t)(bt[p / bs] * bs + p % bs) * nkv + kvh) * D + ch * 8;
-        if (kv_fp8) {
-          uint2 k8 = *(const uint2*)((const u8*)kc_ + off);
-          uint2 v8 = *(const uint2*)((const u8*)vc_ + off);
-          const u8* kb = (const u8*)&k8;
-          const u8* vb = (const u8*)&v8;
-          u32* kw = (u32*)&kv4;
-          u32* vw = (u32*)&vv4;
+  int ch = tid % CPK, j0 = tid / CPK;
+  // this thread's block ids for each of its PASSES keys of a tile (-1 past the end), read a tile
+  // ahead of use so the cp.async addresses never wait on a load
+  auto blocks_of = [&](int kt, int* r) {
 #pragma unroll
-          for (int e = 0; e < 4; e++) {
-            kw[e] = pack_bf16(e4m3_to_f(kb[2 * e]), e4m3_to_f(kb[2 * e + 1]));
-            vw[e] = pack_bf16(e4m3_to_f(vb[2 * e]), e4m3_to_f(vb[2 * e + 1]));
-          }
-        } else {
-          kv4 = *(const uint4*)((const u16*)kc_ + off);
-          vv4 = *(const uint4*)((const u16*)vc_ + off);
-        }
-      }
-      *(uint4*)(Ks + j * KS + ch * 8) = kv4;
-      const u16* ve = (const u16*)&vv4;
-#pragma unroll
-      for (int e = 0; e < 8; e++) Vt[(ch * 8 + e) * VS + j] = ve[e];
+    for (int i = 0; i < PASSES; i++) {
+      int p = kt * KT + j0 + KPP * i;
+      r[i] = p < nkeys ? bt[p / bs] : -1;
     }
-    __syncthreads();
-    if (!active) continue;
-    float sc[KT / 8][4];
+  };
+  auto issue = [&](int st, int kt, const int* r) {
 #pragma unroll
-    for (int nt = 0; nt < KT / 8; nt++) {
+    for (int i = 0; i < PASSES; i++) {
+      int j = j0 + KPP * i, p = kt * KT + j;
+      bool ok = r[i] >= 0;
+      size_t off = ok ? ((size_t)(r[i] * bs + p % bs) * nkv + kvh) * D + ch * 8 : 0;
+      if (kv_fp8) {
+        u8* b = smem + st * STAGE8;
+        cp_async8(b + j * K8 + ch * 8, (const u8*)kc_ + off, ok);
+        cp_async8(b + KT * K8 + j * K8 + ch * 8, (const u8*)vc_ + off, ok);
+      } else {
+        u16* b = (u16*)(smem + st * STAGE16);
+        cp_async16(b + j * KS + ch * 8, (const u16*)kc_ + off, ok);
+        cp_async16(b + KT * KS + j * KS + ch * 8, (const u16*)vc_ + off, ok);
+      }
+    }
+    asm volatile("cp.async.commit_group;");
+  };
+  // One key tile's S = Q K^T, online softmax and O += P V for this warp: NTL 8-key column tiles
+  // from key k0 of the tile (all of it, or the warp's quarter in decode).
+  auto key_tile = [&](auto ntl, const u16* Ks, const u16* Vs, int kt, int k0) {
+    constexpr int NTL = decltype(ntl)::v;
+    float sc[NTL][4];
+#pragma unroll
+    for (int nt = 0; nt < NTL; nt++) {
 #pragma unroll
       for (int i = 0; i < 4; i++) sc[nt][i] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < D / 16; ks++) {
-        const u16* kr = Ks + (nt * 8 + gid) * KS + ks * 16 + tig * 2;
+        const u16* kr = Ks + (k0 + nt * 8 + gid) * KS + ks * 16 + tig * 2;
         u32 b[2] = {*(const u32*)kr, *(const u32*)(kr + 8)};
         mma_bf16(sc[nt], qf[ks], b);
       }
     }
     float mx[2] = {mrow[0], mrow[1]};
 #pragma unroll
-    for (int nt = 0; nt < KT / 8; nt++)
+    for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
       for (int i = 0; i < 4; i++) {
-        int key = kt * KT + nt * 8 + tig * 2 + (i & 1);
+        int key = kt * KT + k0 + nt * 8 + tig * 2 + (i & 1);
         if (key > (i < 2 ? posA : posB)) sc[nt][i] = NEG_INF;
         mx[i >> 1] = fmaxf(mx[i >> 1], sc[nt][i]);
       }
@@ -610,7 +655,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       corr[h] = mx[h] == NEG_INF ? 1.f : __expf(mrow[h] - mx[h]);
     }
 #pragma unroll
-    for (int nt = 0; nt < KT / 8; nt++)
+    for (int nt = 0; nt < NTL; nt++)
 #pragma unroll
       for (int i = 0; i < 4; i++) {
         int h = i >> 1;
@@ -633,17 +678,109 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       o[dt][3] *= corr[1];
     }
 #pragma unroll
-    for (int kk = 0; kk < KT / 16; kk++) {
+    for (int kk = 0; kk < NTL / 2; kk++) {
       u32 pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
                    pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
                    pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+      // V rows kk*16 .. +15 (keys) as the B operand, two 8-wide dim tiles per ldmatrix.x4.trans
+      const u16* vrow = Vs + (k0 + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * KS + (lane >> 4) * 8;
 #pragma unroll
-      for (int dt = 0; dt < D / 8; dt++) {
-        const u16* vr = Vt + (dt * 8 + gid) * VS + kk * 16 + tig * 2;
-        u32 b[2] = {*(const u32*)vr, *(const u32*)(vr + 8)};
-        mma_bf16(o[dt], pa, b);
+      for (int dp = 0; dp < D / 16; dp++) {
+        u32 b[4];
+        ldsm_x4_trans(b, vrow + dp * 16);
+        mma_bf16(o[2 * dp], pa, b);
+        mma_bf16(o[2 * dp + 1], pa, b + 2);
       }
     }
+  };
+  int blk[PASSES];
+  if (kt0 < kt1) {
+    blocks_of(kt0, blk);
+    issue(0, kt0, blk);
+    if (kt0 + 1 < kt1) blocks_of(kt0 + 1, blk);
+  }
+  for (int kt = kt0; kt < kt1; kt++) {
+    int st = (kt - kt0) & 1;
+    __syncthreads();  // every warp is done with the stage the next tile overwrites
+    if (kt + 1 < kt1) {
+      issue(st ^ 1, kt + 1, blk);
+      if (kt + 2 < kt1) blocks_of(kt + 2, blk);
+      asm volatile("cp.async.wait_group 1;");
+    } else {
+      asm volatile("cp.async.wait_group 0;");
+    }
+    const u16* Ks;
+    if (kv_fp8) {  // widen this thread's own chunks (visible to it after the wait)
+      const u8* b = smem + st * STAGE8;
+      u16* w = (u16*)(smem + 2 * STAGE8);
+#pragma unroll
+      for (int i = 0; i < PASSES; i++) {
+        int j = j0 + KPP * i;
+#pragma unroll
+        for (int kv = 0; kv < 2; kv++) {
+          uint2 raw = *(const uint2*)(b + kv * KT * K8 + j * K8 + ch * 8);
+          const u8* rb = (const u8*)&raw;
+          uint4 wv;
+          u32* ww = (u32*)&wv;
+#pragma unroll
+          for (int e = 0; e < 4; e++) ww[e] = pack_bf16(e4m3_to_f(rb[2 * e]), e4m3_to_f(rb[2 * e + 1]));
+          *(uint4*)(w + kv * KT * KS + j * KS + ch * 8) = wv;
+        }
+      }
+      Ks = w;
+    } else {
+      Ks = (const u16*)(smem + st * STAGE16);
+    }
+    __syncthreads();
+    if (!active) continue;
+    if (wsplit)
+      key_tile(IntC<2>(), Ks, Ks + KT * KS, kt, warp * 16);
+    else
+      key_tile(IntC<KT / 8>(), Ks, Ks + KT * KS, kt, 0);
+  }
+  if (wsplit) {  // merge the four warps' states (the stages are free once every copy has landed)
+    asm volatile("cp.async.wait_group 0;");
+    __syncthreads();
+    float* sO = (float*)smem;
+    float* sM = sO + 4 * 16 * D;
+    float* sL = sM + 64;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        sO[(warp * 16 + gid + (i >> 1) * 8) * D + dt * 8 + tig * 2 + (i & 1)] = o[dt][i];
+    if (tig == 0) {
+      sM[warp * 16 + gid] = mrow[0];
+      sM[warp * 16 + gid + 8] = mrow[1];
+      sL[warp * 16 + gid] = lrow[0];
+      sL[warp * 16 + gid + 8] = lrow[1];
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nrows * G * D; idx += blockDim.x) {
+      int m = idx / D, dim = idx % D;
+      float M = fmaxf(fmaxf(sM[m], sM[16 + m]), fmaxf(sM[32 + m], sM[48 + m]));
+      float L = 0.f, a = 0.f;
+      if (M != NEG_INF)
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+          float mw = sM[w * 16 + m];
+          if (mw == NEG_INF) continue;
+          float f = __expf(mw - M);
+          L += sL[w * 16 + m] * f;
+          a += sO[(w * 16 + m) * D + dim] * f;
+        }
+      if (part) {
+        float* pb = part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2);
+        pb[dim] = a;
+        if (dim == 0) {
+          pb[D] = M;
+          pb[D + 1] = L;
+        }
+      } else {
+        out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
+      }
+    }
+    return;
   }
 #pragma unroll
   for (int dt = 0; dt < D / 8; dt++)
@@ -677,7 +814,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_d32(ATTN_ARGS) { attn_imp
 extern "C" __global__ void __launch_bounds__(128) attn_d64(ATTN_ARGS) { attn_impl<64>(ATTN_PASS); }
 extern "C" __global__ void __launch_bounds__(128) attn_d128(ATTN_ARGS) { attn_impl<128>(ATTN_PASS); }
 
-// Merges the key splits of attn_*: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s.
+// Merges the key splits of attn_*: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s. A warp per
+// (row, head) pair: its lanes first hold the splits' (m, l) (nsplit <= 32), then the head dims.
 extern "C" __global__ void attn_combine(const float* part, const int* tiles, const int* ntiles,
                                         const int* row_seq, int nsplit, float* out, int nh,
                                         int nkv, int D) {
@@ -686,38 +824,39 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
   int row0 = tiles[2 * tile], nrows = tiles[2 * tile + 1];
   if (row_seq[row0] < 0) return;
   int G = nh / nkv;
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
-  for (int idx = threadIdx.x; idx < nrows * G * D; idx += blockDim.x) {
-    int m = idx / D, dim = idx % D;
-    float mx = NEG_INF;
-    for (int s = 0; s < nsplit; s++) mx = fmaxf(mx, pb[((size_t)s * 64 + m) * (D + 2) + D]);
-    float L = 0.f, a = 0.f;
-    if (mx != NEG_INF) {
-      for (int s = 0; s < nsplit; s++) {
-        const float* e = pb + ((size_t)s * 64 + m) * (D + 2);
-        if (e[D] == NEG_INF) continue;
-        float f = __expf(e[D] - mx);
-        L += e[D + 1] * f;
-        a += e[dim] * f;
-      }
+  for (int m = warp; m < nrows * G; m += nw) {
+    const float* e = pb + ((size_t)lane * 64 + m) * (D + 2);
+    float ms = lane < nsplit ? e[D] : NEG_INF;
+    float ls = lane < nsplit ? e[D + 1] : 0.f;
+    float mx = warp_max(ms);
+    float f = ms == NEG_INF ? 0.f : __expf(ms - mx);
+    float L = warp_sum(ls * f);
+    float* o = out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
+    for (int dim = lane; dim < D; dim += 32) {
+      float a = 0.f;
+#pragma unroll 4
+      for (int sp = 0; sp < nsplit; sp++)
+        a += __shfl_sync(0xffffffffu, f, sp) * pb[((size_t)sp * 64 + m) * (D + 2) + dim];
+      o[dim] = L > 0.f ? a / L : 0.f;
     }
-    out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// MoE router logits in f32: out[t, e] = xn[t] . gw[e]. Grid (tokens / 8, experts / 8): each warp
-// takes one expert for 8 tokens, reading 16 bytes per lane (H % 4 == 0).
+// MoE router logits in f32: out[t, e] = xn[t] . gw[e]. Grid (tokens / 8, experts), 128 threads:
+// the block's threads split the hidden dim, 16 bytes per load (H % 4 == 0), for 8 tokens at once.
 extern "C" __global__ void router_logits(const float* xn, const float* gw, float* out, int T, int E,
                                          int H) {
-  int t0 = blockIdx.x * 8, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int e = blockIdx.y * 8 + warp;
-  if (e >= E) return;
+  __shared__ float red[4][8];
+  int t0 = blockIdx.x * 8, e = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float acc[8];
 #pragma unroll
   for (int r = 0; r < 8; r++) acc[r] = 0.f;
   const float* wr = gw + (size_t)e * H;
-  for (int h = lane * 4; h < H; h += 128) {
+#pragma unroll 4
+  for (int h = threadIdx.x * 4; h < H; h += 512) {
     float4 wv = *(const float4*)(wr + h);
 #pragma unroll
     for (int r = 0; r < 8; r++) {
@@ -730,8 +869,11 @@ extern "C" __global__ void router_logits(const float* xn, const float* gw, float
 #pragma unroll
   for (int r = 0; r < 8; r++) {
     float v = warp_sum(acc[r]);
-    if (lane == 0 && t0 + r < T) out[(size_t)(t0 + r) * E + e] = v;
+    if (lane == 0) red[warp][r] = v;
   }
+  __syncthreads();
+  int r = threadIdx.x;
+  if (r < 8 && t0 + r < T) out[(size_t)(t0 + r) * E + e] = red[0][r] + red[1][r] + red[2][r] + red[3][r];
 }
 
 // Sigmoid scores, selection by score + correction bias within the best `tg` of `ng` groups (group
@@ -824,17 +966,32 @@ extern "C" __global__ void moe_plan(const int* ids, int A, int E, int k, int BM,
   __syncthreads();
   for (int i = threadIdx.x; i < A; i += blockDim.x) atomicAdd(&cnt[ids[i]], 1);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int o = 0, tt = 0;
-    for (int e = 0; e < E; e++) {
-      offsets[e] = o;
-      cur[e] = o;
-      toff[e] = tt;
-      tt += (cnt[e] + BM - 1) / BM;
-      o += cnt[e];
+  if (threadIdx.x < 32) {  // exclusive scans of the counts and tile counts, 32 experts at a time
+    int lane = threadIdx.x, co = 0, ct = 0;
+    for (int base = 0; base < E; base += 32) {
+      int e = base + lane;
+      int c = e < E ? cnt[e] : 0, tc = (c + BM - 1) / BM;
+      int so = c, st = tc;
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        int a = __shfl_up_sync(0xffffffffu, so, d), b = __shfl_up_sync(0xffffffffu, st, d);
+        if (lane >= d) {
+          so += a;
+          st += b;
+        }
+      }
+      if (e < E) {
+        offsets[e] = co + so - c;
+        cur[e] = co + so - c;
+        toff[e] = ct + st - tc;
+      }
+      co += __shfl_sync(0xffffffffu, so, 31);
+      ct += __shfl_sync(0xffffffffu, st, 31);
     }
-    offsets[E] = o;
-    *ntiles = tt;
+    if (lane == 0) {
+      offsets[E] = co;
+      *ntiles = ct;
+    }
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
@@ -852,32 +1009,38 @@ extern "C" __global__ void moe_plan(const int* ids, int A, int E, int k, int BM,
   }
 }
 
-// x[t] += sum_j wts[t, j] * y[inv[t, j]]
+// x[t] += sum_j wts[t, j] * y[inv[t, j]]. Grid (tokens, H / blockDim): a thread per element.
 extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, const float* wts,
                                        int k, float* x, int H) {
-  int t = blockIdx.x;
-  for (int h = threadIdx.x; h < H; h += blockDim.x) {
-    float s = 0.f;
-    for (int j = 0; j < k; j++)
-      s += wts[(size_t)t * k + j] * y[(size_t)inv[(size_t)t * k + j] * ldy + h];
-    x[(size_t)t * H + h] += s;
-  }
+  int t = blockIdx.x, h = blockIdx.y * blockDim.x + threadIdx.x;
+  if (h >= H) return;
+  float s = 0.f;
+#pragma unroll 8
+  for (int j = 0; j < k; j++)
+    s += wts[(size_t)t * k + j] * y[(size_t)inv[(size_t)t * k + j] * ldy + h];
+  x[(size_t)t * H + h] += s;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sampling: temperature 0 -> arg-max; otherwise arg-max of logit / T + Gumbel noise (an exact
 // sample from softmax(logit / T)), the noise a counter-based hash of (seed, token). Ties -> lower id.
-extern "C" __global__ void sample_rows(const float* logits, int V, int valid, const float* temps,
-                                       const u64* seeds, int* out) {
+// Two kernels: sample_part's grid (rows, SAMPLE_SPLITS) each take a slice of the vocabulary and
+// write their best (value, id); sample_rows merges a row's slices with one warp.
+#define SAMPLE_SPLITS 64
+extern "C" __global__ void sample_part(const float* logits, int V, int valid, const float* temps,
+                                       const u64* seeds, float* pv, int* pi) {
   __shared__ float sv[32];
   __shared__ int si[32];
-  int r = blockIdx.x;
+  int r = blockIdx.x, sp = blockIdx.y;
+  int per = (valid + SAMPLE_SPLITS - 1) / SAMPLE_SPLITS;
+  int j0 = sp * per, j1 = min(valid, j0 + per);
   const float* lr = logits + (size_t)r * V;
   float tmp = temps[r];
   u64 seed = seeds[r];
   float bv = NEG_INF;
   int bi = 0x7fffffff;
-  for (int j = threadIdx.x; j < valid; j += blockDim.x) {
+#pragma unroll 4
+  for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
     float v = lr[j];
     if (tmp > 0.f) v = v / tmp - logf(-logf(uniform01(seed, (u64)j)));
     if (v > bv || (v == bv && j < bi)) {
@@ -897,8 +1060,27 @@ extern "C" __global__ void sample_rows(const float* logits, int V, int valid, co
     bv = lane < nw ? sv[lane] : NEG_INF;
     bi = lane < nw ? si[lane] : 0x7fffffff;
     warp_argmax(bv, bi);
-    if (lane == 0) out[r] = bi < valid ? bi : 0;
+    if (lane == 0) {
+      pv[r * SAMPLE_SPLITS + sp] = bv;
+      pi[r * SAMPLE_SPLITS + sp] = bi;
+    }
   }
+}
+
+extern "C" __global__ void sample_rows(const float* pv, const int* pi, int valid, int* out) {
+  int r = blockIdx.x, lane = threadIdx.x;
+  float bv = NEG_INF;
+  int bi = 0x7fffffff;
+  for (int sp = lane; sp < SAMPLE_SPLITS; sp += 32) {
+    float v = pv[r * SAMPLE_SPLITS + sp];
+    int i = pi[r * SAMPLE_SPLITS + sp];
+    if (v > bv || (v == bv && i < bi)) {
+      bv = v;
+      bi = i;
+    }
+  }
+  warp_argmax(bv, bi);
+  if (lane == 0) out[r] = bi < valid ? bi : 0;
 }
 
 // ---------------------------------------------------------------------------------------------

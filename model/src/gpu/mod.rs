@@ -18,4 +18,6 @@ pub mod engine;
 pub mod weights;
 
 pub use device::{DevBuf, Gpu};
-pub use engine::{gemm_launch, GpuModel, GpuOptions, StepOutput};
+pub use engine::{
+    gemm_launch, prep_threads, sample_launch, sample_part_bytes, GpuModel, GpuOptions, StepOutput,
+};
