@@ -112,8 +112,13 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
     ];
     let ms = [1usize, 16, 64, 256, 2048, 8192];
     let mut rows = vec![];
-    println!("\n| GEMM (N×K) | M | µs | weight TB/s | TFLOP/s | roofline µs |");
-    println!("|---|---|---|---|---|---|");
+    let lt = model::gpu::BlasLt::new(g);
+    println!(
+        "cuBLASLt: {}",
+        if lt.is_some() { "loaded" } else { "absent" }
+    );
+    println!("\n| GEMM (N×K) | M | µs | weight TB/s | TFLOP/s | roofline µs | cuBLASLt path µs (engine, M > 256) |");
+    println!("|---|---|---|---|---|---|---|");
     for (name, fmt, parts, k) in &dense {
         let lin = GpuLinear::dummy(g, *fmt, parts, *k, 1, false, 7)?;
         let maxm = if name.starts_with("lm_head") {
@@ -132,8 +137,19 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             let wbytes = (lin.n * lin.k * lin.elem_bytes()) as f64;
             let flops = 2.0 * (m * lin.n * lin.k) as f64;
             let roof = (wbytes / (HBM_TBS * 1e6)).max(flops / (FP8_PEAK_TFLOPS * 1e6));
+            // the engine's path for this shape when it has more rows than a decode graph
+            let lt_us = match &lt {
+                Some(lt) if m > 256 => Some(time_us(g, 3, iters, || {
+                    lt.gemm(g, &lin, a.act.p(), a.scales.p(), m, out.p(), lin.n, 0, 0)?;
+                    Ok(())
+                })?),
+                _ => None,
+            };
+            let lt_col = lt_us.map_or("—".to_string(), |u| {
+                format!("{u:.1} ({:.0} TFLOP/s)", flops / u / 1e6)
+            });
             println!(
-                "| {name} {}×{} | {m} | {us:.1} | {:.2} | {:.1} | {roof:.1} |",
+                "| {name} {}×{} | {m} | {us:.1} | {:.2} | {:.1} | {roof:.1} | {lt_col} |",
                 lin.n,
                 lin.k,
                 wbytes / us / 1e6,
@@ -141,7 +157,8 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             );
             rows.push(
                 json!({"gemm": name, "n": lin.n, "k": lin.k, "m": m, "us": us,
-                "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof}),
+                "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof,
+                "cublaslt_us": lt_us}),
             );
         }
     }

@@ -16,6 +16,11 @@ stages=${*:-tests perf torch bench}
 has() { [[ " $stages " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$LOG/gpu.txt"
 export GLMFLEET_FIXTURES=$PWD/tests/fixtures RUST_BACKTRACE=1
+# cuBLASLt (large dense GEMMs) is loaded at run time: the CUDA toolkit's, else PyTorch's wheel
+lt=$(ls /usr/local/cuda/lib64/libcublasLt.so.* 2>/dev/null | head -1)
+[ -n "$lt" ] || lt=$(python3 -c "import glob, site; print(next(iter(sorted(p for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/*/lib/libcublasLt.so*'))), ''))" 2>/dev/null)
+[ -n "$lt" ] && export LD_LIBRARY_PATH=$(dirname "$lt")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+echo "cuBLASLt: ${lt:-not found}"
 
 if has tests; then
   echo "== parity tests"

@@ -37,6 +37,7 @@ funcs!(
     gemm_fp8_m64,
     gemm_bf16_m16,
     gemm_bf16_m64,
+    scale_out,
     rope_kv,
     attn_d32,
     attn_d64,

@@ -21,6 +21,7 @@ use cudarc::driver::{sys, CudaGraph};
 use crate::checkpoint::TensorStore;
 use crate::config::{Glm4MoeConfig, Quantization};
 use crate::error::{ModelError, Result};
+use crate::gpu::blaslt::BlasLt;
 use crate::gpu::device::{attn_smem, dev_err, gemm_smem, DevBuf, Gpu};
 use crate::gpu::weights::{fill_const, GpuLinear, WeightFormat, FMT_F32};
 use crate::launch;
@@ -126,6 +127,8 @@ struct Workspace {
     sampled: DevBuf,
     /// Per-slice (value, id) of the sampling kernels: [`sample_part_bytes`].
     sample_part: DevBuf,
+    /// f32 `[tokens, hidden]`: the cuBLASLt path's result before it is added to the residual.
+    lt_scratch: DevBuf,
     x: DevBuf,
     xn: DevBuf,
     act: DevBuf,
@@ -242,6 +245,8 @@ pub struct GpuModel {
     prof: Option<std::cell::RefCell<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
     weight_bytes: usize,
     workspace_bytes: usize,
+    /// cuBLASLt for dense GEMMs of more rows than a decode graph holds (absent: our kernel).
+    blaslt: Option<BlasLt>,
 }
 
 /// A captured step. cudarc's graph holds raw driver handles and is not `Send`; ours is only ever
@@ -438,7 +443,8 @@ impl GpuModel {
                 }
             };
         }
-        let ws = Workspace::new(&g, c, opts, &layers, &lm_head)?;
+        let blaslt = BlasLt::new(&g);
+        let ws = Workspace::new(&g, c, opts, &layers, &lm_head, blaslt.is_some())?;
         let workspace_bytes = ws.bytes();
         let valid_vocab = c.vocab_size;
         let mut m = Self {
@@ -457,6 +463,7 @@ impl GpuModel {
             prof: None,
             weight_bytes,
             workspace_bytes,
+            blaslt,
         };
         m.g.sync()?;
         m.alloc_kv()?;
@@ -1067,6 +1074,20 @@ impl GpuModel {
         ldc: usize,
         omode: i32,
     ) -> Result<()> {
+        if let (Some(lt), None) = (&self.blaslt, grouped) {
+            // in place, or through the scratch sized for hidden-wide results
+            let fits = (omode == 0 && ldc == w.n) || w.n <= self.config.hidden_size;
+            if rows >= lt.min_rows && BlasLt::handles(w) && fits {
+                let ws = &self.ws;
+                let (a, sa, scratch) = (ws.act.p(), ws.act_scales.p(), ws.lt_scratch.p());
+                match lt.gemm(&self.g, w, a, sa, rows, out, ldc, omode, scratch) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!("cuBLASLt GEMM failed, using the built-in kernel: {e}")
+                    }
+                }
+            }
+        }
         gemm_launch(
             &self.g,
             w,
@@ -1190,6 +1211,7 @@ impl Workspace {
         opts: &GpuOptions,
         layers: &[GpuLayer],
         lm_head: &GpuLinear,
+        blaslt: bool,
     ) -> Result<Self> {
         let s_cap = opts.max_num_seqs.max(1);
         let t_cap = opts
@@ -1247,6 +1269,8 @@ impl Workspace {
             seeds: z(r_cap * 8)?,
             sampled: z(r_cap * 4)?,
             sample_part: z(sample_part_bytes(r_cap))?,
+            // the cuBLASLt path's f32 result before a residual add (N = hidden for those GEMMs)
+            lt_scratch: z(if blaslt { t_cap * h * 4 } else { 0 })?,
             x: z(t_cap * h * 4)?,
             xn: z(t_cap * h * 4)?,
             act: z(act)?,
@@ -1275,6 +1299,7 @@ impl Workspace {
             &self.seeds,
             &self.sampled,
             &self.sample_part,
+            &self.lt_scratch,
             &self.x,
             &self.xn,
             &self.act,

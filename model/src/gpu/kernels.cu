@@ -392,6 +392,22 @@ __device__ __forceinline__ void gemm_impl(
       }
 }
 
+// Epilogue of the cuBLASLt path (gpu/blaslt.rs): out[r, c] (= or +=) t[r, c] * sa[r] * sw[c] + bias[c],
+// t [M, N] f32 as cuBLASLt wrote it (unit scales). Grid (M, N / 256). sa == 0: no scales.
+extern "C" __global__ void scale_out(const float* t, int M, int N, const float* sa, const float* sw,
+                                     const float* bias, float* out, int ldc, int omode) {
+  int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= N) return;
+  float v = t[(size_t)r * N + c];
+  if (sa) v *= sa[r] * sw[c];
+  if (bias) v += bias[c];
+  size_t o = (size_t)r * ldc + c;
+  if (omode == 1)
+    out[o] += v;
+  else
+    out[o] = v;
+}
+
 #define GEMM_ARGS                                                                               \
   const u8 *A, int lda, const float *sa, int sa_ld, const u8 *W, long long w_gstride, int ldw,  \
       const float *sw, long long sw_gstride, int smode, int bn_blk, int bk_blk, const int *tiles, \

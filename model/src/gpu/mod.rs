@@ -10,13 +10,16 @@
 //! (`model/tests/gpu.rs`), and checkpoints are read through the same loader as the CPU model.
 //!
 //! - [`device`]: context, stream, NVRTC module, device buffers and the launch helper.
+//! - [`blaslt`]: cuBLASLt for the large dense GEMMs (prefill), loaded at run time.
 //! - [`weights`]: linear layers on the device (BF16, FP8 per-channel, FP8 block), fused and grouped.
 //! - [`engine`]: the model, its workspace, the step (eager or graph) and memory planning.
 
+pub mod blaslt;
 pub mod device;
 pub mod engine;
 pub mod weights;
 
+pub use blaslt::BlasLt;
 pub use device::{DevBuf, Gpu};
 pub use engine::{
     gemm_launch, prep_threads, sample_launch, sample_part_bytes, GpuModel, GpuOptions, StepOutput,

@@ -1,0 +1,232 @@
+//! cuBLASLt for the large dense GEMMs: steps with more rows than any decode graph bucket (prefill),
+//! where our `mma.sync` kernel reaches about 150 TFLOP/s against cuBLAS's 1,300
+//! (`ops/perf/2026-11-29-gpu-throughput.md`). Decode shapes stay on our kernel, which beats cuBLAS
+//! there, and so do grouped (MoE) launches, whose expert row counts live on the device.
+//!
+//! Only FP8 per-channel and BF16 weights go here. The product runs with unit scales into f32, and
+//! `scale_out` then applies the per-token activation and per-channel weight scales (both factor out
+//! of the sum over K), the bias and the residual add. FP8 block weights keep our kernel, since their
+//! scales change along K. The library is loaded at run time (`libcublasLt.so.13`). When it is absent,
+//! or `GLMFLEET_CUBLASLT=0`, every GEMM runs on our kernel.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cudarc::cublaslt::{result as lt, sys};
+
+use crate::error::{ModelError, Result};
+use crate::gpu::device::{DevBuf, Gpu};
+use crate::gpu::weights::{GpuLinear, WeightFormat};
+use crate::launch;
+
+/// cuBLASLt workspace (the size NVIDIA recommends for Hopper).
+const WORKSPACE: usize = 32 << 20;
+
+/// A handle, its workspace and one matmul plan per shape.
+pub struct BlasLt {
+    /// Fewest rows a GEMM needs to run here (`GLMFLEET_CUBLASLT_MIN_ROWS`, default 257: more than
+    /// the largest decode graph bucket, so captured decode steps keep our kernel). cuBLAS FP8 is
+    /// faster than ours from about 32 rows (`ops/perf` run 1 against run 14), but cuBLASLt inside
+    /// captured graphs has not been measured yet.
+    pub min_rows: usize,
+    handle: sys::cublasLtHandle_t,
+    workspace: DevBuf,
+    plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
+}
+
+// The handle and plans are plain descriptors; all launches go to the one stream of `Gpu`.
+unsafe impl Send for BlasLt {}
+unsafe impl Sync for BlasLt {}
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    w: sys::cublasLtMatrixLayout_t,
+    a: sys::cublasLtMatrixLayout_t,
+    d: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+fn lt_err(what: &'static str) -> impl FnOnce(lt::CublasError) -> ModelError {
+    move |e| ModelError::Device(format!("cuBLASLt {what}: {e:?}"))
+}
+
+impl BlasLt {
+    /// Loads cuBLASLt, or `None` when it is absent or disabled (`GLMFLEET_CUBLASLT=0`).
+    pub fn new(g: &Gpu) -> Option<Self> {
+        if std::env::var("GLMFLEET_CUBLASLT").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        // SAFETY: only probes for the shared library.
+        if !unsafe { sys::is_culib_present() } {
+            tracing::warn!("libcublasLt not found: large GEMMs run on the built-in kernel");
+            return None;
+        }
+        let handle = lt::create_handle().ok()?;
+        let workspace = DevBuf::zeros(g, WORKSPACE).ok()?;
+        let min_rows = std::env::var("GLMFLEET_CUBLASLT_MIN_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(257);
+        Some(Self {
+            min_rows,
+            handle,
+            workspace,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether `w` can run here: FP8 per-channel or BF16 weights, with 16-byte output rows.
+    pub fn handles(w: &GpuLinear) -> bool {
+        matches!(w.format, WeightFormat::Fp8Channel | WeightFormat::Bf16) && w.n.is_multiple_of(4)
+    }
+
+    /// `out = act · Wᵀ` over `rows` rows, as [`crate::gpu::gemm_launch`] computes it (`omode` 0 store
+    /// f32, 1 add f32). `scratch` holds `rows × w.n` f32 when the result cannot be written in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        g: &Gpu,
+        w: &GpuLinear,
+        act: u64,
+        act_scales: u64,
+        rows: usize,
+        out: u64,
+        ldc: usize,
+        omode: i32,
+        scratch: u64,
+    ) -> Result<()> {
+        let fp8 = matches!(w.format, WeightFormat::Fp8Channel);
+        let in_place = omode == 0 && ldc == w.n;
+        let d = if in_place { out } else { scratch };
+        self.matmul(g, fp8, act, w.w.p(), rows, w.n, w.kp, d)?;
+        let sw = w.scales.as_ref().map_or(0, |s| s.p());
+        let bias = w.bias.as_ref().map_or(0, |s| s.p());
+        if in_place && !fp8 && bias == 0 {
+            return Ok(());
+        }
+        let sa = if fp8 { act_scales } else { 0 };
+        launch!(g, scale_out, (rows as u32, w.n.div_ceil(256) as u32, 1), (256, 1, 1), 0;
+            d, rows as i32, w.n as i32, sa, sw, bias, out, ldc as i32, omode)
+    }
+
+    /// `d [m, n] (f32, ld n) = a [m, k] · w [n, k]ᵀ`, both operands K-major with leading dimension
+    /// `k` elements (the "TN" layout cuBLASLt's FP8 kernels need).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        g: &Gpu,
+        fp8: bool,
+        a: u64,
+        w: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        d: u64,
+    ) -> Result<()> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (m, n, k, fp8);
+        let p = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(fp8, m, n, k)?),
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // SAFETY: the descriptors live in `plans` (never freed while `self` lives); the pointers are
+        // device buffers of the sizes the layouts describe; the stream is the engine's.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                p.desc,
+                (&alpha as *const f32).cast(),
+                (&beta as *const f32).cast(),
+                w as *const _,
+                p.w,
+                a as *const _,
+                p.a,
+                d as *const _,
+                p.d,
+                d as *mut _,
+                p.d,
+                &p.algo,
+                self.workspace.p() as *mut _,
+                WORKSPACE,
+                g.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(lt_err("matmul"))
+    }
+
+    fn plan(&self, fp8: bool, m: usize, n: usize, k: usize) -> Result<Plan> {
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        let ty = if fp8 {
+            sys::cudaDataType::CUDA_R_8F_E4M3
+        } else {
+            sys::cudaDataType::CUDA_R_16BF
+        };
+        let f32t = sys::cudaDataType::CUDA_R_32F;
+        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32t)
+            .map_err(lt_err("matmul descriptor"))?;
+        // cublasOperation_t values (an int32 attribute): CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
+        let (t, nt) = (1i32, 0i32);
+        // column-major view: D [n, m] = op(W [k, n])ᵀ · A [k, m]
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSA,
+                (&t as *const i32).cast(),
+                std::mem::size_of_val(&t),
+            )
+            .map_err(lt_err("transa"))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSB,
+                (&nt as *const i32).cast(),
+                std::mem::size_of_val(&nt),
+            )
+            .map_err(lt_err("transb"))?;
+        }
+        let wl = lt::create_matrix_layout(ty, k as u64, n as u64, k as i64)
+            .map_err(lt_err("weight layout"))?;
+        let al = lt::create_matrix_layout(ty, k as u64, m as u64, k as i64)
+            .map_err(lt_err("activation layout"))?;
+        let dl = lt::create_matrix_layout(f32t, n as u64, m as u64, n as i64)
+            .map_err(lt_err("output layout"))?;
+        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        let ws = WORKSPACE as u64;
+        let algo = unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws as *const u64).cast(),
+                std::mem::size_of_val(&ws),
+            )
+            .map_err(lt_err("workspace preference"))?;
+            let h = lt::get_matmul_algo_heuristic(self.handle, desc, wl, al, dl, dl, pref)
+                .map_err(lt_err("no algorithm for this shape"));
+            let _ = lt::destroy_matmul_pref(pref);
+            h?.algo
+        };
+        Ok(Plan {
+            desc,
+            w: wl,
+            a: al,
+            d: dl,
+            algo,
+        })
+    }
+}
+
+impl Drop for BlasLt {
+    fn drop(&mut self) {
+        let plans = self.plans.get_mut().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: nothing uses the descriptors or the handle after this.
+        unsafe {
+            for p in plans.values() {
+                let _ = lt::destroy_matmul_desc(p.desc);
+                for l in [p.w, p.a, p.d] {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
