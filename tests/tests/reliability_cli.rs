@@ -201,6 +201,10 @@ fn bad_values_and_missing_files_are_one_clear_error() {
     // up
     assert_fails(&["up", "--replicas", "0"], "--replicas");
     assert_fails(
+        &["up", "--replicas", "3", "--gpus", "0,1", "--port", "0"],
+        "each replica needs its own",
+    );
+    assert_fails(
         &["up", "--model", "/nonexistent/glm-model", "--port", "0"],
         "not found",
     );

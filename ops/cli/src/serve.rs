@@ -143,7 +143,8 @@ fn gpu_runner(
         gpu_memory_utilization: cfg.gpu_memory_utilization,
         num_blocks: cfg.num_gpu_blocks_override,
         kv_cache_bytes: cfg.kv_cache_memory.as_ref().map(|b| b.0),
-        cuda_graphs: std::env::var("GLMFLEET_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+        cuda_graphs: !cfg.enforce_eager
+            && std::env::var("GLMFLEET_CUDA_GRAPHS").map_or(true, |v| v != "0"),
         kv_fp8: matches!(cfg.kv_cache_dtype, replica::config::KvCacheDtype::Fp8),
     };
     let t0 = std::time::Instant::now();

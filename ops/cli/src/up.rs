@@ -14,7 +14,7 @@ use clap::{Args, Parser};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// Number of replicas.
     #[arg(long, default_value_t = 2)]
@@ -36,6 +36,10 @@ pub struct UpArgs {
     /// Seconds in-flight requests get to finish at shutdown.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// GPUs for the replicas, one each, in order (e.g. `0,1,2,3`): replica i runs with
+    /// `CUDA_VISIBLE_DEVICES` set to the i-th. Unset: replicas inherit the environment.
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Vec<String>,
     /// Flags passed to every replica, after `--` (e.g. `-- --max-num-seqs 64 --load-format fake`).
     #[arg(last = true)]
     pub serve_args: Vec<String>,
@@ -53,9 +57,12 @@ struct Replica {
     child: Child,
 }
 
-fn serve_command(args: &UpArgs, port: u16) -> Result<Command> {
+fn serve_command(args: &UpArgs, index: usize, port: u16) -> Result<Command> {
     let exe = std::env::current_exe().context("locating the glmfleet binary")?;
     let mut c = Command::new(exe);
+    if let Some(gpu) = args.gpus.get(index) {
+        c.env("CUDA_VISIBLE_DEVICES", gpu);
+    }
     c.arg("serve")
         .arg(args.model.as_deref().unwrap_or(crate::demo::DEMO))
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -87,7 +94,7 @@ fn serve_command(args: &UpArgs, port: u16) -> Result<Command> {
 
 /// Starts one replica and waits for its `listening` announcement.
 async fn start_replica(args: &UpArgs, index: usize, port: u16) -> Result<Replica> {
-    let mut child = serve_command(args, port)?
+    let mut child = serve_command(args, index, port)?
         .spawn()
         .context("starting a replica")?;
     let stdout = child
@@ -135,6 +142,13 @@ fn terminate(child: &Child) {
 pub fn run(args: UpArgs) -> Result<()> {
     if args.replicas == 0 {
         bail!("--replicas must be at least 1");
+    }
+    if !args.gpus.is_empty() && args.gpus.len() < args.replicas {
+        bail!(
+            "--gpus lists {} GPUs for {} replicas: each replica needs its own",
+            args.gpus.len(),
+            args.replicas
+        );
     }
     // Once, before the replicas race for it: materialises the demo, downloads a hub model, and
     // turns a missing folder into one error here instead of one per replica.
@@ -189,7 +203,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             .map(|r| {
                 tokio::spawn(supervise(
                     r,
-                    args_clone(&args),
+                    args.clone(),
                     stopping.clone(),
                     stop_tx.subscribe(),
                 ))
@@ -204,19 +218,6 @@ pub fn run(args: UpArgs) -> Result<()> {
         }
         Ok(())
     })
-}
-
-fn args_clone(a: &UpArgs) -> UpArgs {
-    UpArgs {
-        replicas: a.replicas,
-        port: a.port,
-        host: a.host.clone(),
-        model: a.model.clone(),
-        policy: a.policy.clone(),
-        startup_timeout: a.startup_timeout,
-        shutdown_timeout: a.shutdown_timeout,
-        serve_args: a.serve_args.clone(),
-    }
 }
 
 /// Restarts a replica that dies on its own, on the same port; stops it with SIGTERM at shutdown.

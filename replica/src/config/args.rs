@@ -49,6 +49,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub enable_auto_tool_choice: bool,
+    /// Launch GPU steps eagerly, without CUDA graphs.
+    #[arg(long)]
+    #[serde(skip)]
+    pub enforce_eager: bool,
     /// Context window in tokens [default: the model's max_position_embeddings].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,9 @@ impl ServeArgs {
         }
         fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
         fig = fig.merge(Serialized::defaults(self));
+        if self.enforce_eager {
+            fig = fig.merge(("enforce_eager", true));
+        }
         if self.enable_auto_tool_choice {
             fig = fig.merge(("enable_auto_tool_choice", true));
         }

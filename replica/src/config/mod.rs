@@ -93,6 +93,9 @@ pub struct ServeConfig {
     /// Speculative decoding with the checkpoint's MTP layer (`--speculative-config`). Default
     /// off.
     pub speculative_config: Option<SpeculativeConfig>,
+    /// Launch every GPU step eagerly instead of replaying captured CUDA graphs (vLLM's
+    /// `--enforce-eager`). Default false.
+    pub enforce_eager: bool,
 }
 
 impl Default for ServeConfig {
@@ -126,6 +129,7 @@ impl Default for ServeConfig {
             request_body_timeout_ms: 30_000,
             max_logprobs: 20,
             speculative_config: None,
+            enforce_eager: false,
         }
     }
 }
@@ -482,9 +486,11 @@ mod tests {
             "k",
             "--scheduling-policy",
             "priority",
+            "--enforce-eager",
         ]);
         Jail::expect_with(|_| {
             let c = load_config(&a).map_err(|e| e.to_string())?;
+            assert!(c.enforce_eager);
             assert_eq!(c.tool_call_parser, Some(ToolParserName::Glm47));
             assert_eq!(c.reasoning_parser, Some(ReasoningParserName::Glm45));
             assert!(c.enable_auto_tool_choice && !c.enable_prefix_caching);
