@@ -8,16 +8,17 @@
 //! batching with chunked prefill, prefix caching, preemption by recompute, and seeded sampling.
 //! A recording wrapper around the runner counts the tokens each request really computed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use model::generate::{generate, GenerateOptions, TokenPicker};
 use model::{CpuBackend, Glm4Moe, LoadOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use replica::engine::{EngineEvent, EngineHandle, EngineRequest, RequestGuard};
+use replica::engine::EngineRequest;
 use replica::runner::{ModelRunner, SchedulerOutput};
 use replica::sampler::SamplingParams;
 use replica::{
@@ -26,13 +27,11 @@ use replica::{
 };
 use scheduler::FinishReason;
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc;
 
-const BLOCK_SIZE: usize = 16;
+use common::*;
+
 /// First added (special) token of the demo tokenizer; prompts use ordinary tokens below it.
 const FIRST_SPECIAL: u32 = 609;
-/// How long one test may wait for its requests.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 fn demo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/demo")
@@ -125,35 +124,6 @@ fn start(cfg: ServeConfig, num_blocks: usize) -> (Replica, Arc<Mutex<RunLog>>) {
     (Replica::start(&cfg, parts).expect("start replica"), log)
 }
 
-fn request(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> EngineRequest {
-    EngineRequest {
-        prompt_token_ids: prompt,
-        n: 1,
-        choice_base: 0,
-        max_tokens,
-        sampling,
-        stop: Vec::new(),
-        stop_token_ids: Vec::new(),
-        ignore_eos: true,
-        include_stop_str_in_output: false,
-        skip_special_tokens: true,
-        priority: 0,
-        cache_salt: None,
-        arrival: Instant::now(),
-    }
-}
-
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
-    request(
-        prompt,
-        max_tokens,
-        SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
-    )
-}
-
 fn seeded(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> EngineRequest {
     request(
         prompt,
@@ -164,82 +134,6 @@ fn seeded(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> EngineRequest {
             ..SamplingParams::default()
         },
     )
-}
-
-/// One finished choice.
-#[derive(Debug, Clone)]
-struct Choice {
-    /// The scheduler id (the runner's sequence id).
-    id: u64,
-    tokens: Vec<u32>,
-    num_cached_tokens: usize,
-    finish: FinishReason,
-}
-
-struct Pending {
-    guard: RequestGuard,
-    events: mpsc::UnboundedReceiver<EngineEvent>,
-}
-
-fn submit(engine: &EngineHandle, req: EngineRequest) -> Pending {
-    let (tx, events) = mpsc::unbounded_channel();
-    let guard = engine.submit(req, tx).expect("submit");
-    Pending { guard, events }
-}
-
-async fn collect(mut p: Pending) -> Choice {
-    let id = p.guard.ids()[0];
-    let mut tokens = Vec::new();
-    loop {
-        let event = tokio::time::timeout(DEADLINE, p.events.recv())
-            .await
-            .expect("engine stalled")
-            .expect("event channel closed before the request finished");
-        match event {
-            EngineEvent::Delta(d) => {
-                tokens.extend(&d.token_ids);
-                assert_eq!(d.num_generated, tokens.len(), "num_generated of {id}");
-                if let Some(finish) = d.finish {
-                    p.guard.complete();
-                    return Choice {
-                        id,
-                        tokens,
-                        num_cached_tokens: d.num_cached_tokens,
-                        finish: finish.reason,
-                    };
-                }
-            }
-            EngineEvent::Error { message, .. } => panic!("request {id} failed: {message}"),
-        }
-    }
-}
-
-/// Submits all requests at once, then collects them (the engine batches them).
-async fn run_together(engine: &EngineHandle, reqs: &[EngineRequest]) -> Vec<Choice> {
-    let pending: Vec<Pending> = reqs.iter().map(|r| submit(engine, r.clone())).collect();
-    let mut out = Vec::with_capacity(pending.len());
-    for p in pending {
-        out.push(collect(p).await);
-    }
-    idle(engine).await;
-    out
-}
-
-/// Waits until nothing is in flight; the stats snapshot is then the one after the last step.
-async fn idle(engine: &EngineHandle) {
-    tokio::time::timeout(DEADLINE, engine.wait_idle())
-        .await
-        .expect("engine did not become idle");
-}
-
-/// Runs the requests one at a time.
-async fn run_alone(engine: &EngineHandle, reqs: &[EngineRequest]) -> Vec<Choice> {
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        out.push(collect(submit(engine, r.clone())).await);
-        idle(engine).await;
-    }
-    out
 }
 
 fn random_prompt(rng: &mut StdRng, len: usize) -> Vec<u32> {

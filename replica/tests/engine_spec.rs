@@ -7,14 +7,15 @@
 //! acceptance counters must add up: every step yields its accepted drafts plus one token.
 //! (With random weights the acceptance rate itself means little; it is printed for the record.)
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use model::{CpuBackend, Glm4Moe, LoadOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use replica::engine::{EngineEvent, EngineHandle, EngineRequest, RequestGuard};
+use replica::engine::{EngineHandle, EngineRequest};
 use replica::runner::{DraftSeq, ModelRunner, SchedulerOutput};
 use replica::sampler::SamplingParams;
 use replica::{
@@ -23,10 +24,8 @@ use replica::{
 };
 use scheduler::FinishReason;
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc;
 
-const BLOCK_SIZE: usize = 16;
-const DEADLINE: Duration = Duration::from_secs(60);
+use common::*;
 
 /// A model with its tokenizer and the ids prompts may use.
 #[derive(Debug, Clone, Copy)]
@@ -168,35 +167,6 @@ fn start(f: Fixture, cfg: ServeConfig, num_blocks: usize) -> (Replica, Arc<Mutex
     (Replica::start(&cfg, parts).expect("start replica"), log)
 }
 
-fn request(prompt: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> EngineRequest {
-    EngineRequest {
-        prompt_token_ids: prompt,
-        n: 1,
-        choice_base: 0,
-        max_tokens,
-        sampling,
-        stop: Vec::new(),
-        stop_token_ids: Vec::new(),
-        ignore_eos: true,
-        include_stop_str_in_output: false,
-        skip_special_tokens: true,
-        priority: 0,
-        cache_salt: None,
-        arrival: Instant::now(),
-    }
-}
-
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
-    request(
-        prompt,
-        max_tokens,
-        SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
-    )
-}
-
 fn seeded(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> EngineRequest {
     request(
         prompt,
@@ -208,77 +178,6 @@ fn seeded(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> EngineRequest {
             ..SamplingParams::default()
         },
     )
-}
-
-#[derive(Debug, Clone)]
-struct Choice {
-    tokens: Vec<u32>,
-    finish: FinishReason,
-    /// Deltas that carried tokens: one per step that produced tokens for this choice.
-    token_steps: usize,
-}
-
-struct Pending {
-    guard: RequestGuard,
-    events: mpsc::UnboundedReceiver<EngineEvent>,
-}
-
-fn submit(engine: &EngineHandle, req: EngineRequest) -> Pending {
-    let (tx, events) = mpsc::unbounded_channel();
-    let guard = engine.submit(req, tx).expect("submit");
-    Pending { guard, events }
-}
-
-async fn collect(mut p: Pending) -> Choice {
-    let mut tokens = Vec::new();
-    let mut token_steps = 0;
-    loop {
-        let event = tokio::time::timeout(DEADLINE, p.events.recv())
-            .await
-            .expect("engine stalled")
-            .expect("event channel closed before the request finished");
-        match event {
-            EngineEvent::Delta(d) => {
-                token_steps += usize::from(!d.token_ids.is_empty());
-                tokens.extend(&d.token_ids);
-                assert_eq!(d.num_generated, tokens.len());
-                if let Some(finish) = d.finish {
-                    p.guard.complete();
-                    return Choice {
-                        tokens,
-                        finish: finish.reason,
-                        token_steps,
-                    };
-                }
-            }
-            EngineEvent::Error { message, .. } => panic!("request failed: {message}"),
-        }
-    }
-}
-
-async fn idle(engine: &EngineHandle) {
-    tokio::time::timeout(DEADLINE, engine.wait_idle())
-        .await
-        .expect("engine did not become idle");
-}
-
-async fn run_together(engine: &EngineHandle, reqs: &[EngineRequest]) -> Vec<Choice> {
-    let pending: Vec<Pending> = reqs.iter().map(|r| submit(engine, r.clone())).collect();
-    let mut out = Vec::with_capacity(pending.len());
-    for p in pending {
-        out.push(collect(p).await);
-    }
-    idle(engine).await;
-    out
-}
-
-async fn run_alone(engine: &EngineHandle, reqs: &[EngineRequest]) -> Vec<Choice> {
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        out.push(collect(submit(engine, r.clone())).await);
-        idle(engine).await;
-    }
-    out
 }
 
 fn prompts(f: Fixture, seed: u64, lens: &[usize]) -> Vec<Vec<u32>> {

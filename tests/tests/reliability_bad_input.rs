@@ -206,29 +206,9 @@ fn check_target(addr: SocketAddr, who: &str) {
 #[test]
 fn bad_requests_get_clear_errors_on_replica_and_router() {
     let dir = scratch("bad-input");
-    let mut replica = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
-        &[],
-        "replica",
-        &dir.join("replica.log"),
-    );
+    let mut replica = LoggedProc::demo_replica(&dir, &[], &[]);
     let url = replica.url();
-    let mut router = LoggedProc::start(
-        &[
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--replica",
-            &url,
-            "--health-interval-ms",
-            "100",
-        ],
-        &[],
-        "router",
-        &dir.join("router.log"),
-    );
+    let mut router = LoggedProc::router(&dir, &[&url], &["--health-interval-ms", "100"], &[]);
     check_target(replica.addr, "replica");
     check_target(router.addr, "router");
     assert!(replica.alive() && router.alive());

@@ -140,30 +140,22 @@ fn fds_settle(pid: u32, baseline: usize, slack: usize, who: &str) {
 fn stalled_request_bodies_get_408_and_servers_keep_serving() {
     let dir = scratch("body-timeout");
     let ms = DEADLINE.as_millis().to_string();
-    let replica = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
+    let replica = LoggedProc::demo_replica(
+        &dir,
+        &[],
         &[("GLMFLEET_SERVE_REQUEST_BODY_TIMEOUT_MS", &ms)],
-        "replica",
-        &dir.join("replica.log"),
     );
     let replica_url = replica.url();
-    let router = LoggedProc::start(
+    let router = LoggedProc::router(
+        &dir,
+        &[&replica_url],
         &[
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--replica",
-            &replica_url,
             "--health-interval-ms",
             "100",
             "--request-body-timeout-ms",
             &ms,
         ],
         &[],
-        "router",
-        &dir.join("router.log"),
     );
     still_serving(router.addr, "router");
     let metrics = |url: &str| Exposition::parse(&e2e::http::get_text(&format!("{url}/metrics")));

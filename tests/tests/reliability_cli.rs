@@ -214,12 +214,7 @@ fn bad_values_and_missing_files_are_one_clear_error() {
         &["bench", "serve", "--base-url", &dead, "--num-prompts", "1"],
         "unreachable",
     );
-    let replica = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
-        &[],
-        "replica",
-        &dir.join("replica.log"),
-    );
+    let replica = LoggedProc::demo_replica(&dir, &[], &[]);
     let live = replica.url();
     let demo_tokenizer = e2e::repo_root().join("model/demo/tokenizer.json");
     let demo_tokenizer = demo_tokenizer.to_str().unwrap();

@@ -81,21 +81,11 @@ fn api_key_guards_every_api_route_and_stays_out_of_logs() {
         &dir.join("replica.log"),
     );
     let replica_url = replica.url();
-    let router = LoggedProc::start(
-        &[
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--replica",
-            &replica_url,
-            "--health-interval-ms",
-            "100",
-        ],
+    let router = LoggedProc::router(
+        &dir,
+        &[&replica_url],
+        &["--health-interval-ms", "100"],
         &[("RUST_LOG", "debug")],
-        "router",
-        &dir.join("router.log"),
     );
     let bearer = format!("Bearer {SECRET}");
     for (name, addr) in [("replica", replica.addr), ("router", router.addr)] {
@@ -142,12 +132,7 @@ fn api_key_guards_every_api_route_and_stays_out_of_logs() {
 fn api_key_from_the_environment_is_not_on_the_command_line() {
     let dir = scratch("security-env-key");
     let key = "sk-env-only-3c0ffee";
-    let p = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
-        &[("GLMFLEET_API_KEY", key)],
-        "replica",
-        &dir.join("replica.log"),
-    );
+    let p = LoggedProc::demo_replica(&dir, &[], &[("GLMFLEET_API_KEY", key)]);
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid())).expect("cmdline");
     assert!(
         !String::from_utf8_lossy(&cmdline).contains(key),

@@ -111,30 +111,17 @@ fn still_serving(addr: SocketAddr, who: &str) {
 fn oversized_bodies_and_headers_are_refused_and_servers_survive() {
     let dir = scratch("security-limits");
     let limit = LIMIT.to_string();
-    let replica = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
+    let replica = LoggedProc::demo_replica(
+        &dir,
+        &[],
         &[("GLMFLEET_SERVE_MAX_REQUEST_BODY_BYTES", &limit)],
-        "replica",
-        &dir.join("replica.log"),
     );
     let replica_url = replica.url();
-    let router = LoggedProc::start(
-        &[
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--replica",
-            &replica_url,
-            "--max-body-bytes",
-            &limit,
-            "--health-interval-ms",
-            "100",
-        ],
+    let router = LoggedProc::router(
+        &dir,
+        &[&replica_url],
+        &["--max-body-bytes", &limit, "--health-interval-ms", "100"],
         &[],
-        "router",
-        &dir.join("router.log"),
     );
     for (who, addr) in [("replica", replica.addr), ("router", router.addr)] {
         body_limits(addr, who);
@@ -150,27 +137,9 @@ fn oversized_bodies_and_headers_are_refused_and_servers_survive() {
 #[test]
 fn half_sent_request_heads_time_out() {
     let dir = scratch("security-slowloris");
-    let replica = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
-        &[],
-        "replica",
-        &dir.join("replica.log"),
-    );
+    let replica = LoggedProc::demo_replica(&dir, &[], &[]);
     let replica_url = replica.url();
-    let router = LoggedProc::start(
-        &[
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--replica",
-            &replica_url,
-        ],
-        &[],
-        "router",
-        &dir.join("router.log"),
-    );
+    let router = LoggedProc::router(&dir, &[&replica_url], &[], &[]);
     let probes: Vec<_> = [("replica", replica.addr), ("router", router.addr)]
         .into_iter()
         .map(|(who, addr)| {
@@ -238,29 +207,9 @@ impl Decoy {
 #[test]
 fn router_only_connects_to_its_replicas() {
     let dir = scratch("security-hosts");
-    let replica = LoggedProc::start(
-        &["serve", "demo", "--host", "127.0.0.1", "--port", "0"],
-        &[],
-        "replica",
-        &dir.join("replica.log"),
-    );
+    let replica = LoggedProc::demo_replica(&dir, &[], &[]);
     let replica_url = replica.url();
-    let router = LoggedProc::start(
-        &[
-            "router",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--replica",
-            &replica_url,
-            "--health-interval-ms",
-            "100",
-        ],
-        &[],
-        "router",
-        &dir.join("router.log"),
-    );
+    let router = LoggedProc::router(&dir, &[&replica_url], &["--health-interval-ms", "100"], &[]);
     let decoy = Decoy::start();
     let d = decoy.addr.to_string();
     let body = json!({"prompt": "hello", "max_tokens": 2}).to_string();

@@ -209,6 +209,18 @@ __device__ __forceinline__ void ldsm_x4(u32* r, const void* p) {
                : "r"(smem_addr(p)));
 }
 
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
+  int n = pred ? 8 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_addr(smem)), "l"(gmem),
+               "r"(n));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
 __device__ __forceinline__ void mma_fp8(float* c, const u32* a, const u32* b) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -533,18 +545,6 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
 // Dynamic shared memory: attn_smem(D) bytes (device.rs).
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
   return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
-}
-
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
-  int n = pred ? 8 : 0;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_addr(smem)), "l"(gmem),
-               "r"(n));
-}
-
-__device__ __forceinline__ void ldsm_x4_trans(u32* r, const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
 }
 
 template <int N>

@@ -417,6 +417,30 @@ pub struct LoggedProc {
 }
 
 impl LoggedProc {
+    /// `glmfleet serve demo` on an ephemeral loopback port with `flags` and `env`; stderr to
+    /// `dir/replica.log`.
+    pub fn demo_replica(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> LoggedProc {
+        let mut args = vec!["serve", "demo", "--host", "127.0.0.1", "--port", "0"];
+        args.extend_from_slice(flags);
+        LoggedProc::start(&args, env, "replica", &dir.join("replica.log"))
+    }
+
+    /// `glmfleet router` on an ephemeral loopback port in front of `replicas`, with `flags` and
+    /// `env`; stderr to `dir/router.log`.
+    pub fn router(
+        dir: &Path,
+        replicas: &[&str],
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> LoggedProc {
+        let mut args = vec!["router", "--host", "127.0.0.1", "--port", "0"];
+        for r in replicas {
+            args.extend(["--replica", r]);
+        }
+        args.extend_from_slice(flags);
+        LoggedProc::start(&args, env, "router", &dir.join("router.log"))
+    }
+
     /// Starts `glmfleet ARGS` with `env`, stderr to `stderr_path`, and waits for `component`'s
     /// listening line.
     pub fn start(
