@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Prefix-hash routing against round robin on the same traffic, one after the other in one run. For
-# each policy it starts a fleet of REPLICAS replicas behind the router (`glmfleet up`), sends vLLM's
-# prefix_repetition dataset (a few long shared prefixes, short unique suffixes) with
-# `glmfleet bench serve`, and reads the replicas' prefix-cache counters. It prints one table with
-# throughput, TTFT and hit rate per policy.
+# Routing policies side by side on the same traffic (prefix-hash against round robin by default), one
+# after the other in one run. For each policy it starts a fleet of REPLICAS replicas behind the router
+# (`glmfleet up`), sends vLLM's prefix_repetition dataset (a few long shared prefixes, short unique
+# suffixes; or random prompts) with `glmfleet bench serve`, and reads the replicas' prefix-cache
+# counters. It prints one table with throughput, TTFT and hit rate per policy.
 #
 #   ops/perf/routing-compare.sh [GLMFLEET_BINARY]       (default target/release/glmfleet)
 #   env: REPLICAS (2) NUM_PROMPTS (96) CONC (8) PREFIX_LEN (1024) SUFFIX_LEN (32) NUM_PREFIXES (8)
 #        OUT_LEN (16) PORT (18300) MODEL (the embedded demo model) TOKENIZER (MODEL or model/demo)
 #        SERVE_ARGS (extra replica flags) GPUS (one per replica, e.g. 0,1: `up --gpus`)
+#        POLICIES ("prefix-hash round-robin") DATASET (prefix-repetition, or random: no shared
+#        prefixes, IN_LEN (512) tokens in, OUT_LEN out; BURSTINESS (1.0) with REQUEST_RATE (inf))
 #        LOG (/tmp/glmfleet-routing)
 # Loopback only; every loop below is bounded.
 set -euo pipefail
@@ -33,7 +35,14 @@ counter() {
 pid=
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; wait 2>/dev/null' EXIT
 rows=()
-for policy in prefix-hash round-robin; do
+if [ "${DATASET:-prefix-repetition}" = random ]; then
+  data=(--dataset-name random --random-input-len "${IN_LEN:-512}" --random-output-len "${OUT_LEN:-16}")
+else
+  data=(--dataset-name prefix-repetition
+    --prefix-repetition-prefix-len "${PREFIX_LEN:-1024}" --prefix-repetition-suffix-len "${SUFFIX_LEN:-32}"
+    --prefix-repetition-num-prefixes "${NUM_PREFIXES:-8}" --prefix-repetition-output-len "${OUT_LEN:-16}")
+fi
+for policy in ${POLICIES:-prefix-hash round-robin}; do
   echo "== $policy: ${REPLICAS:-2} replicas"
   "$BIN" up "${model_args[@]}" --replicas "${REPLICAS:-2}" --port "$PORT" --policy "$policy" ${GPUS:+--gpus "$GPUS"} \
     -- ${SERVE_ARGS:-} > "$LOG/up-$policy.log" 2>&1 &
@@ -45,9 +54,7 @@ for policy in prefix-hash round-robin; do
   done
   q0=$(counter vllm:prefix_cache_queries_total); h0=$(counter vllm:prefix_cache_hits_total)
   timeout 900 "$BIN" bench serve --port "$PORT" --tokenizer "${TOKENIZER:-${MODEL:-model/demo}}" \
-    --dataset-name prefix-repetition \
-    --prefix-repetition-prefix-len "${PREFIX_LEN:-1024}" --prefix-repetition-suffix-len "${SUFFIX_LEN:-32}" \
-    --prefix-repetition-num-prefixes "${NUM_PREFIXES:-8}" --prefix-repetition-output-len "${OUT_LEN:-16}" \
+    "${data[@]}" --request-rate "${REQUEST_RATE:-inf}" --burstiness "${BURSTINESS:-1.0}" \
     --num-prompts "${NUM_PROMPTS:-96}" --max-concurrency "${CONC:-8}" --seed 1 \
     --save-result --result-dir "$LOG" --result-filename "$policy.json" > "$LOG/bench-$policy.log" 2>&1
   q1=$(counter vllm:prefix_cache_queries_total); h1=$(counter vllm:prefix_cache_hits_total)
