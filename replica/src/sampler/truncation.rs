@@ -16,19 +16,27 @@ const TOP_P_SLACK: f64 = 1e-6;
 /// Below this many candidates a weighted selection just sorts.
 const SMALL_SORT: usize = 32;
 
-/// Temperature, min_p, top_k and top_p, then one draw with `u ∈ [0, 1)`.
-pub(super) fn draw(row: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
+/// Turns logits into weights relative to the best token, in place: w = exp((x - max) / T) ∈ [0, 1]
+/// (p_i ∝ w_i), zeroed below the min_p floor (min_p compares p_i / p_max = w_i with it). False
+/// when no logit is finite above -inf (the row is left as it was).
+fn to_weights(row: &mut [f32], p: &SamplingParams) -> bool {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
-        return 0;
+        return false;
     }
     let inv_t = 1.0 / p.temperature;
     let floor = p.min_p.max(0.0);
-    // Weights relative to the best token: w = exp((x - max) / T) ∈ [0, 1]; p_i ∝ w_i. min_p
-    // compares p_i / p_max = w_i with the floor.
     for x in row.iter_mut() {
         let w = ((*x - max) * inv_t).exp();
         *x = if w >= floor { w } else { 0.0 };
+    }
+    true
+}
+
+/// Temperature, min_p, top_k and top_p, then one draw with `u ∈ [0, 1)`.
+pub(super) fn draw(row: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
+    if !to_weights(row, p) {
+        return 0;
     }
     if p.top_k > 0 || p.top_p < 1.0 {
         return truncate_and_draw(row, p, u);
@@ -51,19 +59,13 @@ pub(super) fn draw(row: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
 /// The distribution [`draw`] samples from, as probabilities over `row` (speculative sampling needs
 /// whole distributions): temperature, min_p, top_k and top_p, with the same kept set as `draw`.
 pub(super) fn distribution(row: &[f32], p: &SamplingParams) -> Vec<f32> {
-    let mut w = vec![0f32; row.len()];
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
+    let mut w = row.to_vec();
+    if !to_weights(&mut w, p) {
+        w.fill(0.0);
         if let Some(first) = w.first_mut() {
             *first = 1.0;
         }
         return w;
-    }
-    let inv_t = 1.0 / p.temperature;
-    let floor = p.min_p.max(0.0);
-    for (x, out) in row.iter().zip(w.iter_mut()) {
-        let v = ((*x - max) * inv_t).exp();
-        *out = if v >= floor { v } else { 0.0 };
     }
     if p.top_k > 0 || p.top_p < 1.0 {
         let kept = kept_set(&w, p);
@@ -84,22 +86,54 @@ pub(super) fn distribution(row: &[f32], p: &SamplingParams) -> Vec<f32> {
     w
 }
 
+/// Mass and count of the positive weights per [`bucket`].
+struct Histogram {
+    mass: Vec<f64>,
+    count: Vec<usize>,
+    total_count: usize,
+}
+
+impl Histogram {
+    fn new(w: &[f32]) -> Self {
+        let mut mass = vec![0f64; NUM_BUCKETS];
+        let mut count = vec![0usize; NUM_BUCKETS];
+        for &x in w.iter().filter(|&&x| x > 0.0) {
+            let b = bucket(x);
+            mass[b] += f64::from(x);
+            count[b] += 1;
+        }
+        let total_count = count.iter().sum();
+        Self {
+            mass,
+            count,
+            total_count,
+        }
+    }
+
+    /// top_p's crossing bucket: `(bucket, mass of the better buckets, mass needed)`. The buckets
+    /// before it hold less than the needed mass.
+    fn top_p_cross(&self, top_p: f32) -> (usize, f64, f64) {
+        let total: f64 = self.mass.iter().sum();
+        let need = f64::from(top_p) * total * (1.0 - TOP_P_SLACK);
+        let last = self.count.iter().rposition(|&c| c > 0).unwrap_or(0);
+        let (mut above, mut b) = (0f64, 0usize);
+        while b < last && above + self.mass[b] < need {
+            above += self.mass[b];
+            b += 1;
+        }
+        (b, above, need)
+    }
+}
+
 /// The candidates [`truncate_and_draw`] draws from (same histogram, same selections), with their
 /// weights.
 fn kept_set(w: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
-    let mut mass = vec![0f64; NUM_BUCKETS];
-    let mut count = vec![0usize; NUM_BUCKETS];
-    for &x in w.iter().filter(|&&x| x > 0.0) {
-        let b = bucket(x);
-        mass[b] += f64::from(x);
-        count[b] += 1;
-    }
-    let total_count: usize = count.iter().sum();
-    if total_count == 0 {
+    let h = Histogram::new(w);
+    if h.total_count == 0 {
         return vec![(argmax(w), 1.0)];
     }
-    if p.top_k > 0 && p.top_k < total_count {
-        return top_k_kept(w, p, &count);
+    if p.top_k > 0 && p.top_k < h.total_count {
+        return top_k_kept(w, p, &h.count);
     }
     let positive = w
         .iter()
@@ -109,14 +143,7 @@ fn kept_set(w: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     if p.top_p >= 1.0 {
         return positive.collect();
     }
-    let total: f64 = mass.iter().sum();
-    let need = f64::from(p.top_p) * total * (1.0 - TOP_P_SLACK);
-    let last = count.iter().rposition(|&c| c > 0).unwrap_or(0);
-    let (mut above, mut b) = (0f64, 0usize);
-    while b < last && above + mass[b] < need {
-        above += mass[b];
-        b += 1;
-    }
+    let (b, above, need) = h.top_p_cross(p.top_p);
     let mut kept: Vec<(u32, f32)> = Vec::new();
     let mut cross: Vec<(u32, f32)> = Vec::new();
     for (i, x) in positive {
@@ -251,19 +278,12 @@ fn draw_from(cands: &[(u32, f32)], u: f64) -> u32 {
 /// ends: by count for top_k, by mass for top_p. Tokens in better buckets are kept whole; only
 /// the crossing bucket is resolved by selection. top_p then applies within the top-k set.
 fn truncate_and_draw(w: &[f32], p: &SamplingParams, u: f64) -> u32 {
-    let mut mass = vec![0f64; NUM_BUCKETS];
-    let mut count = vec![0usize; NUM_BUCKETS];
-    for &x in w.iter().filter(|&&x| x > 0.0) {
-        let b = bucket(x);
-        mass[b] += f64::from(x);
-        count[b] += 1;
-    }
-    let total_count: usize = count.iter().sum();
-    if total_count == 0 {
+    let h = Histogram::new(w);
+    if h.total_count == 0 {
         return argmax(w);
     }
-    if p.top_k > 0 && p.top_k < total_count {
-        return draw_from(&top_k_kept(w, p, &count), u);
+    if p.top_k > 0 && p.top_k < h.total_count {
+        return draw_from(&top_k_kept(w, p, &h.count), u);
     }
     if p.top_p >= 1.0 {
         // top_k keeps everything: sample over all positive weights.
@@ -275,15 +295,7 @@ fn truncate_and_draw(w: &[f32], p: &SamplingParams, u: f64) -> u32 {
             .collect();
         return draw_from(&all, u);
     }
-    let total: f64 = mass.iter().sum();
-    let need = f64::from(p.top_p) * total * (1.0 - TOP_P_SLACK);
-    // Crossing bucket by mass: buckets before it hold less than `need`.
-    let last = count.iter().rposition(|&c| c > 0).unwrap_or(0);
-    let (mut above, mut b) = (0f64, 0usize);
-    while b < last && above + mass[b] < need {
-        above += mass[b];
-        b += 1;
-    }
+    let (b, above, need) = h.top_p_cross(p.top_p);
     let mut cross: Vec<(u32, f32)> = w
         .iter()
         .enumerate()
