@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
-use common::{fixture, floats, ids, reference, rel_l2};
+use common::{fixture, floats, ids, prompt_seqs, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
@@ -582,16 +582,7 @@ fn graph_replay_equals_eager() {
             })
             .collect();
         // prefill all three in one mixed step
-        let seqs: Vec<SeqInput> = prompts
-            .iter()
-            .zip(&tables)
-            .map(|(p, t)| SeqInput {
-                tokens: p,
-                start_pos: 0,
-                block_table: t,
-                sample: true,
-            })
-            .collect();
+        let seqs = prompt_seqs(&prompts, &tables);
         let StepOutput::Tokens(first) = gm.step(&seqs, Some(&sp)).unwrap() else {
             panic!()
         };
@@ -639,45 +630,22 @@ fn graph_replay_equals_eager() {
 fn gpu_rejects_bad_batches() {
     let mut gm = GpuModel::load(&fixture("tiny-b"), &opts()).unwrap();
     let table = [0u32, 1];
-    let big = [600u32];
-    let e = gm
-        .step(
-            &[SeqInput {
-                tokens: &big,
-                start_pos: 0,
-                block_table: &table,
-                sample: true,
-            }],
-            None,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("vocabulary"), "{e}");
     let tok = [1u32];
-    let e = gm
-        .step(
-            &[SeqInput {
-                tokens: &tok,
-                start_pos: 40,
-                block_table: &table,
-                sample: true,
-            }],
-            None,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("block table"), "{e}");
-    let far = [1000u32];
-    let e = gm
-        .step(
-            &[SeqInput {
-                tokens: &tok,
-                start_pos: 0,
-                block_table: &far,
-                sample: true,
-            }],
-            None,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("outside the cache"), "{e}");
+    let cases: [(&[u32], usize, &[u32], &str); 3] = [
+        (&[600], 0, &table, "vocabulary"),
+        (&tok, 40, &table, "block table"),
+        (&tok, 0, &[1000], "outside the cache"),
+    ];
+    for (tokens, start_pos, block_table, want) in cases {
+        let seq = [SeqInput {
+            tokens,
+            start_pos,
+            block_table,
+            sample: true,
+        }];
+        let e = gm.step(&seq, None).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
     // still serves after errors
     let out = gm
         .step(

@@ -6,7 +6,7 @@
 mod common;
 
 use burn::tensor::Tensor;
-use common::{fixture, floats, ids, reference, rel_l2, to_f32, B};
+use common::{fixture, floats, ids, prompt_seqs, reference, rel_l2, to_f32, B};
 use model::generate::{generate, GenerateOptions, Greedy};
 use model::{Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
 
@@ -162,16 +162,7 @@ fn batched_mixed_forward_equals_single() {
     let tables: Vec<Vec<u32>> = (0..prompts.len())
         .map(|i| ((i * per) as u32..((i + 1) * per) as u32).collect())
         .collect();
-    let seqs: Vec<SeqInput> = prompts
-        .iter()
-        .zip(&tables)
-        .map(|(p, t)| SeqInput {
-            tokens: p,
-            start_pos: 0,
-            block_table: t,
-            sample: true,
-        })
-        .collect();
+    let seqs = prompt_seqs(&prompts, &tables);
     let out = m.forward(&seqs, &mut kv).unwrap();
     let logits = out.logits.unwrap();
     let rows = logits.dims()[0];

@@ -322,6 +322,19 @@ impl Fleet {
         self.router.url()
     }
 
+    /// Requests the replicas counted as finished by abort (`vllm:request_success_total`).
+    pub fn aborted_requests(&self) -> f64 {
+        (0..self.addrs.len())
+            .map(|i| {
+                let text = http::get_text(&format!("{}/metrics", self.replica_url(i)));
+                prom::Exposition::parse(&text).sum(
+                    "vllm:request_success_total",
+                    &[("finished_reason", "abort")],
+                )
+            })
+            .sum()
+    }
+
     /// `http://ADDR` of replica `i`, as the router names it (and in `x-glmfleet-replica`).
     pub fn replica_url(&self, i: usize) -> String {
         format!("http://{}", self.addrs[i])

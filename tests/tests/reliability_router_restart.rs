@@ -150,18 +150,6 @@ fn running_on_replicas(fleet: &Fleet) -> u64 {
         .sum()
 }
 
-fn aborted(fleet: &Fleet) -> f64 {
-    (0..fleet.addrs.len())
-        .map(|i| {
-            let text = http::get_text(&format!("{}/metrics", fleet.replica_url(i)));
-            Exposition::parse(&text).sum(
-                "vllm:request_success_total",
-                &[("finished_reason", "abort")],
-            )
-        })
-        .sum()
-}
-
 /// Waits (bounded) for the replicas to have nothing in flight; returns how long it took.
 fn wait_replicas_idle(fleet: &Fleet, what: &str) -> Duration {
     let t = Instant::now();
@@ -203,7 +191,7 @@ fn sigkill_cuts_streams_cleanly_and_a_new_router_takes_over() {
     const TOKENS: u32 = 12_000;
     let mut fleet = Fleet::start(2, "demo", &[], &[]);
     let url = format!("{}/v1/chat/completions", fleet.router_url());
-    let aborted_before = aborted(&fleet);
+    let aborted_before = fleet.aborted_requests();
     let (got, in_flight) = std::thread::scope(|scope| {
         let clients = open_streams(scope, &url, TOKENS, Duration::ZERO);
         let in_flight = running_on_replicas(&fleet);
@@ -228,7 +216,7 @@ fn sigkill_cuts_streams_cleanly_and_a_new_router_takes_over() {
         assert!(g.tokens >= READ_BEFORE - 1, "stream {i}: {}", g.ending());
     }
     let cleaned_in = wait_replicas_idle(&fleet, "after SIGKILL of the router");
-    let aborts = aborted(&fleet) - aborted_before;
+    let aborts = fleet.aborted_requests() - aborted_before;
     assert_eq!(
         aborts, STREAMS as f64,
         "the replicas should have aborted exactly the {STREAMS} orphaned requests"
@@ -301,7 +289,7 @@ fn sigterm_drain_is_bounded_by_the_shutdown_timeout() {
     const TOKENS: u32 = 12_000;
     let mut fleet = Fleet::start(2, "demo", &[], &["--shutdown-timeout", "1"]);
     let url = format!("{}/v1/chat/completions", fleet.router_url());
-    let aborted_before = aborted(&fleet);
+    let aborted_before = fleet.aborted_requests();
     let (got, exit, stopped_in) = std::thread::scope(|scope| {
         let clients = open_streams(scope, &url, TOKENS, Duration::ZERO);
         let t = Instant::now();
@@ -327,7 +315,7 @@ fn sigterm_drain_is_bounded_by_the_shutdown_timeout() {
         );
     }
     wait_replicas_idle(&fleet, "after the bounded drain");
-    let aborts = aborted(&fleet) - aborted_before;
+    let aborts = fleet.aborted_requests() - aborted_before;
     assert_eq!(aborts, STREAMS as f64, "orphaned requests aborted");
     fleet.restart_router();
     new_router_serves(&fleet);

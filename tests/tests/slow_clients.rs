@@ -34,23 +34,11 @@ fn settled(fleet: &Fleet) -> Result<(), String> {
     Ok(())
 }
 
-fn aborted(fleet: &Fleet) -> f64 {
-    (0..fleet.addrs.len())
-        .map(|i| {
-            let text = http::get_text(&format!("{}/metrics", fleet.replica_url(i)));
-            Exposition::parse(&text).sum(
-                "vllm:request_success_total",
-                &[("finished_reason", "abort")],
-            )
-        })
-        .sum()
-}
-
 #[test]
 fn slow_and_vanishing_clients_leak_nothing() {
     let fleet = Fleet::start(2, "demo", &[], &[]);
     let url = format!("{}/v1/chat/completions", fleet.router_url());
-    let aborted_before = aborted(&fleet);
+    let aborted_before = fleet.aborted_requests();
     let peak = std::sync::atomic::AtomicU64::new(0);
     let done = std::sync::atomic::AtomicBool::new(false);
 
@@ -137,7 +125,7 @@ fn slow_and_vanishing_clients_leak_nothing() {
         last.is_ok()
     });
     let took = gone.elapsed();
-    let aborts = aborted(&fleet) - aborted_before;
+    let aborts = fleet.aborted_requests() - aborted_before;
     let peak = peak.into_inner();
     eprintln!(
         "10 clients (3 slow, 3 dropped mid-stream, 2 held then dropped, 2 impatient non-stream): \

@@ -1,11 +1,13 @@
 //! Helpers shared by the model's integration tests: where the fixture checkpoints are, their
-//! reference outputs, reading tensors back as host floats, and the relative error they are judged by.
+//! reference outputs, whole-prompt sequences, reading tensors back as host floats, and the relative
+//! error they are judged by.
 // Each test binary uses a subset.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
+use model::SeqInput;
 
 pub type B = model::TestBackend;
 
@@ -48,6 +50,20 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 }
 
 /// ‖a − b‖ / ‖b‖.
+/// One whole-prompt sequence per (prompt, block table), all sampled.
+pub fn prompt_seqs<'a>(prompts: &'a [Vec<u32>], tables: &'a [Vec<u32>]) -> Vec<SeqInput<'a>> {
+    prompts
+        .iter()
+        .zip(tables)
+        .map(|(p, t)| SeqInput {
+            tokens: p,
+            start_pos: 0,
+            block_table: t,
+            sample: true,
+        })
+        .collect()
+}
+
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();

@@ -125,28 +125,48 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// `replica::serve` on a loopback port with the fake runner, until [`TcpServer::shut_down`].
+struct TcpServer {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), replica::ServeError>>,
+}
+
+impl TcpServer {
+    async fn start(cfg: replica::ServeConfig) -> TcpServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(replica::serve(cfg, parts(fake()), listener, async {
+            let _ = rx.await;
+        }));
+        TcpServer { addr, stop, task }
+    }
+
+    /// Signals shutdown and asserts that the server returns cleanly within 10 s.
+    async fn shut_down(self) {
+        self.stop.send(()).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+}
+
 #[tokio::test]
 async fn serve_over_tcp_and_shut_down_cleanly() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = replica::ServeConfig {
+    let server = TcpServer::start(replica::ServeConfig {
         shutdown_timeout: 5,
         ..config()
-    };
-    let server = tokio::spawn(replica::serve(cfg, parts(fake()), listener, async {
-        let _ = rx.await;
-    }));
+    })
+    .await;
+    let addr = server.addr;
     let (status, body) = http_get(addr, "/v1/models").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"id\":\"glm-test\""), "{body}");
     assert_eq!(http_get(addr, "/health").await.0, 200);
-    tx.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    server.shut_down().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
@@ -161,16 +181,12 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) 
 #[tokio::test]
 async fn a_stalled_request_body_gets_408_and_the_connection_is_closed() {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = replica::ServeConfig {
+    let server = TcpServer::start(replica::ServeConfig {
         request_body_timeout_ms: 300,
         ..config()
-    };
-    let server = tokio::spawn(replica::serve(cfg, parts(fake()), listener, async {
-        let _ = rx.await;
-    }));
+    })
+    .await;
+    let addr = server.addr;
     // Head complete, 100 bytes announced, 10 sent, then nothing.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -235,12 +251,7 @@ async fn a_stalled_request_body_gets_408_and_the_connection_is_closed() {
     );
     // Still serving.
     assert_eq!(http_get(addr, "/health").await.0, 200);
-    tx.send(()).unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(result.is_ok(), "{result:?}");
+    server.shut_down().await;
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! rollback of rejected drafts, stop conditions inside an accepted run, caps, preemption and
 //! block accounting. The randomized end-to-end check is in `tests/scheduling/speculative.rs`.
 
+use super::tests::req;
 use super::*;
 use crate::{RequestUpdate, SchedulerOutput};
 
@@ -13,16 +14,6 @@ fn cfg(block_size: usize, num_blocks: usize, k: usize) -> SchedulerConfig {
         block_size,
         num_blocks,
         num_speculative_tokens: k,
-        ..Default::default()
-    }
-}
-
-fn req(id: RequestId, prompt: Vec<u32>, max_tokens: usize) -> NewRequest {
-    NewRequest {
-        id,
-        prompt_token_ids: prompt,
-        max_tokens,
-        eos_token_ids: vec![0],
         ..Default::default()
     }
 }

@@ -15,7 +15,8 @@ fn cfg(block_size: usize, num_blocks: usize) -> SchedulerConfig {
     }
 }
 
-fn req(id: RequestId, prompt: Vec<u32>, max_tokens: usize) -> NewRequest {
+/// A request with EOS 0 (shared with `spec_tests`).
+pub(super) fn req(id: RequestId, prompt: Vec<u32>, max_tokens: usize) -> NewRequest {
     NewRequest {
         id,
         prompt_token_ids: prompt,
