@@ -644,7 +644,7 @@ impl GpuModel {
             && bucket <= self.ws.t_cap
         {
             let hb = self.host_batch(seqs, Some(bucket))?;
-            self.upload_batch(&hb, bucket)?;
+            self.upload_batch(&hb)?;
             let sp = sampling.unwrap_or_default();
             self.upload_sampling(sp, bucket)?;
             if !self.graphs.contains_key(&bucket) {
@@ -672,7 +672,7 @@ impl GpuModel {
         }
         let hb = self.host_batch(seqs, None)?;
         let t = hb.tokens.len();
-        self.upload_batch(&hb, t)?;
+        self.upload_batch(&hb)?;
         self.forward(t, hb.attn_tiles.len() / 2, r)?;
         if r == 0 {
             self.g.sync()?;
@@ -808,7 +808,7 @@ impl GpuModel {
         Ok(hb)
     }
 
-    fn upload_batch(&self, hb: &HostBatch, _t: usize) -> Result<()> {
+    fn upload_batch(&self, hb: &HostBatch) -> Result<()> {
         let (g, ws) = (&self.g, &self.ws);
         g.upload(ws.meta_at(Meta::Tokens), &hb.tokens)?;
         g.upload(ws.meta_at(Meta::Pos), &hb.pos)?;
