@@ -10,6 +10,7 @@
 //! every position of a seq carrying draft tokens), then [`Runner::draft`] and
 //! [`Runner::draft_next`] (the draft model, GLM's MTP layer, proposing the next step's drafts).
 
+mod draft_plan;
 pub mod fake;
 #[cfg(feature = "gpu")]
 pub mod gpu_runner;

@@ -2,15 +2,11 @@
 //! the scheduler's batch into [`model::SeqInput`]s, runs one forward over all of them (prefill chunks
 //! and decode tokens mixed) and hands back the logits of the sampling sequences.
 //!
-//! With speculative decoding the checkpoint's MTP layer is the draft model (glm.md §3.2). Its entry
-//! at position `p` combines the target's final hidden state at `p` with the token at `p + 1`, and it
-//! has its own KV layer (after the main stack), which must hold an entry for every position the
-//! target computed. So after each verified step [`Runner::draft`] runs the MTP layer over all newly
-//! verified positions of every sequence of the batch; the entry of a prefill chunk's last position
-//! waits for the next chunk (whose first token it needs), kept per sequence in `pending`. Entries of
-//! rejected draft positions are never written: the MTP pass covers verified positions only, and the
-//! further draft steps ([`Runner::draft_next`]) write one position past them, which the next step's
-//! pass overwrites.
+//! With speculative decoding the checkpoint's MTP layer is the draft model (glm.md §3.2), with its
+//! own KV layer after the main stack. After each verified step [`Runner::draft`] runs it over all
+//! newly verified positions of the batch, as [`super::draft_plan`] lays out; the further draft
+//! steps ([`Runner::draft_next`]) write one position past them, which the next step's pass
+//! overwrites.
 
 use std::collections::HashMap;
 
@@ -19,6 +15,7 @@ use burn::tensor::Tensor;
 use model::{Glm4Moe, PagedKvCache, SeqInput};
 use scheduler::SchedulerOutput;
 
+use super::draft_plan::{plan_draft, HiddenRun};
 use super::{DraftSeq, Logits, Runner, RunnerError};
 
 /// One sequence's draft chain between [`Runner::draft`] and [`Runner::draft_next`].
@@ -106,16 +103,6 @@ fn exec_err(e: model::ModelError) -> RunnerError {
     RunnerError::Execution(e.to_string())
 }
 
-/// One sequence's share of the first MTP pass.
-struct Segment {
-    tokens: Vec<u32>,
-    start_pos: usize,
-    /// Index into the batch (for the block table).
-    seq: usize,
-    /// Whether its last row starts a draft chain.
-    drafts: bool,
-}
-
 impl<B: Backend> Runner for ModelRunner<B>
 where
     B::Device: Send,
@@ -153,87 +140,24 @@ where
                 "draft without a verified step before it".into(),
             ));
         };
-        let total: usize = batch.seqs.iter().map(|s| s.token_ids.len()).sum();
-        if hidden.dims()[0] != total {
-            return Err(RunnerError::Execution(format!(
-                "draft: the verified step computed {} tokens, this batch has {total}",
-                hidden.dims()[0]
-            )));
+        let plan = plan_draft(batch, seqs, &mut self.pending, hidden.dims()[0])?;
+        for &(id, pos, row) in &plan.keep {
+            self.pending
+                .insert(id, (pos, hidden.clone().narrow(0, row, 1)));
         }
-        let wanted: HashMap<u64, &DraftSeq> = seqs.iter().map(|d| (d.id, d)).collect();
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut rows: Vec<Tensor<B, 2>> = Vec::new();
-        let mut row = 0;
-        for (i, s) in batch.seqs.iter().enumerate() {
-            let n = s.token_ids.len();
-            let r0 = row;
-            row += n;
-            let carried = self
-                .pending
-                .remove(&s.id)
-                .filter(|(pos, _)| pos + 1 == s.start_pos);
-            let (valid, next) = if !s.sample {
-                (n, None)
-            } else if let Some(d) = wanted.get(&s.id) {
-                (d.num_verified.clamp(1, n), Some(d.next_token))
-            } else {
-                // Finished this step: nothing more to draft.
-                continue;
-            };
-            let mut tokens = Vec::with_capacity(valid + 1);
-            let mut start_pos = s.start_pos;
-            if let Some((pos, h)) = carried {
-                tokens.push(s.token_ids[0]);
-                rows.push(h);
-                start_pos = pos;
-            }
-            tokens.extend_from_slice(&s.token_ids[1..valid]);
-            let own = match next {
-                Some(t) => {
-                    tokens.push(t);
-                    valid
-                }
-                None => {
-                    let last = hidden.clone().narrow(0, r0 + valid - 1, 1);
-                    self.pending.insert(s.id, (s.start_pos + valid - 1, last));
-                    valid - 1
-                }
-            };
-            if own > 0 {
-                rows.push(hidden.clone().narrow(0, r0, own));
-            }
-            if !tokens.is_empty() {
-                segments.push(Segment {
-                    tokens,
-                    start_pos,
-                    seq: i,
-                    drafts: next.is_some(),
-                });
-            }
-        }
-        let mut last_row: HashMap<u64, (usize, usize)> = HashMap::new();
-        let mut end = 0;
-        for seg in &segments {
-            end += seg.tokens.len();
-            if seg.drafts {
-                let s = &batch.seqs[seg.seq];
-                last_row.insert(s.id, (end - 1, seg.start_pos + seg.tokens.len() - 1));
-            }
-        }
-        let mut logit_rows = Vec::with_capacity(seqs.len());
-        for d in seqs {
-            let Some(&(r, _)) = last_row.get(&d.id) else {
-                return Err(RunnerError::Execution(format!(
-                    "draft: sequence {} is not a sampling sequence of the batch",
-                    d.id
-                )));
-            };
-            logit_rows.push(r);
-        }
-        if segments.is_empty() {
+        if plan.segments.is_empty() {
             return Ok(Logits::zeros(0, vocab));
         }
-        let inputs: Vec<SeqInput<'_>> = segments
+        let rows: Vec<Tensor<B, 2>> = plan
+            .hidden
+            .into_iter()
+            .map(|h| match h {
+                HiddenRun::Verified { start, len } => hidden.clone().narrow(0, start, len),
+                HiddenRun::Pending(row) => row,
+            })
+            .collect();
+        let inputs: Vec<SeqInput<'_>> = plan
+            .segments
             .iter()
             .map(|seg| SeqInput {
                 tokens: &seg.tokens,
@@ -244,17 +168,20 @@ where
             .collect();
         let (logits, y) = self
             .model
-            .mtp_forward_rows(&inputs, Tensor::cat(rows, 0), &logit_rows, &mut self.kv)
+            .mtp_forward_rows(
+                &inputs,
+                Tensor::cat(rows, 0),
+                &plan.logit_rows,
+                &mut self.kv,
+            )
             .map_err(exec_err)?;
-        for seg in segments.iter().filter(|s| s.drafts) {
-            let s = &batch.seqs[seg.seq];
-            let (r, pos) = last_row[&s.id];
+        for c in &plan.chains {
             self.chains.insert(
-                s.id,
+                c.id,
                 Chain {
-                    block_table: s.block_table.clone(),
-                    pos,
-                    hidden: y.clone().narrow(0, r, 1),
+                    block_table: batch.seqs[c.seq].block_table.clone(),
+                    pos: c.pos,
+                    hidden: y.clone().narrow(0, c.row, 1),
                 },
             );
         }
