@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
 use model::gpu::weights::{GpuLinear, WeightFormat};
-use model::gpu::{gemm_launch, DevBuf, Gpu, GpuModel, GpuOptions, StepOutput};
+use model::gpu::{gemm_launch, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, StepOutput};
 use model::sample::DeviceSampling;
 use model::{Glm4MoeConfig, SeqInput};
 use rand::{Rng, SeedableRng};
@@ -396,7 +396,6 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
         rows.push(json!({"prefill_seqs": nseq, "prefill_len": len, "ms": ms,
             "tokens_per_s": n as f64 / ms * 1e3}));
     }
-    let verify = verify_steps(&mut m, per_seq, nb, ctx)?;
     // the same decode steps with the KV cache in FP8 (`--kv-cache-dtype fp8`)
     drop(m);
     let mut m = GpuModel::dummy(
@@ -426,52 +425,27 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
         );
     }
     drop(m);
-    let mtp = mtp_cost(c, &opts, &verify, &rows)?;
+    let mtp = mtp_cost(c, &opts, &rows)?;
     Ok(
         json!({"weights_bytes": w, "workspace_bytes": ws, "kv_bytes": kv, "steps": rows, "mtp": mtp}),
     )
 }
 
 /// Batches at which the cost of MTP speculation (one draft token) is measured.
-const MTP_BATCHES: [usize; 3] = [1, 16, 64];
+const MTP_BATCHES: [usize; 4] = [1, 16, 64, 256];
 
-/// Eager ms of a verify step for each of [`MTP_BATCHES`]: every sequence brings two tokens (the
-/// last accepted one and the draft) at context `ctx`, as the verify step of
-/// `num_speculative_tokens = 1` computes them.
-fn verify_steps(m: &mut GpuModel, per_seq: usize, nb: usize, ctx: usize) -> Res<Vec<f64>> {
-    m.set_cuda_graphs(false);
-    let mut out = vec![];
-    for &b in &MTP_BATCHES {
-        let batch = DecodeBatch::new(b, per_seq, nb);
-        let toks: Vec<[u32; 2]> = batch.toks.iter().map(|t| [t[0], t[0] + 1]).collect();
-        let seqs: Vec<SeqInput> = toks
-            .iter()
-            .zip(&batch.tables)
-            .map(|(t, table)| SeqInput {
-                tokens: t,
-                start_pos: ctx - 2,
-                block_table: table,
-                sample: true,
-            })
-            .collect();
-        out.push(time_steps(m, &seqs, &batch.sampling(), 2, 10)?);
-    }
-    Ok(out)
-}
-
-/// The draft side of MTP: the MTP block is one MoE decoder layer plus the shared LM head (and an
-/// `eh_proj` GEMM and two norms, about 1% of the layer), so a one-MoE-layer model's decode step is
-/// its cost. With one draft token a step yields 1 + a tokens (a = acceptance rate) for
-/// verify + draft ms against one decode step: break-even a = (verify + draft) / decode - 1.
-fn mtp_cost(c: &Glm4MoeConfig, opts: &GpuOptions, verify: &[f64], rows: &[Value]) -> Res<Value> {
-    let mut one = c.clone();
-    one.num_hidden_layers = 1;
-    one.first_k_dense_replace = 0;
+/// The cost of MTP speculation with one draft token, on the engine's own verify step and MTP
+/// layer: at context 1024 every sequence verifies two tokens (the last accepted one and the draft;
+/// logits of both come back to the host sampler), then the MTP pass covers the two verified
+/// positions and proposes the next draft from the last (its output row kept for a further draft
+/// step). A step yields 1 + a tokens (a = acceptance rate) for verify + draft ms against one
+/// decode step: break-even a = (verify + draft) / decode - 1.
+fn mtp_cost(c: &Glm4MoeConfig, opts: &GpuOptions, rows: &[Value]) -> Res<Value> {
     let mut m = GpuModel::dummy(
-        one,
+        c.clone(),
         &GpuOptions {
-            cuda_graphs: true,
-            num_blocks: Some(4096),
+            speculative_tokens: 1,
+            cuda_graphs: false,
             ..opts.clone()
         },
         43,
@@ -479,34 +453,64 @@ fn mtp_cost(c: &Glm4MoeConfig, opts: &GpuOptions, verify: &[f64], rows: &[Value]
     )?;
     let ctx = 1024usize;
     let per_seq = ctx.div_ceil(m.block_size()) + 1;
-    println!("\n| MTP, 1 draft token: batch | decode step ms (graph) | verify step ms (2 tokens/seq, eager) | draft ms (MTP layer + LM head, graph) | break-even acceptance |");
+    let half = m.mtp_slots() / 2;
+    println!("\n| MTP, 1 draft token: batch | decode step ms (graph) | verify step ms (2 tokens/seq, logits to host) | draft ms (MTP pass) | break-even acceptance |");
     println!("|---|---|---|---|---|");
     let mut out = vec![];
-    for (i, &b) in MTP_BATCHES.iter().enumerate() {
+    for &b in &MTP_BATCHES {
         let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
-        let draft = time_steps(&mut m, &batch.seqs(ctx), &batch.sampling(), 2, 20)?;
+        let toks: Vec<[u32; 2]> = batch.toks.iter().map(|t| [t[0], t[0] + 1]).collect();
+        let next: Vec<[u32; 2]> = toks.iter().map(|t| [t[1], t[1] + 1]).collect();
+        let (verify_seqs, draft_seqs) = (
+            pairs_at(&toks, &batch.tables, ctx - 2),
+            pairs_at(&next, &batch.tables, ctx - 2),
+        );
+        let two = vec![2usize; b];
+        let hidden: Vec<HiddenRow> = (0..2 * b).map(HiddenRow::Verified).collect();
+        let last: Vec<usize> = (0..b).map(|i| 2 * i + 1).collect();
+        let chains: Vec<(usize, usize)> = (0..b).map(|i| (2 * i + 1, half + i)).collect();
+        let iters = 10;
+        let (mut verify, mut draft) = (0.0, 0.0);
+        for i in 0..iters + 2 {
+            let t = Instant::now();
+            m.verify_step(&verify_seqs, &two)?;
+            let v = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            m.mtp_step(&draft_seqs, &hidden, &last)?;
+            m.keep_rows(KeepFrom::MtpOutput, &chains)?;
+            let d = t.elapsed().as_secs_f64() * 1e3;
+            if i >= 2 {
+                verify += v / iters as f64;
+                draft += d / iters as f64;
+            }
+        }
         let row = rows
             .iter()
             .find(|r| r["decode_batch"] == b && r["kv"].is_null())
             .ok_or("decode step missing")?;
-        let (decode, eager) = (
-            row["graph_ms"].as_f64().unwrap_or(f64::NAN),
-            row["eager_ms"].as_f64().unwrap_or(f64::NAN),
-        );
-        // verify steps are timed eager: scaled by the decode step's graph / eager ratio
-        let verify_graph = verify[i] * decode / eager;
-        let even = (verify_graph + draft) / decode - 1.0;
+        let decode = row["graph_ms"].as_f64().unwrap_or(f64::NAN);
+        let even = (verify + draft) / decode - 1.0;
         println!(
-            "| {b} | {decode:.2} | {:.2} ({verify_graph:.2} as a graph) | {draft:.2} | {:.0}% |",
-            verify[i],
+            "| {b} | {decode:.2} | {verify:.2} | {draft:.2} | {:.0}% |",
             100.0 * even
         );
-        out.push(
-            json!({"batch": b, "decode_ms": decode, "verify_eager_ms": verify[i],
-            "verify_graph_est_ms": verify_graph, "draft_ms": draft, "break_even_acceptance": even}),
-        );
+        out.push(json!({"batch": b, "decode_ms": decode, "verify_ms": verify,
+            "draft_ms": draft, "break_even_acceptance": even}));
     }
     Ok(json!(out))
+}
+
+/// Two-token sequences at `pos`, one per block table.
+fn pairs_at<'a>(toks: &'a [[u32; 2]], tables: &'a [Vec<u32>], pos: usize) -> Vec<SeqInput<'a>> {
+    toks.iter()
+        .zip(tables)
+        .map(|(t, table)| SeqInput {
+            tokens: t,
+            start_pos: pos,
+            block_table: table,
+            sample: true,
+        })
+        .collect()
 }
 
 /// `b` one-token decode sequences at the same position, each with its own blocks (wrapping around

@@ -117,13 +117,13 @@ pub(crate) struct DecoderLayer<B: Backend> {
 }
 
 pub(crate) struct MtpLayer<B: Backend> {
-    embed: Tensor<B, 2>,
-    enorm: Tensor<B, 1>,
-    hnorm: Tensor<B, 1>,
-    eh_proj: Linear<B>,
-    layer: DecoderLayer<B>,
-    head_norm: Tensor<B, 1>,
-    head: Linear<B>,
+    pub(crate) embed: Tensor<B, 2>,
+    pub(crate) enorm: Tensor<B, 1>,
+    pub(crate) hnorm: Tensor<B, 1>,
+    pub(crate) eh_proj: Linear<B>,
+    pub(crate) layer: DecoderLayer<B>,
+    pub(crate) head_norm: Tensor<B, 1>,
+    pub(crate) head: Linear<B>,
 }
 
 pub struct Glm4Moe<B: Backend> {
@@ -664,7 +664,10 @@ pub(crate) fn load_layer<B: Backend>(
     })
 }
 
-fn load_mtp<B: Backend>(w: &mut dyn ParamSource<B>, c: &Glm4MoeConfig) -> Result<MtpLayer<B>> {
+pub(crate) fn load_mtp<B: Backend>(
+    w: &mut dyn ParamSource<B>,
+    c: &Glm4MoeConfig,
+) -> Result<MtpLayer<B>> {
     let l = c.num_hidden_layers;
     let p = format!("model.layers.{l}");
     let h = c.hidden_size;

@@ -14,8 +14,8 @@ use common::{fixture, floats, ids, prompt_seqs, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
-    gemm_launch, prep_threads, sample_launch, sample_part_bytes, BlasLt, DevBuf, Gpu, GpuModel,
-    GpuOptions, StepOutput,
+    gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, BlasLt, DevBuf,
+    Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, StepOutput,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{sample_host, DeviceSampling};
@@ -353,6 +353,42 @@ fn moe_topk_matches_host_routing() {
         for (a, b) in gw.iter().zip(&want.weights) {
             assert!((a - b).abs() < 1e-5, "weights {a} vs {b}");
         }
+    }
+}
+
+/// Router logits in f32 against f64 host products, on both layouts (few tokens: one block per 8
+/// tokens and expert; many: the tiled GEMM), with shapes that are not multiples of the tiles.
+#[test]
+fn router_logits_match_host_products() {
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for (t, e, h) in [(5usize, 40usize, 96usize), (100, 40, 96), (129, 128, 4096)] {
+        let x: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        let w: Vec<f32> = (0..e * h).map(|_| rng.gen_range(-0.05..0.05)).collect();
+        let (xb, wb) = (
+            DevBuf::from_host(&g, &x).unwrap(),
+            DevBuf::from_host(&g, &w).unwrap(),
+        );
+        let out = DevBuf::zeros(&g, t * e * 4).unwrap();
+        router_launch(&g, xb.p(), wb.p(), out.p(), t, e, h).unwrap();
+        let mut got = vec![0f32; t * e];
+        g.download(out.p(), &mut got).unwrap();
+        let mut worst = 0f64;
+        for i in 0..t {
+            for j in 0..e {
+                let want: f64 = (0..h)
+                    .map(|k| x[i * h + k] as f64 * w[j * h + k] as f64)
+                    .sum();
+                let scale: f64 = (0..h)
+                    .map(|k| (x[i * h + k] as f64 * w[j * h + k] as f64).abs())
+                    .sum();
+                worst = worst.max((got[i * e + j] as f64 - want).abs() / scale.max(1e-30));
+            }
+        }
+        assert!(
+            worst < 1e-5,
+            "{t} tokens, {e} experts, {h}: worst {worst:e}"
+        );
     }
 }
 
@@ -727,4 +763,133 @@ fn fp8_kv_cache_doubles_capacity_within_tolerance() {
     );
     assert!(worst < 0.1, "fp8 KV rel L2 {worst:e}");
     assert!(4 * agree >= 3 * steps, "fp8 KV argmax {agree}/{steps}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Speculative decoding: the verify step and the MTP draft layer
+
+/// The verify step's logits for every drafted position, the MTP pass over a whole history (its
+/// hidden inputs from the verify step, the prompt split in two passes with the first pass's last
+/// row carried through the kept pool, as a chunked prefill does), and a further draft step from the
+/// pass's own output, each against the CPU model on tiny-a (BF16 tolerance).
+#[test]
+fn gpu_mtp_draft_matches_cpu() {
+    let dir = fixture("tiny-a");
+    let mut gm = GpuModel::load(
+        &dir,
+        &GpuOptions {
+            speculative_tokens: 2,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(gm.has_mtp());
+    let cpu = Glm4Moe::<Cpu>::load(
+        &dir,
+        &Default::default(),
+        &LoadOptions {
+            progress: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(cpu.has_mtp());
+    let history: Vec<u32> = (0..41).map(|i| (i * 37 + 5) % 250).collect();
+    let n = history.len();
+    let table: Vec<u32> = (0..4).map(|b| 10 + 2 * b).collect();
+    let mut kv = cpu.new_kv_cache(96, 16).unwrap();
+    // Target over history[..n - 1]: logits for its last three positions (a verify of two drafts).
+    let target = [SeqInput {
+        tokens: &history[..n - 1],
+        start_pos: 0,
+        block_table: &table,
+        sample: true,
+    }];
+    let got = logits_of(gm.verify_step(&target, &[3]).unwrap());
+    let out = cpu.forward_rows(&target, &[3], &mut kv).unwrap();
+    let want = common::to_f32(out.logits.unwrap());
+    let verify_err = rel_l2(&got, &want);
+    // MTP over positions 0..n-2 in two passes; the first pass's last row is kept (slot 3) and
+    // feeds the second pass, whose first token is the first pass's missing one.
+    let split = 17;
+    let first = [SeqInput {
+        tokens: &history[1..split],
+        start_pos: 0,
+        block_table: &table,
+        sample: false,
+    }];
+    let hidden: Vec<HiddenRow> = (0..split - 1).map(HiddenRow::Verified).collect();
+    assert!(
+        gm.mtp_step(&first, &hidden[..split - 2], &[]).is_err(),
+        "row count mismatch"
+    );
+    let none = gm.mtp_step(&first[..], &hidden, &[]).unwrap();
+    assert!(none.is_empty());
+    gm.keep_rows(KeepFrom::Verified, &[(split - 1, 3)]).unwrap();
+    let second = [SeqInput {
+        tokens: &history[split..],
+        start_pos: split - 1,
+        block_table: &table,
+        sample: true,
+    }];
+    let hidden: Vec<HiddenRow> = std::iter::once(HiddenRow::Kept(3))
+        .chain((split..n - 1).map(HiddenRow::Verified))
+        .collect();
+    let last = n - split - 1;
+    let draft = gm.mtp_step(&second, &hidden, &[last]).unwrap();
+    let (cpu_logits, y) = cpu
+        .mtp_forward(
+            &[SeqInput {
+                tokens: &history[1..],
+                start_pos: 0,
+                block_table: &table,
+                sample: true,
+            }],
+            out.hidden,
+            &mut kv,
+        )
+        .unwrap();
+    let want_draft = common::to_f32(cpu_logits.narrow(0, n - 2, 1));
+    let draft_err = rel_l2(&draft, &want_draft);
+    // A further draft step from the pass's output row, kept in slot 20.
+    gm.keep_rows(KeepFrom::MtpOutput, &[(last, 20)]).unwrap();
+    let d1 = [7u32];
+    let step = [SeqInput {
+        tokens: &d1,
+        start_pos: n - 1,
+        block_table: &table,
+        sample: true,
+    }];
+    let next = gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[0]).unwrap();
+    let (want_next, _) = cpu
+        .mtp_forward(&step, y.narrow(0, n - 2, 1), &mut kv)
+        .unwrap();
+    let next_err = rel_l2(&next, &common::to_f32(want_next));
+    eprintln!(
+        "tiny-a MTP: verify rel L2 {verify_err:.3e}, draft {draft_err:.3e}, next draft {next_err:.3e}"
+    );
+    assert!(verify_err < BF16_TOL, "verify {verify_err}");
+    assert!(draft_err < BF16_TOL, "draft {draft_err}");
+    assert!(next_err < BF16_TOL, "next draft {next_err}");
+    // Out-of-range inputs are errors.
+    assert!(gm.keep_rows(KeepFrom::Verified, &[(0, 10_000)]).is_err());
+    assert!(gm
+        .mtp_step(&step, &[HiddenRow::Kept(10_000)], &[0])
+        .is_err());
+    assert!(gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[1]).is_err());
+}
+
+/// A checkpoint without an MTP layer cannot draft: a clear error at load.
+#[test]
+fn gpu_speculation_needs_an_mtp_layer() {
+    let e = GpuModel::load(
+        &fixture("tiny-b"),
+        &GpuOptions {
+            speculative_tokens: 1,
+            ..opts()
+        },
+    )
+    .err()
+    .expect("tiny-b has no MTP layer");
+    assert!(e.to_string().contains("MTP layer"), "{e}");
 }

@@ -3,7 +3,7 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [perf] [ncu] [torch] [bench]     (tests perf torch bench when none is named)
+#   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench]   (tests perf torch bench when none is named)
 #   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
 set -uo pipefail
@@ -25,6 +25,11 @@ echo "cuBLASLt: ${lt:-not found}"
 if has tests; then
   echo "== parity tests"
   timeout 300 "$B"/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$LOG/tests.log" | grep -Ev '^\s*$'
+fi
+if has spec; then
+  echo "== speculative decoding through the binary: greedy with and without MTP drafts (tiny-a)"
+  LOG=$LOG timeout 300 python3 ops/perf/spec_check.py "$B"/glmfleet tests/fixtures/tiny-a \
+    --tokenizer-from model/demo --k "${SPEC_K:-2}" 2>&1 | tee "$LOG/spec-check.log"
 fi
 if has perf; then
   echo "== kernel and model benchmarks"

@@ -32,6 +32,8 @@ macro_rules! funcs {
 
 funcs!(
     embed_rows,
+    mtp_input,
+    copy_rows,
     prep_rows,
     gemm_fp8_m16,
     gemm_fp8_m64,
@@ -44,6 +46,7 @@ funcs!(
     attn_d128,
     attn_combine,
     router_logits,
+    router_gemm,
     moe_topk,
     moe_plan,
     moe_combine,

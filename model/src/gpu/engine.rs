@@ -30,6 +30,10 @@ use crate::model::{DecoderLayer, Mlp, SeqInput};
 use crate::sample::DeviceSampling;
 use crate::CpuBackend;
 
+mod mtp;
+use mtp::GpuMtp;
+pub use mtp::{HiddenRow, KeepFrom};
+
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
     pub device: usize,
@@ -49,6 +53,9 @@ pub struct GpuOptions {
     pub cuda_graphs: bool,
     /// KV cache in E4M3 with unit scales (`--kv-cache-dtype fp8`): half the bytes per token.
     pub kv_fp8: bool,
+    /// Draft tokens per step of speculative decoding (`--speculative-config`); above 0 the MTP layer
+    /// is loaded with its KV layer, and the workspace holds logits for every verified position.
+    pub speculative_tokens: usize,
 }
 
 impl Default for GpuOptions {
@@ -64,6 +71,7 @@ impl Default for GpuOptions {
             kv_cache_bytes: None,
             cuda_graphs: true,
             kv_fp8: false,
+            speculative_tokens: 0,
         }
     }
 }
@@ -99,6 +107,15 @@ enum GpuMlp {
         inter: usize,
         shared_inter: usize,
     },
+}
+
+/// The weights [`GpuModel::assemble`] puts together (loaded or dummy).
+struct Parts {
+    embed: DevBuf,
+    layers: Vec<GpuLayer>,
+    norm: DevBuf,
+    lm_head: GpuLinear,
+    mtp: Option<GpuMtp>,
 }
 
 struct GpuLayer {
@@ -146,6 +163,13 @@ struct Workspace {
     tiles: DevBuf,
     ntiles: DevBuf,
     logits: DevBuf,
+    /// f32 `[tokens, hidden]`: final-normed hidden states of the last verify step (MTP input).
+    mtp_hidden: DevBuf,
+    /// f32 `[2 · max seqs, hidden]`: hidden rows kept across steps for the MTP (slots chosen by the
+    /// runner).
+    mtp_kept: DevBuf,
+    /// i32: the MTP pass's hidden sources, then row copies' destinations.
+    mtp_idx: DevBuf,
 }
 
 impl Workspace {
@@ -247,6 +271,8 @@ pub struct GpuModel {
     workspace_bytes: usize,
     /// cuBLASLt for dense GEMMs of more rows than a decode graph holds (absent: our kernel).
     blaslt: Option<BlasLt>,
+    /// The MTP draft layer (speculative decoding), with the last KV layer.
+    mtp: Option<GpuMtp>,
 }
 
 /// A captured step. cudarc's graph holds raw driver handles and is not `Send`; ours is only ever
@@ -290,7 +316,12 @@ impl GpuModel {
             w.linear("lm_head", c.vocab_size, c.hidden_size, false)?
         };
         let lm_head = GpuLinear::upload(&g, &[vec![&lm]])?;
-        // the MTP layer is not run by the GPU engine yet: allowed, like a CPU load without MTP
+        let mtp = if opts.speculative_tokens > 0 {
+            Some(GpuMtp::load(&g, &c, &mut w)?)
+        } else {
+            None
+        };
+        // an MTP layer that does not draft is skipped, as by a CPU load without MTP
         let allowed: Vec<String> = (0..c.num_nextn_predict_layers.max(1))
             .map(|i| format!("model.layers.{}.", c.num_hidden_layers + i))
             .collect();
@@ -298,7 +329,14 @@ impl GpuModel {
             return Err(ModelError::Unexpected(extra));
         }
         w.finish();
-        Self::assemble(config, g, opts, embed, layers, norm, lm_head)
+        let parts = Parts {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            mtp,
+        };
+        Self::assemble(config, g, opts, parts)
     }
 
     /// The architecture from a config alone with random weights generated on the device
@@ -317,12 +355,7 @@ impl GpuModel {
             },
             _ => WeightFormat::Fp8Channel,
         };
-        let (h, nh, nkv, d) = (
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-        );
+        let h = c.hidden_size;
         let mut s = seed;
         let mut next = || {
             s = crate::sample::splitmix(s);
@@ -330,71 +363,41 @@ impl GpuModel {
         };
         let embed = DevBuf::zeros(&g, c.vocab_size * h * 2)?;
         fill_bf16(&g, &embed, c.vocab_size * h, next(), 0.02)?;
-        let ones = |n: usize| -> Result<DevBuf> {
-            let b = DevBuf::zeros(&g, n * 4)?;
-            fill_const(&g, b.p(), n, 1.0)?;
-            Ok(b)
-        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
-            let mlp = if c.is_moe_layer(l) {
-                let (e, i) = (c.n_routed_experts, c.moe_intermediate_size);
-                let si = i * c.n_shared_experts;
-                let gate = DevBuf::zeros(&g, e * h * 4)?;
-                let n = (e * h) as u64;
-                launch!(g, fill_f32_rand, (((n / 256).clamp(1, 65_535)) as u32, 1, 1), (256, 1, 1), 0;
-                    gate.p(), n, next(), 1.0 / (h as f32).sqrt())?;
-                GpuMlp::Moe {
-                    gate,
-                    bias: DevBuf::zeros(&g, e * 4)?,
-                    experts_gu: GpuLinear::dummy(&g, fmt, &[i, i], h, e, false, next())?,
-                    experts_down: GpuLinear::dummy(&g, fmt, &[h], i, e, false, next())?,
-                    shared_gu: GpuLinear::dummy(&g, fmt, &[si, si], h, 1, false, next())?,
-                    shared_down: GpuLinear::dummy(&g, fmt, &[h], si, 1, false, next())?,
-                    inter: i,
-                    shared_inter: si,
-                }
-            } else {
-                let i = c.intermediate_size;
-                GpuMlp::Dense {
-                    gate_up: GpuLinear::dummy(&g, fmt, &[i, i], h, 1, false, next())?,
-                    down: GpuLinear::dummy(&g, fmt, &[h], i, 1, false, next())?,
-                    inter: i,
-                }
-            };
-            layers.push(GpuLayer {
-                in_norm: ones(h)?,
-                qkv: GpuLinear::dummy(
-                    &g,
-                    fmt,
-                    &[nh * d, nkv * d, nkv * d],
-                    h,
-                    1,
-                    c.attention_bias,
-                    next(),
-                )?,
-                q_norm: c.use_qk_norm.then(|| ones(d)).transpose()?,
-                k_norm: c.use_qk_norm.then(|| ones(d)).transpose()?,
-                o: GpuLinear::dummy(&g, fmt, &[h], nh * d, 1, false, next())?,
-                post_norm: ones(h)?,
-                mlp,
-            });
+            layers.push(dummy_layer(&g, c, fmt, l, &mut next)?);
         }
-        let norm = ones(h)?;
+        let norm = ones(&g, h)?;
         let lm_head =
             GpuLinear::dummy(&g, WeightFormat::Bf16, &[c.vocab_size], h, 1, false, next())?;
-        Self::assemble(config, g, opts, embed, layers, norm, lm_head)
+        let mtp = if opts.speculative_tokens > 0 {
+            Some(GpuMtp::dummy(&g, c, fmt, &mut next)?)
+        } else {
+            None
+        };
+        let parts = Parts {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            mtp,
+        };
+        Self::assemble(config, g, opts, parts)
     }
 
     fn assemble(
         config: Glm4MoeConfig,
         g: Arc<Gpu>,
         opts: &GpuOptions,
-        embed: DevBuf,
-        layers: Vec<GpuLayer>,
-        norm: DevBuf,
-        lm_head: GpuLinear,
+        parts: Parts,
     ) -> Result<Self> {
+        let Parts {
+            embed,
+            layers,
+            norm,
+            lm_head,
+            mtp,
+        } = parts;
         let c = &config;
         if c.num_attention_heads / c.num_key_value_heads > 16 || c.head_dim > 128 {
             return Err(ModelError::Device(format!(
@@ -421,7 +424,8 @@ impl GpuModel {
             ));
         }
         let mut weight_bytes = embed.bytes() + norm.bytes() + lm_head.bytes();
-        for l in &layers {
+        weight_bytes += mtp.as_ref().map_or(0, GpuMtp::extra_bytes);
+        for l in layers.iter().chain(mtp.as_ref().map(|m| &m.layer)) {
             weight_bytes += l.in_norm.bytes() + l.post_norm.bytes() + l.qkv.bytes() + l.o.bytes();
             weight_bytes += match &l.mlp {
                 GpuMlp::Dense { gate_up, down, .. } => gate_up.bytes() + down.bytes(),
@@ -444,7 +448,15 @@ impl GpuModel {
             };
         }
         let blaslt = BlasLt::new(&g);
-        let ws = Workspace::new(&g, c, opts, &layers, &lm_head, blaslt.is_some())?;
+        let ws = Workspace::new(
+            &g,
+            c,
+            opts,
+            &layers,
+            &lm_head,
+            mtp.as_ref(),
+            blaslt.is_some(),
+        )?;
         let workspace_bytes = ws.bytes();
         let valid_vocab = c.vocab_size;
         let mut m = Self {
@@ -464,6 +476,7 @@ impl GpuModel {
             weight_bytes,
             workspace_bytes,
             blaslt,
+            mtp,
         };
         m.g.sync()?;
         m.alloc_kv()?;
@@ -478,13 +491,18 @@ impl GpuModel {
         }
     }
 
+    /// KV layers: the main stack, plus the MTP layer's when it drafts.
+    fn kv_layers(&self) -> usize {
+        self.config.num_hidden_layers + usize::from(self.mtp.is_some())
+    }
+
     fn kv_block_bytes(&self) -> usize {
         let c = &self.config;
         2 * self.opts.block_size
             * c.num_key_value_heads
             * c.head_dim
             * self.kv_elem_bytes()
-            * c.num_hidden_layers
+            * self.kv_layers()
     }
 
     fn alloc_kv(&mut self) -> Result<()> {
@@ -521,8 +539,8 @@ impl GpuModel {
             * c.num_key_value_heads
             * c.head_dim
             * self.kv_elem_bytes();
-        let mut kv = Vec::with_capacity(c.num_hidden_layers);
-        for _ in 0..c.num_hidden_layers {
+        let mut kv = Vec::with_capacity(self.kv_layers());
+        for _ in 0..self.kv_layers() {
             kv.push((
                 DevBuf::zeros(&self.g, layer_bytes)?,
                 DevBuf::zeros(&self.g, layer_bytes)?,
@@ -674,24 +692,26 @@ impl GpuModel {
         let t = hb.tokens.len();
         self.upload_batch(&hb)?;
         self.forward(t, hb.attn_tiles.len() / 2, r)?;
-        if r == 0 {
-            self.g.sync()?;
-            return Ok(StepOutput::Nothing);
-        }
         match sampling {
-            Some(sp) => {
+            Some(sp) if r > 0 => {
                 self.upload_sampling(sp, r)?;
                 self.sample(r)?;
                 self.mark("sampling")?;
                 self.read_tokens(r)
             }
-            None => {
-                let v = self.config.vocab_size;
-                let mut data = vec![0f32; r * v];
-                self.g.download(self.ws.logits.p(), &mut data)?;
-                Ok(StepOutput::Logits { data, rows: r })
-            }
+            _ => self.read_logits(r),
         }
+    }
+
+    /// Waits for the step and reads `r` rows of logits.
+    fn read_logits(&self, r: usize) -> Result<StepOutput> {
+        if r == 0 {
+            self.g.sync()?;
+            return Ok(StepOutput::Nothing);
+        }
+        let mut data = vec![0f32; r * self.config.vocab_size];
+        self.g.download(self.ws.logits.p(), &mut data)?;
+        Ok(StepOutput::Logits { data, rows: r })
     }
 
     fn read_tokens(&self, n: usize) -> Result<StepOutput> {
@@ -859,23 +879,7 @@ impl GpuModel {
             self.embed.p(), ws.meta_at(Meta::Tokens), ws.x.p(), h as i32)?;
         self.mark("embedding")?;
         for (li, layer) in self.layers.iter().enumerate() {
-            self.attention(li, layer, t, tiles)?;
-            match &layer.mlp {
-                GpuMlp::Dense {
-                    gate_up,
-                    down,
-                    inter,
-                } => self.swiglu(
-                    gate_up,
-                    down,
-                    *inter,
-                    (ws.x.p(), 0, t, layer.post_norm.p()),
-                    None,
-                    (ws.x.p(), 1),
-                    "dense MLP GEMMs",
-                )?,
-                GpuMlp::Moe { .. } => self.moe(layer, t)?,
-            }
+            self.decoder_layer(li, layer, t, tiles)?;
         }
         if r > 0 {
             let lm = &self.lm_head;
@@ -895,6 +899,30 @@ impl GpuModel {
             self.mark("LM head")?;
         }
         Ok(())
+    }
+
+    /// One decoder layer over the residual stream `ws.x`, with KV layer `li`.
+    fn decoder_layer(&self, li: usize, layer: &GpuLayer, t: usize, tiles: usize) -> Result<()> {
+        self.attention(li, layer, t, tiles)?;
+        match &layer.mlp {
+            GpuMlp::Dense {
+                gate_up,
+                down,
+                inter,
+            } => {
+                let x = self.ws.x.p();
+                self.swiglu(
+                    gate_up,
+                    down,
+                    *inter,
+                    (x, 0, t, layer.post_norm.p()),
+                    None,
+                    (x, 1),
+                    "dense MLP GEMMs",
+                )
+            }
+            GpuMlp::Moe { .. } => self.moe(layer, t),
+        }
     }
 
     fn attention(&self, li: usize, layer: &GpuLayer, t: usize, tiles: usize) -> Result<()> {
@@ -976,8 +1004,7 @@ impl GpuModel {
             ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
             FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
         self.mark("norm/quant")?;
-        launch!(g, router_logits, (t.div_ceil(8) as u32, e as u32, 1), (128, 1, 1), 0;
-            ws.xn.p(), gate.p(), ws.router.p(), t as i32, e as i32, h as i32)?;
+        router_launch(g, ws.xn.p(), gate.p(), ws.router.p(), t, e, h)?;
         launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
             ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
             c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
@@ -1110,6 +1137,30 @@ impl GpuModel {
     }
 }
 
+/// Tokens from which the router logits run as a tiled GEMM (`router_gemm`): below, one block per
+/// 8 tokens and expert reads the gate row once and is latency-bound at decode sizes; above, that
+/// layout rereads every token row once per expert (82 ms of an 8 × 1,000 prefill on Air).
+pub const ROUTER_GEMM_MIN_TOKENS: usize = 64;
+
+/// `out [t, e] = xn [t, h] · gate [e, h]ᵀ` in f32 (`h` a multiple of 4).
+pub fn router_launch(
+    g: &Gpu,
+    xn: u64,
+    gate: u64,
+    out: u64,
+    t: usize,
+    e: usize,
+    h: usize,
+) -> Result<()> {
+    if t >= ROUTER_GEMM_MIN_TOKENS {
+        launch!(g, router_gemm, (t.div_ceil(64) as u32, e.div_ceil(64) as u32, 1), (256, 1, 1), 0;
+            xn, gate, out, t as i32, e as i32, h as i32)
+    } else {
+        launch!(g, router_logits, (t.div_ceil(8) as u32, e as u32, 1), (128, 1, 1), 0;
+            xn, gate, out, t as i32, e as i32, h as i32)
+    }
+}
+
 /// Vocabulary slices per row of the sampling kernels (`SAMPLE_SPLITS` in kernels.cu).
 pub const SAMPLE_SPLITS: usize = 64;
 
@@ -1211,6 +1262,7 @@ impl Workspace {
         opts: &GpuOptions,
         layers: &[GpuLayer],
         lm_head: &GpuLinear,
+        mtp: Option<&GpuMtp>,
         blaslt: bool,
     ) -> Result<Self> {
         let s_cap = opts.max_num_seqs.max(1);
@@ -1218,7 +1270,13 @@ impl Workspace {
             .max_num_batched_tokens
             .max(s_cap)
             .max(MAX_GRAPH_BATCH.min(s_cap.next_power_of_two()));
-        let r_cap = t_cap.min(s_cap.next_power_of_two());
+        // a verify step has logits for every drafted position and the one after
+        let spec = if mtp.is_some() {
+            opts.speculative_tokens
+        } else {
+            0
+        };
+        let r_cap = t_cap.min(s_cap.next_power_of_two() * (1 + spec));
         let blocks_per_seq = opts.max_model_len.div_ceil(opts.block_size);
         let (h, e, k) = (c.hidden_size, c.n_routed_experts, c.num_experts_per_tok);
         let a_cap = t_cap * k;
@@ -1230,7 +1288,7 @@ impl Workspace {
             act = act.max(rows * l.kp * l.elem_bytes());
             scales = scales.max(rows * l.act_groups().max(1));
         };
-        for l in layers {
+        for l in layers.iter().chain(mtp.map(|m| &m.layer)) {
             use_act(&l.qkv, t_cap);
             use_act(&l.o, t_cap);
             f1 = f1.max(t_cap * l.qkv.n);
@@ -1256,6 +1314,19 @@ impl Workspace {
             }
         }
         use_act(lm_head, r_cap);
+        if let Some(m) = mtp {
+            use_act(&m.eh_proj, t_cap);
+            use_act(&m.head, r_cap);
+            // the eh_proj input [embedding | hidden] is built in f1
+            f1 = f1.max(t_cap * 2 * h);
+        }
+        // the MTP's hidden inputs: the verified step's rows, rows kept across steps (a prefill
+        // chunk's last position, draft chains), and the row indices of both
+        let (mtp_rows, kept_rows) = if mtp.is_some() {
+            (t_cap, 2 * s_cap)
+        } else {
+            (0, 0)
+        };
         let meta_ints = Self::meta_ints(t_cap, r_cap, s_cap, blocks_per_seq);
         let z = |bytes: usize| DevBuf::zeros(g, bytes);
         Ok(Self {
@@ -1288,6 +1359,9 @@ impl Workspace {
             tiles: z(2 * (a_cap.div_ceil(16) + e) * 4)?,
             ntiles: z(4)?,
             logits: z(r_cap * c.vocab_size * 4)?,
+            mtp_hidden: z(mtp_rows * h * 4)?,
+            mtp_kept: z(kept_rows * h * 4)?,
+            mtp_idx: z(2 * mtp_rows * 4)?,
         })
     }
 
@@ -1317,6 +1391,9 @@ impl Workspace {
             &self.tiles,
             &self.ntiles,
             &self.logits,
+            &self.mtp_hidden,
+            &self.mtp_kept,
+            &self.mtp_idx,
         ]
         .iter()
         .map(|b| b.bytes())
@@ -1345,6 +1422,72 @@ fn bf16_buf(g: &Gpu, v: &[f32]) -> Result<DevBuf> {
         .map(|&x| half::bf16::from_f32(x).to_bits())
         .collect();
     DevBuf::from_host(g, &b)
+}
+
+/// An f32 vector of `n` ones (a norm's weight in dummy models).
+fn ones(g: &Gpu, n: usize) -> Result<DevBuf> {
+    let b = DevBuf::zeros(g, n * 4)?;
+    fill_const(g, b.p(), n, 1.0)?;
+    Ok(b)
+}
+
+/// Decoder layer `l` with random weights (`fmt` for its linear layers; the MTP layer is built the
+/// same way), seeded from `next`.
+fn dummy_layer(
+    g: &Gpu,
+    c: &Glm4MoeConfig,
+    fmt: WeightFormat,
+    l: usize,
+    next: &mut dyn FnMut() -> u64,
+) -> Result<GpuLayer> {
+    let (h, nh, nkv, d) = (
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+    );
+    let mlp = if c.is_moe_layer(l) {
+        let (e, i) = (c.n_routed_experts, c.moe_intermediate_size);
+        let si = i * c.n_shared_experts;
+        let gate = DevBuf::zeros(g, e * h * 4)?;
+        let n = (e * h) as u64;
+        launch!(g, fill_f32_rand, (((n / 256).clamp(1, 65_535)) as u32, 1, 1), (256, 1, 1), 0;
+            gate.p(), n, next(), 1.0 / (h as f32).sqrt())?;
+        GpuMlp::Moe {
+            gate,
+            bias: DevBuf::zeros(g, e * 4)?,
+            experts_gu: GpuLinear::dummy(g, fmt, &[i, i], h, e, false, next())?,
+            experts_down: GpuLinear::dummy(g, fmt, &[h], i, e, false, next())?,
+            shared_gu: GpuLinear::dummy(g, fmt, &[si, si], h, 1, false, next())?,
+            shared_down: GpuLinear::dummy(g, fmt, &[h], si, 1, false, next())?,
+            inter: i,
+            shared_inter: si,
+        }
+    } else {
+        let i = c.intermediate_size;
+        GpuMlp::Dense {
+            gate_up: GpuLinear::dummy(g, fmt, &[i, i], h, 1, false, next())?,
+            down: GpuLinear::dummy(g, fmt, &[h], i, 1, false, next())?,
+            inter: i,
+        }
+    };
+    Ok(GpuLayer {
+        in_norm: ones(g, h)?,
+        qkv: GpuLinear::dummy(
+            g,
+            fmt,
+            &[nh * d, nkv * d, nkv * d],
+            h,
+            1,
+            c.attention_bias,
+            next(),
+        )?,
+        q_norm: c.use_qk_norm.then(|| ones(g, d)).transpose()?,
+        k_norm: c.use_qk_norm.then(|| ones(g, d)).transpose()?,
+        o: GpuLinear::dummy(g, fmt, &[h], nh * d, 1, false, next())?,
+        post_norm: ones(g, h)?,
+        mlp,
+    })
 }
 
 fn fill_bf16(g: &Gpu, b: &DevBuf, n: usize, seed: u64, amp: f32) -> Result<()> {

@@ -114,6 +114,47 @@ extern "C" __global__ void embed_rows(const u16* table, const int* tokens, float
 }
 
 // ---------------------------------------------------------------------------------------------
+// MTP draft input (glm.md §3.2): out[t] = [RMSNorm(embed[tokens[t]]) * enorm | RMSNorm(h) * hnorm],
+// f32 with row stride 2H, where h is verified[src[t]] for src[t] >= 0 (the target's final-normed
+// hidden state) and kept[-src[t] - 1] otherwise (a row kept from an earlier step).
+extern "C" __global__ void mtp_input(const u16* embed, const int* tokens, const float* verified,
+                                     const float* kept, const int* src, const float* enorm,
+                                     const float* hnorm, float eps, float* out, int H) {
+  __shared__ float sh[32];
+  int t = blockIdx.x;
+  const u16* er = embed + (size_t)tokens[t] * H;
+  int s = src[t];
+  const float* hr = s >= 0 ? verified + (size_t)s * H : kept + (size_t)(-s - 1) * H;
+  float se = 0.f, sv = 0.f;
+#pragma unroll 4
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    float e = bf2f(er[j]), v = hr[j];
+    se += e * e;
+    sv += v * v;
+  }
+  se = block_sum(se, sh);
+  sv = block_sum(sv, sh);
+  float re = rsqrtf(se / (float)H + eps), rv = rsqrtf(sv / (float)H + eps);
+  float* o = out + (size_t)t * 2 * H;
+#pragma unroll 4
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    o[j] = bf2f(er[j]) * re * enorm[j];
+    o[H + j] = hr[j] * rv * hnorm[j];
+  }
+}
+
+// Row copies for the MTP's kept hidden states: dst[dst_rows[i]] = a[src[i]] for src[i] >= 0, else
+// b[-src[i] - 1]; one block per row.
+extern "C" __global__ void copy_rows(const float* a, const float* b, const int* src, float* dst,
+                                     const int* dst_rows, int H) {
+  int i = blockIdx.x, s = src[i];
+  const float* r = s >= 0 ? a + (size_t)s * H : b + (size_t)(-s - 1) * H;
+  float* o = dst + (size_t)dst_rows[i] * H;
+#pragma unroll 4
+  for (int j = threadIdx.x; j < H; j += blockDim.x) o[j] = r[j];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Row preparation for a GEMM (or the router): one block per output row r, reading input row
 // rows ? rows[r] : r. in_mode 0: x; 1: RMSNorm(x) * w; 2: silu(x[j]) * x[j + up_off].
 // Output fmt F32 / BF16 / FP8 with one scale per `group` columns (scales[r * ngroups + g],
@@ -890,6 +931,56 @@ extern "C" __global__ void router_logits(const float* xn, const float* gw, float
   __syncthreads();
   int r = threadIdx.x;
   if (r < 8 && t0 + r < T) out[(size_t)(t0 + r) * E + e] = red[0][r] + red[1][r] + red[2][r] + red[3][r];
+}
+
+// Router logits for many tokens (prefill): the same product as router_logits as a tiled f32 GEMM,
+// 64 tokens x 64 experts per block and 4 x 4 per thread, so each token row is read E / 64 times
+// rather than E times.
+#define RG_T 64
+#define RG_K 16
+extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, const float* gw,
+                                                              float* out, int T, int E, int H) {
+  __shared__ float xs[RG_K][RG_T + 4];
+  __shared__ float ws[RG_K][RG_T + 4];
+  int t0 = blockIdx.x * RG_T, e0 = blockIdx.y * RG_T;
+  int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+  for (int k0 = 0; k0 < H; k0 += RG_K) {
+    for (int i = threadIdx.x; i < RG_T * RG_K; i += 256) {
+      int r = i / RG_K, c = i % RG_K, k = k0 + c;
+      int t = t0 + r, e = e0 + r;
+      xs[c][r] = (t < T && k < H) ? xn[(size_t)t * H + k] : 0.f;
+      ws[c][r] = (e < E && k < H) ? gw[(size_t)e * H + k] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < RG_K; c++) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        a[i] = xs[c][ty * 4 + i];
+        b[i] = ws[c][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int t = t0 + ty * 4 + i;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      int e = e0 + tx * 4 + j;
+      if (t < T && e < E) out[(size_t)t * E + e] = acc[i][j];
+    }
+  }
 }
 
 // Sigmoid scores, selection by score + correction bias within the best `tg` of `ng` groups (group

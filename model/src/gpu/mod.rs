@@ -12,7 +12,8 @@
 //! - [`device`]: context, stream, NVRTC module, device buffers and the launch helper.
 //! - [`blaslt`]: cuBLASLt for the large dense GEMMs (prefill), loaded at run time.
 //! - [`weights`]: linear layers on the device (BF16, FP8 per-channel, FP8 block), fused and grouped.
-//! - [`engine`]: the model, its workspace, the step (eager or graph) and memory planning.
+//! - [`engine`]: the model, its workspace, the step (eager or graph) and memory planning; its `mtp`
+//!   part: the verify step and the MTP draft layer (speculative decoding).
 
 pub mod blaslt;
 pub mod device;
@@ -22,5 +23,6 @@ pub mod weights;
 pub use blaslt::BlasLt;
 pub use device::{DevBuf, Gpu};
 pub use engine::{
-    gemm_launch, prep_threads, sample_launch, sample_part_bytes, GpuModel, GpuOptions, StepOutput,
+    gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, GpuModel,
+    GpuOptions, HiddenRow, KeepFrom, StepOutput,
 };

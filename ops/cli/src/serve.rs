@@ -125,12 +125,6 @@ fn gpu_runner(
     dir: &Path,
     mcfg: &Glm4MoeConfig,
 ) -> Result<(Box<dyn replica::Runner>, usize)> {
-    if cfg.speculative_config.is_some() {
-        bail!(
-            "--speculative-config is not implemented by the GPU engine yet \
-             (GLMFLEET_DEVICE=cpu drafts with the MTP layer)"
-        );
-    }
     let opts = model::gpu::GpuOptions {
         device: 0,
         max_num_batched_tokens: cfg.max_num_batched_tokens,
@@ -146,6 +140,11 @@ fn gpu_runner(
         cuda_graphs: !cfg.enforce_eager
             && std::env::var("GLMFLEET_CUDA_GRAPHS").map_or(true, |v| v != "0"),
         kv_fp8: matches!(cfg.kv_cache_dtype, replica::config::KvCacheDtype::Fp8),
+        // the MTP layer (and its KV layer) only when it drafts
+        speculative_tokens: cfg
+            .speculative_config
+            .as_ref()
+            .map_or(0, |s| s.num_speculative_tokens),
     };
     let t0 = std::time::Instant::now();
     let model = match cfg.load_format {
