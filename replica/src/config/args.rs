@@ -97,7 +97,8 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<u64>,
-    /// auto, dummy, fake or scripted:PATH [default: auto].
+    /// auto, dummy, fake[:STEP[+PER_TOKEN]] (e.g. fake:25ms+20us: a simulated step time) or
+    /// scripted:PATH [default: auto].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_format: Option<LoadFormat>,

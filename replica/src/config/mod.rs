@@ -602,8 +602,31 @@ mod tests {
         assert_eq!("512 Mi".parse::<ByteSize>(), Ok(ByteSize(512 << 20)));
         assert!("12XB".parse::<ByteSize>().is_err());
         assert!("-1".parse::<ByteSize>().is_err());
-        for s in ["auto", "dummy", "fake", "scripted:/a/b.json"] {
+        for s in [
+            "auto",
+            "dummy",
+            "fake",
+            "fake:25000us+20us",
+            "scripted:/a/b.json",
+        ] {
             assert_eq!(s.parse::<LoadFormat>().unwrap().to_string(), s);
+        }
+        let slow = "fake:25ms+0.02ms".parse::<LoadFormat>().unwrap();
+        assert_eq!(slow, "fake:25000us+20us".parse().unwrap());
+        let LoadFormat::Fake(l) = "fake:1.5s".parse().unwrap() else {
+            panic!("not fake")
+        };
+        assert_eq!((l.base.as_millis(), l.per_token.as_nanos()), (1500, 0));
+        for bad in [
+            "fake:",
+            "fake:25",
+            "fake:-1ms",
+            "fake:1ms+",
+            "fake:2h",
+            "fake:1e9s",
+        ] {
+            let e = bad.parse::<LoadFormat>().unwrap_err();
+            assert!(e.contains("fake:25ms+20us"), "{bad}: {e}");
         }
         assert!("scripted:".parse::<LoadFormat>().is_err());
         assert!("pt".parse::<LoadFormat>().is_err());

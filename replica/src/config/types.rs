@@ -4,8 +4,11 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::runner::fake::StepLatency;
 
 /// Tool-call parser (`--tool-call-parser`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -69,8 +72,10 @@ pub enum LoadFormat {
     /// Random weights with the checkpoint's shapes (performance work without a download).
     Dummy,
     /// No model at all: a deterministic fake that favours a token derived from the context
-    /// (tests, router development). See [`crate::runner::FakeRunner`].
-    Fake,
+    /// (tests, router development). See [`crate::runner::FakeRunner`]. `fake:25ms+20us` adds a
+    /// simulated step time (25 ms per step plus 20 µs per scheduled token): a stand-in for a GPU
+    /// replica when measuring the router and the fleet on a machine without one.
+    Fake(StepLatency),
     /// No model: replay the scripted responses in this file
     /// (see [`crate::runner::ScriptedRunner`]).
     Scripted(PathBuf),
@@ -81,7 +86,8 @@ impl fmt::Display for LoadFormat {
         match self {
             Self::Auto => f.write_str("auto"),
             Self::Dummy => f.write_str("dummy"),
-            Self::Fake => f.write_str("fake"),
+            Self::Fake(l) if l.is_zero() => f.write_str("fake"),
+            Self::Fake(l) => write!(f, "fake:{}+{}", micros(l.base), micros(l.per_token)),
             Self::Scripted(p) => write!(f, "scripted:{}", p.display()),
         }
     }
@@ -93,15 +99,56 @@ impl FromStr for LoadFormat {
         match s {
             "auto" => Ok(Self::Auto),
             "dummy" => Ok(Self::Dummy),
-            "fake" => Ok(Self::Fake),
-            _ => match s.strip_prefix("scripted:") {
-                Some(p) if !p.is_empty() => Ok(Self::Scripted(PathBuf::from(p))),
-                _ => Err(format!(
-                    "unknown load format {s:?}: expected auto, dummy, fake or scripted:<path>"
-                )),
-            },
+            "fake" => Ok(Self::Fake(StepLatency::default())),
+            _ => {
+                if let Some(t) = s.strip_prefix("fake:") {
+                    return fake_latency(t).map(Self::Fake).ok_or_else(|| {
+                        format!(
+                            "load format {s:?}: expected fake:<step time>[+<time per token>], \
+                             e.g. fake:25ms+20us"
+                        )
+                    });
+                }
+                match s.strip_prefix("scripted:") {
+                    Some(p) if !p.is_empty() => Ok(Self::Scripted(PathBuf::from(p))),
+                    _ => Err(format!(
+                        "unknown load format {s:?}: expected auto, dummy, fake[:<step time>\
+                         [+<time per token>]] or scripted:<path>"
+                    )),
+                }
+            }
         }
     }
+}
+
+/// `25ms+20us` (the second part optional; units s, ms, us).
+fn fake_latency(s: &str) -> Option<StepLatency> {
+    let (base, per_token) = match s.split_once('+') {
+        Some((b, t)) => (b, Some(t)),
+        None => (s, None),
+    };
+    Some(StepLatency {
+        base: duration(base)?,
+        per_token: per_token.map_or(Some(Duration::ZERO), duration)?,
+    })
+}
+
+fn duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else {
+        (s.strip_suffix('s')?, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0 && v * scale < 3600.0).then(|| Duration::from_secs_f64(v * scale))
+}
+
+/// A duration as whole microseconds with its unit (`Display` of [`LoadFormat::Fake`]).
+fn micros(d: Duration) -> String {
+    format!("{}us", d.as_micros())
 }
 
 impl Serialize for LoadFormat {

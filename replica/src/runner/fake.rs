@@ -39,6 +39,10 @@ pub struct StepLatency {
 }
 
 impl StepLatency {
+    pub fn is_zero(&self) -> bool {
+        self.base.is_zero() && self.per_token.is_zero()
+    }
+
     fn wait(&self, tokens: usize) {
         let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
         let total = self.base + self.per_token.saturating_mul(tokens);
@@ -370,7 +374,9 @@ pub fn runner_for_load_format(
     eos_token_ids: &[u32],
 ) -> Result<Option<Box<dyn Runner>>, ScriptError> {
     match format {
-        LoadFormat::Fake => Ok(Some(Box::new(FakeRunner::for_tokenizer(tokenizer)))),
+        LoadFormat::Fake(latency) => Ok(Some(Box::new(
+            FakeRunner::for_tokenizer(tokenizer).with_latency(*latency),
+        ))),
         LoadFormat::Scripted(path) => {
             let eos = eos_token_ids
                 .first()
@@ -420,6 +426,24 @@ mod tests {
             num_batched_tokens,
             preempted: vec![],
         }
+    }
+
+    /// `--load-format fake:STEP+PER_TOKEN` builds a fake whose steps take at least that long.
+    #[test]
+    fn fake_load_format_carries_its_step_time() {
+        let tok = crate::testing::byte_tokenizer();
+        let fmt: LoadFormat = "fake:20ms+1ms".parse().unwrap();
+        let mut r = runner_for_load_format(&fmt, &tok, &[]).unwrap().unwrap();
+        let t = std::time::Instant::now();
+        let out = r
+            .execute(&batch(vec![seq(1, vec![3, 4, 5], 0, true)]))
+            .unwrap();
+        assert_eq!(out.rows, 1);
+        assert!(
+            t.elapsed() >= Duration::from_millis(23),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     fn argmax(row: &[f32]) -> u32 {
