@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use model::SeqInput;
 use scheduler::SchedulerOutput;
 
 use super::{DraftSeq, RunnerError};
@@ -53,6 +54,21 @@ pub(crate) struct DraftPlan<P> {
     pub logit_rows: Vec<usize>,
     /// One per drafting segment, in pass order.
     pub chains: Vec<ChainStart>,
+}
+
+impl<P> DraftPlan<P> {
+    /// The pass's sequences, with the block tables of `batch` (the batch it was planned for).
+    pub fn inputs<'a>(&'a self, batch: &'a SchedulerOutput) -> Vec<SeqInput<'a>> {
+        self.segments
+            .iter()
+            .map(|seg| SeqInput {
+                tokens: &seg.tokens,
+                start_pos: seg.start_pos,
+                block_table: &batch.seqs[seg.seq].block_table,
+                sample: seg.drafts,
+            })
+            .collect()
+    }
 }
 
 /// Plans the pass after `batch` was verified (`verified_rows` rows computed), for the sequences

@@ -129,16 +129,7 @@ impl Runner for GpuRunner {
         }
         let mut logits = Vec::new();
         if !plan.segments.is_empty() {
-            let inputs: Vec<SeqInput<'_>> = plan
-                .segments
-                .iter()
-                .map(|seg| SeqInput {
-                    tokens: &seg.tokens,
-                    start_pos: seg.start_pos,
-                    block_table: &batch.seqs[seg.seq].block_table,
-                    sample: seg.drafts,
-                })
-                .collect();
+            let inputs = plan.inputs(batch);
             logits = self
                 .model
                 .mtp_step(&inputs, &hidden, &plan.logit_rows)

@@ -140,7 +140,7 @@ where
                 "draft without a verified step before it".into(),
             ));
         };
-        let plan = plan_draft(batch, seqs, &mut self.pending, hidden.dims()[0])?;
+        let mut plan = plan_draft(batch, seqs, &mut self.pending, hidden.dims()[0])?;
         for &(id, pos, row) in &plan.keep {
             self.pending
                 .insert(id, (pos, hidden.clone().narrow(0, row, 1)));
@@ -148,24 +148,14 @@ where
         if plan.segments.is_empty() {
             return Ok(Logits::zeros(0, vocab));
         }
-        let rows: Vec<Tensor<B, 2>> = plan
-            .hidden
+        let rows: Vec<Tensor<B, 2>> = std::mem::take(&mut plan.hidden)
             .into_iter()
             .map(|h| match h {
                 HiddenRun::Verified { start, len } => hidden.clone().narrow(0, start, len),
                 HiddenRun::Pending(row) => row,
             })
             .collect();
-        let inputs: Vec<SeqInput<'_>> = plan
-            .segments
-            .iter()
-            .map(|seg| SeqInput {
-                tokens: &seg.tokens,
-                start_pos: seg.start_pos,
-                block_table: &batch.seqs[seg.seq].block_table,
-                sample: seg.drafts,
-            })
-            .collect();
+        let inputs = plan.inputs(batch);
         let (logits, y) = self
             .model
             .mtp_forward_rows(
