@@ -454,8 +454,8 @@ fn mtp_cost(c: &Glm4MoeConfig, opts: &GpuOptions, rows: &[Value]) -> Res<Value> 
     let ctx = 1024usize;
     let per_seq = ctx.div_ceil(m.block_size()) + 1;
     let half = m.mtp_slots() / 2;
-    println!("\n| MTP, 1 draft token: batch | decode step ms (graph) | verify step ms (2 tokens/seq, logits to host) | draft ms (MTP pass) | break-even acceptance |");
-    println!("|---|---|---|---|---|");
+    println!("\n| MTP, 1 draft token: batch | rows to the host | decode step ms (graph) | verify step ms (2 tokens/seq) | draft ms (MTP pass) | break-even acceptance |");
+    println!("|---|---|---|---|---|---|");
     let mut out = vec![];
     for &b in &MTP_BATCHES {
         let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
@@ -469,33 +469,39 @@ fn mtp_cost(c: &Glm4MoeConfig, opts: &GpuOptions, rows: &[Value]) -> Res<Value> 
         let hidden: Vec<HiddenRow> = (0..2 * b).map(HiddenRow::Verified).collect();
         let last: Vec<usize> = (0..b).map(|i| 2 * i + 1).collect();
         let chains: Vec<(usize, usize)> = (0..b).map(|i| (2 * i + 1, half + i)).collect();
-        let iters = 10;
-        let (mut verify, mut draft) = (0.0, 0.0);
-        for i in 0..iters + 2 {
-            let t = Instant::now();
-            m.verify_step(&verify_seqs, &two)?;
-            let v = t.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            m.mtp_step(&draft_seqs, &hidden, &last)?;
-            m.keep_rows(KeepFrom::MtpOutput, &chains)?;
-            let d = t.elapsed().as_secs_f64() * 1e3;
-            if i >= 2 {
-                verify += v / iters as f64;
-                draft += d / iters as f64;
-            }
-        }
         let row = rows
             .iter()
             .find(|r| r["decode_batch"] == b && r["kv"].is_null())
             .ok_or("decode step missing")?;
         let decode = row["graph_ms"].as_f64().unwrap_or(f64::NAN);
-        let even = (verify + draft) / decode - 1.0;
-        println!(
-            "| {b} | {decode:.2} | {verify:.2} | {draft:.2} | {:.0}% |",
-            100.0 * even
-        );
-        out.push(json!({"batch": b, "decode_ms": decode, "verify_ms": verify,
-            "draft_ms": draft, "break_even_acceptance": even}));
+        // host: logits rows to the host sampler; device: greedy ids drawn on the GPU
+        for greedy in [false, true] {
+            let iters = 10;
+            let (mut verify, mut draft) = (0.0, 0.0);
+            for i in 0..iters + 2 {
+                let t = Instant::now();
+                m.verify_step(&verify_seqs, &two, greedy)?;
+                let v = t.elapsed().as_secs_f64() * 1e3;
+                let t = Instant::now();
+                m.mtp_step(&draft_seqs, &hidden, &last, greedy)?;
+                m.keep_rows(KeepFrom::MtpOutput, &chains)?;
+                let d = t.elapsed().as_secs_f64() * 1e3;
+                if i >= 2 {
+                    verify += v / iters as f64;
+                    draft += d / iters as f64;
+                }
+            }
+            let even = (verify + draft) / decode - 1.0;
+            let mode = if greedy { "greedy ids" } else { "logits" };
+            println!(
+                "| {b} | {mode} | {decode:.2} | {verify:.2} | {draft:.2} | {:.0}% |",
+                100.0 * even
+            );
+            out.push(
+                json!({"batch": b, "greedy_on_device": greedy, "decode_ms": decode,
+                "verify_ms": verify, "draft_ms": draft, "break_even_acceptance": even}),
+            );
+        }
     }
     Ok(json!(out))
 }

@@ -805,7 +805,7 @@ fn gpu_mtp_draft_matches_cpu() {
         block_table: &table,
         sample: true,
     }];
-    let got = logits_of(gm.verify_step(&target, &[3]).unwrap());
+    let got = logits_of(gm.verify_step(&target, &[3], false).unwrap());
     let out = cpu.forward_rows(&target, &[3], &mut kv).unwrap();
     let want = common::to_f32(out.logits.unwrap());
     let verify_err = rel_l2(&got, &want);
@@ -820,11 +820,12 @@ fn gpu_mtp_draft_matches_cpu() {
     }];
     let hidden: Vec<HiddenRow> = (0..split - 1).map(HiddenRow::Verified).collect();
     assert!(
-        gm.mtp_step(&first, &hidden[..split - 2], &[]).is_err(),
+        gm.mtp_step(&first, &hidden[..split - 2], &[], false)
+            .is_err(),
         "row count mismatch"
     );
-    let none = gm.mtp_step(&first[..], &hidden, &[]).unwrap();
-    assert!(none.is_empty());
+    let none = gm.mtp_step(&first[..], &hidden, &[], false).unwrap();
+    assert_eq!(none, StepOutput::Nothing);
     gm.keep_rows(KeepFrom::Verified, &[(split - 1, 3)]).unwrap();
     let second = [SeqInput {
         tokens: &history[split..],
@@ -836,7 +837,7 @@ fn gpu_mtp_draft_matches_cpu() {
         .chain((split..n - 1).map(HiddenRow::Verified))
         .collect();
     let last = n - split - 1;
-    let draft = gm.mtp_step(&second, &hidden, &[last]).unwrap();
+    let draft = logits_of(gm.mtp_step(&second, &hidden, &[last], false).unwrap());
     let (cpu_logits, y) = cpu
         .mtp_forward(
             &[SeqInput {
@@ -860,7 +861,10 @@ fn gpu_mtp_draft_matches_cpu() {
         block_table: &table,
         sample: true,
     }];
-    let next = gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[0]).unwrap();
+    let next = logits_of(
+        gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[0], false)
+            .unwrap(),
+    );
     let (want_next, _) = cpu
         .mtp_forward(&step, y.narrow(0, n - 2, 1), &mut kv)
         .unwrap();
@@ -871,12 +875,38 @@ fn gpu_mtp_draft_matches_cpu() {
     assert!(verify_err < BF16_TOL, "verify {verify_err}");
     assert!(draft_err < BF16_TOL, "draft {draft_err}");
     assert!(next_err < BF16_TOL, "next draft {next_err}");
+    // Greedy draws on the device: each id is its row's argmax (rerunning a step rewrites the
+    // same KV, so the rows are the ones above up to rounding).
+    let vocab = gm.config.vocab_size;
+    let near_max = |ids: StepOutput, rows: &[f32]| {
+        let StepOutput::Tokens(ids) = ids else {
+            panic!("expected ids, got {ids:?}")
+        };
+        assert_eq!(ids.len(), rows.len() / vocab);
+        for (id, row) in ids.iter().zip(rows.chunks(vocab)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let scale = row.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            assert!(
+                row[*id as usize] >= max - 1e-3 * scale,
+                "id {id}: {} vs {max}",
+                row[*id as usize]
+            );
+        }
+    };
+    near_max(gm.verify_step(&target, &[3], true).unwrap(), &got);
+    near_max(
+        gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[0], true)
+            .unwrap(),
+        &next,
+    );
     // Out-of-range inputs are errors.
     assert!(gm.keep_rows(KeepFrom::Verified, &[(0, 10_000)]).is_err());
     assert!(gm
-        .mtp_step(&step, &[HiddenRow::Kept(10_000)], &[0])
+        .mtp_step(&step, &[HiddenRow::Kept(10_000)], &[0], false)
         .is_err());
-    assert!(gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[1]).is_err());
+    assert!(gm
+        .mtp_step(&step, &[HiddenRow::Kept(20)], &[1], false)
+        .is_err());
 }
 
 /// A checkpoint without an MTP layer cannot draft: a clear error at load.

@@ -78,12 +78,18 @@ struct RunLog {
     steps: usize,
     /// Steps in which some sequence carried draft tokens.
     steps_with_drafts: usize,
+    /// Verify steps that asked for greedy ids rather than logits (the device path).
+    greedy_verifies: usize,
 }
 
-/// `ModelRunner` plus a [`RunLog`], forwarding the drafting methods.
+/// `ModelRunner` plus a [`RunLog`], forwarding the drafting methods. With `device` it claims to
+/// sample on the device, so the engine takes its device paths (plain steps through
+/// `execute_sampled`, all-greedy speculative steps through the `*_greedy` methods), served by the
+/// trait's host twins of the device draws.
 struct Recording {
     inner: ModelRunner<CpuBackend>,
     log: Arc<Mutex<RunLog>>,
+    device: bool,
 }
 
 impl Recording {
@@ -105,12 +111,24 @@ impl Runner for Recording {
     fn release(&mut self, ids: &[u64]) {
         self.inner.release(ids)
     }
+    fn samples_on_device(&self) -> bool {
+        self.device
+    }
     fn supports_drafting(&self) -> bool {
         self.inner.supports_drafting()
     }
     fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
         self.record(batch);
         self.inner.execute_verify(batch)
+    }
+    fn execute_verify_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        self.log.lock().unwrap().greedy_verifies += 1;
+        self.record(batch);
+        self.inner.execute_verify_greedy(batch, valid_vocab)
     }
     fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
         self.inner.draft(batch, seqs)
@@ -140,6 +158,7 @@ fn parts(
     f: Fixture,
     model: Glm4Moe<CpuBackend>,
     num_blocks: usize,
+    device: bool,
 ) -> (ReplicaParts, Arc<Mutex<RunLog>>) {
     let eos = model.config.eos_token_ids.clone();
     let max_position_embeddings = model.config.max_position_embeddings;
@@ -147,6 +166,7 @@ fn parts(
     let runner = Recording {
         inner: ModelRunner::new(model, num_blocks, BLOCK_SIZE).expect("KV cache"),
         log: log.clone(),
+        device,
     };
     let parts = ReplicaParts {
         runner: Box::new(runner),
@@ -163,7 +183,17 @@ fn parts(
 }
 
 fn start(f: Fixture, cfg: ServeConfig, num_blocks: usize) -> (Replica, Arc<Mutex<RunLog>>) {
-    let (parts, log) = parts(f, f.load(true), num_blocks);
+    start_on(f, cfg, num_blocks, false)
+}
+
+/// As [`start`], with a runner that claims device sampling when `device`.
+fn start_on(
+    f: Fixture,
+    cfg: ServeConfig,
+    num_blocks: usize,
+    device: bool,
+) -> (Replica, Arc<Mutex<RunLog>>) {
+    let (parts, log) = parts(f, f.load(true), num_blocks, device);
     (Replica::start(&cfg, parts).expect("start replica"), log)
 }
 
@@ -249,6 +279,21 @@ async fn greedy_equivalence(f: Fixture) {
         );
         spec.shutdown().await;
     }
+    // The device paths (plain steps drawn by `execute_sampled`, speculative steps verified and
+    // drafted by greedy draws) give the same tokens.
+    let (dev, log) = start_on(f, config(2, 128, 512), 512, true);
+    let got = run_together(dev.engine(), &reqs).await;
+    assert_same(&got, &want, "k = 2, batched, device draws");
+    assert_counters_add_up(dev.engine(), &got, "device draws");
+    let (greedy_verifies, steps) = {
+        let log = log.lock().unwrap();
+        (log.greedy_verifies, log.steps)
+    };
+    assert_eq!(
+        greedy_verifies, steps,
+        "every step verified on the device path"
+    );
+    dev.shutdown().await;
     // One at a time: every decode step is a speculative step of a single sequence.
     let (spec, log) = start(f, config(1, 128, 512), 512);
     let alone = run_alone(spec.engine(), &reqs[..6]).await;
@@ -316,6 +361,9 @@ impl Runner for Oracle {
         }
         self.inner.release(ids)
     }
+    fn samples_on_device(&self) -> bool {
+        self.inner.samples_on_device()
+    }
     fn supports_drafting(&self) -> bool {
         true
     }
@@ -379,12 +427,14 @@ async fn accepted_drafts_keep_greedy_output_and_save_steps() {
                 .collect()
         })
         .collect();
-    for (k, together) in [(3, false), (2, true)] {
-        let (p, log) = parts(f, f.load(true), 512);
+    // `device`: all-greedy steps verify and draft with the device-side greedy draws.
+    for (k, together, device) in [(3, false, false), (2, true, false), (3, true, true)] {
+        let (p, log) = parts(f, f.load(true), 512, device);
         let oracle = Oracle {
             inner: Recording {
                 inner: ModelRunner::new(f.load(true), 512, BLOCK_SIZE).unwrap(),
                 log: log.clone(),
+                device,
             },
             reference: reference.clone(),
             history: Default::default(),
@@ -402,11 +452,16 @@ async fn accepted_drafts_keep_greedy_output_and_save_steps() {
         } else {
             run_alone(spec.engine(), &reqs).await
         };
-        assert_same(&got, &want, &format!("oracle drafts, k = {k}"));
+        assert_same(
+            &got,
+            &want,
+            &format!("oracle drafts, k = {k}, device draws {device}"),
+        );
         let (drafted, accepted) = assert_counters_add_up(spec.engine(), &got, "oracle");
         let steps = log.lock().unwrap().steps;
         eprintln!(
-            "oracle drafts k={k} together={together}: {accepted}/{drafted} accepted, {steps} \
+            "oracle drafts k={k} together={together} device={device}: {accepted}/{drafted} \
+             accepted, {steps} \
              steps (alone without speculation: {plain_steps})"
         );
         assert!(accepted * 2 > drafted, "{accepted} of {drafted} accepted");
@@ -486,7 +541,7 @@ async fn preemption_with_speculation_keeps_greedy_outputs() {
 #[tokio::test]
 async fn speculation_needs_an_mtp_layer() {
     let f = Fixture::Demo;
-    let (p, _) = parts(f, f.load(false), 64);
+    let (p, _) = parts(f, f.load(false), 64, false);
     let err = Replica::start(&config(1, 256, 512), p)
         .unwrap_err()
         .to_string();
@@ -495,7 +550,7 @@ async fn speculation_needs_an_mtp_layer() {
         "{err}"
     );
     // Without speculation the same model serves.
-    let (p, _) = parts(f, f.load(false), 64);
+    let (p, _) = parts(f, f.load(false), 64, false);
     let r = Replica::start(&config(0, 256, 512), p).expect("plain replica");
     let out = run_alone(r.engine(), &[greedy(vec![1, 2, 3], 4)]).await;
     assert_eq!(out[0].tokens.len(), 4);

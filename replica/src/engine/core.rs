@@ -39,11 +39,41 @@ use super::handle::{Command, Shared};
 use super::{ChoiceDelta, EngineEvent, EngineRequest, Finish, StopReason};
 use crate::metrics::{Metrics, RequestTimings};
 use crate::output::{TextDelta, TextOutput};
-use crate::runner::{DraftSeq, Runner};
-use crate::sampler::{sample_batch, SampleLogprobs, SamplingParams, SeqSampler};
+use crate::runner::{DraftSeq, Logits, Runner};
+use crate::sampler::{sample_batch, DraftToken, SampleLogprobs, SamplingParams, SeqSampler};
 
 /// The new tokens of each sampling sequence of a step (what `update_from_output` takes).
 type StepTokens = Vec<(u64, Vec<u32>)>;
+
+/// One draft step's output: logits rows for the host sampler, or greedy ids drawn on the device.
+enum DraftRows {
+    Logits(Logits),
+    Greedy(Vec<u32>),
+}
+
+impl DraftRows {
+    /// Rows, or `None` for logits of the wrong shape.
+    fn len(&self) -> Option<usize> {
+        match self {
+            Self::Logits(l) => l.check_shape().is_ok().then_some(l.rows),
+            Self::Greedy(ids) => Some(ids.len()),
+        }
+    }
+}
+
+/// The tokens a greedy sequence emits from a verify step: `ids[i]` is the target's greedy choice
+/// after draft `i - 1`; drafts are kept while they equal it, then its choice ends the run (all
+/// drafts accepted: the choice after the last one).
+fn accept_greedy(ids: &[u32], drafts: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(ids.len());
+    for (i, &t) in ids.iter().enumerate() {
+        out.push(t);
+        if drafts.get(i) != Some(&t) {
+            break;
+        }
+    }
+    out
+}
 
 /// How long an engine with unfinished but unschedulable work waits for commands before
 /// trying again (no busy spin).
@@ -359,6 +389,9 @@ impl EngineCore {
     /// The speculative step: logits for every position of the seqs carrying drafts, verified
     /// with each sequence's sampler (exact for greedy and sampled requests).
     fn execute_and_verify(&mut self, out: &SchedulerOutput) -> Result<StepTokens, String> {
+        if self.greedy_on_device(out.sampling_seqs().map(|s| s.id)) {
+            return self.verify_greedy_on_device(out);
+        }
         let mut logits = self.runner.execute_verify(out).map_err(|e| e.to_string())?;
         logits.check_shape().map_err(|e| e.to_string())?;
         let expected: usize = out.seqs.iter().map(|s| s.num_logits()).sum();
@@ -393,6 +426,49 @@ impl EngineCore {
             let tokens: Vec<u32> = sampled.iter().map(|x| x.token).collect();
             if let Some(seq) = self.seqs.get_mut(&s.id) {
                 seq.pending_logprobs = sampled.into_iter().filter_map(|x| x.logprobs).collect();
+            }
+            result.push((s.id, tokens));
+        }
+        Ok(result)
+    }
+
+    /// Whether verification and drafting for these sequences can run as greedy draws on the
+    /// device: the runner samples there, and each sequence is greedy with nothing the device draw
+    /// lacks (no logprobs, penalties, bias or pending `min_tokens`), which is when the host
+    /// sampler's greedy rule is a plain argmax.
+    fn greedy_on_device(&self, mut ids: impl Iterator<Item = u64>) -> bool {
+        self.runner.samples_on_device()
+            && ids.all(|id| {
+                self.seqs
+                    .get(&id)
+                    .is_some_and(|s| s.sampler.device_eligible() && s.sampler.params().is_greedy())
+            })
+    }
+
+    /// The speculative step of an all-greedy batch with the argmax on the device: only one id per
+    /// verified position comes back, and each sequence keeps its drafts up to the first one that
+    /// differs from the target's choice, then that choice (or, all accepted, the bonus token).
+    fn verify_greedy_on_device(&mut self, out: &SchedulerOutput) -> Result<StepTokens, String> {
+        let ids = self
+            .runner
+            .execute_verify_greedy(out, self.valid_vocab)
+            .map_err(|e| e.to_string())?;
+        let expected: usize = out.seqs.iter().map(|s| s.num_logits()).sum();
+        if ids.len() != expected {
+            return Err(format!(
+                "runner returned {} greedy tokens for {expected} verified positions",
+                ids.len()
+            ));
+        }
+        let mut result = Vec::with_capacity(out.seqs.len());
+        let mut offset = 0;
+        for s in out.sampling_seqs() {
+            let n = s.num_logits();
+            let tokens = accept_greedy(&ids[offset..offset + n], s.draft_tokens());
+            offset += n;
+            if let Some(seq) = self.seqs.get_mut(&s.id) {
+                seq.pending_logprobs.clear();
+                seq.draft_probs.clear();
             }
             result.push((s.id, tokens));
         }
@@ -438,20 +514,29 @@ impl EngineCore {
         // Run the draft model even when nobody drafts: prefill chunks fill its KV.
         let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
         let mut probs: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
-        let mut logits = match self.runner.draft(out, &seqs) {
-            Ok(l) => l,
+        let greedy = self.greedy_on_device(seqs.iter().map(|d| d.id));
+        let valid = self.valid_vocab;
+        let first = if greedy {
+            self.runner
+                .draft_greedy(out, &seqs, valid)
+                .map(DraftRows::Greedy)
+        } else {
+            self.runner.draft(out, &seqs).map(DraftRows::Logits)
+        };
+        let mut rows = match first {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!("draft model failed, no speculation this step: {e}");
                 return;
             }
         };
-        // Entries of `seqs` the rows of `logits` belong to.
+        // Entries of `seqs` the rows belong to.
         let mut active: Vec<usize> = (0..seqs.len()).collect();
         for j in 0..k {
-            if logits.check_shape().is_err() || logits.rows != active.len() {
+            if rows.len() != Some(active.len()) {
                 tracing::warn!(
-                    "draft model returned {} rows for {} sequences",
-                    logits.rows,
+                    "draft model returned {:?} rows for {} sequences",
+                    rows.len(),
                     active.len()
                 );
                 break;
@@ -465,9 +550,13 @@ impl EngineCore {
                 let Some(state) = self.seqs.get_mut(&seqs[i].id) else {
                     continue;
                 };
-                let d = state
-                    .sampler
-                    .propose(logits.row_mut(r), self.valid_vocab, &drafts[i]);
+                let d = match &mut rows {
+                    DraftRows::Logits(l) => state.sampler.propose(l.row_mut(r), valid, &drafts[i]),
+                    DraftRows::Greedy(ids) => DraftToken {
+                        token: ids[r],
+                        probs: None,
+                    },
+                };
                 drafts[i].push(d.token);
                 probs[i].extend(d.probs);
                 if steps[i] > j + 1 {
@@ -478,8 +567,15 @@ impl EngineCore {
             if next.is_empty() {
                 break;
             }
-            logits = match self.runner.draft_next(&next) {
-                Ok(l) => l,
+            let further = if greedy {
+                self.runner
+                    .draft_next_greedy(&next, valid)
+                    .map(DraftRows::Greedy)
+            } else {
+                self.runner.draft_next(&next).map(DraftRows::Logits)
+            };
+            rows = match further {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("draft model failed after {} draft tokens: {e}", j + 1);
                     break;
@@ -725,5 +821,22 @@ impl EngineCore {
             self.shared
                 .finished(std::mem::take(&mut self.ended_this_turn));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accept_greedy;
+
+    #[test]
+    fn greedy_acceptance_keeps_drafts_up_to_the_first_difference() {
+        // All accepted: every draft, then the bonus token.
+        assert_eq!(accept_greedy(&[5, 6, 7], &[5, 6]), vec![5, 6, 7]);
+        // The second draft differs: the first draft, then the target's choice there.
+        assert_eq!(accept_greedy(&[5, 9, 7], &[5, 6]), vec![5, 9]);
+        // The first differs: only the target's choice.
+        assert_eq!(accept_greedy(&[4, 6, 7], &[5, 6]), vec![4]);
+        // No drafts (a plain decode row).
+        assert_eq!(accept_greedy(&[3], &[]), vec![3]);
     }
 }

@@ -85,28 +85,119 @@ impl Runner for GpuRunner {
         }
     }
 
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn execute_sampled(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[DeviceSampling],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        if batch.seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.model.set_valid_vocab(valid_vocab);
+        let out = self
+            .model
+            .step(&super::seq_inputs(batch), Some(specs))
+            .map_err(exec_err)?;
+        ids(out)
+    }
+
     fn supports_drafting(&self) -> bool {
         self.model.has_mtp()
     }
 
     fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
-        self.verified_rows = None;
-        if batch.seqs.is_empty() {
-            return Ok(Logits::zeros(0, self.model.config.vocab_size));
-        }
-        let rows: Vec<usize> = batch.seqs.iter().map(|s| s.num_logits()).collect();
-        let out = self
-            .model
-            .verify_step(&super::seq_inputs(batch), &rows)
-            .map_err(exec_err)?;
-        if self.model.has_mtp() {
-            self.verified_rows = Some(batch.seqs.iter().map(|s| s.token_ids.len()).sum());
-        }
+        let out = self.verify(batch, false)?;
         self.logits(out)
     }
 
     fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
-        let vocab = self.model.config.vocab_size;
+        let out = self.draft_pass(batch, seqs, false)?;
+        self.logits(out)
+    }
+
+    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
+        let out = self.draft_step(tokens, false)?;
+        self.logits(out)
+    }
+
+    fn execute_verify_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        self.model.set_valid_vocab(valid_vocab);
+        let out = self.verify(batch, true)?;
+        ids(out)
+    }
+
+    fn draft_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        seqs: &[DraftSeq],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        self.model.set_valid_vocab(valid_vocab);
+        let out = self.draft_pass(batch, seqs, true)?;
+        ids(out)
+    }
+
+    fn draft_next_greedy(
+        &mut self,
+        tokens: &[(u64, u32)],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        self.model.set_valid_vocab(valid_vocab);
+        let out = self.draft_step(tokens, true)?;
+        ids(out)
+    }
+}
+
+/// Greedy ids of a step (none when it had no rows).
+fn ids(out: StepOutput) -> Result<Vec<u32>, RunnerError> {
+    match out {
+        StepOutput::Tokens(t) => Ok(t),
+        StepOutput::Nothing => Ok(Vec::new()),
+        StepOutput::Logits { .. } => Err(RunnerError::Execution(
+            "the engine returned logits where tokens were asked for".into(),
+        )),
+    }
+}
+
+impl GpuRunner {
+    /// The verify step (logits or, `greedy`, ids), keeping its hidden states for the draft.
+    fn verify(&mut self, batch: &SchedulerOutput, greedy: bool) -> Result<StepOutput, RunnerError> {
+        self.verified_rows = None;
+        if batch.seqs.is_empty() {
+            return Ok(StepOutput::Nothing);
+        }
+        let rows: Vec<usize> = batch.seqs.iter().map(|s| s.num_logits()).collect();
+        let out = self
+            .model
+            .verify_step(&super::seq_inputs(batch), &rows, greedy)
+            .map_err(exec_err)?;
+        if self.model.has_mtp() {
+            self.verified_rows = Some(batch.seqs.iter().map(|s| s.token_ids.len()).sum());
+        }
+        Ok(out)
+    }
+
+    /// The first MTP pass after a verify step ([`super::draft_plan`]), then the kept rows: each
+    /// draft chain's output row, and each prefill chunk's last verified row.
+    fn draft_pass(
+        &mut self,
+        batch: &SchedulerOutput,
+        seqs: &[DraftSeq],
+        greedy: bool,
+    ) -> Result<StepOutput, RunnerError> {
         self.chains.clear();
         let Some(verified) = self.verified_rows.take() else {
             return Err(RunnerError::Execution(
@@ -127,12 +218,12 @@ impl Runner for GpuRunner {
                 }
             }
         }
-        let mut logits = Vec::new();
+        let mut out = StepOutput::Nothing;
         if !plan.segments.is_empty() {
             let inputs = plan.inputs(batch);
-            logits = self
+            out = self
                 .model
-                .mtp_step(&inputs, &hidden, &plan.logit_rows)
+                .mtp_step(&inputs, &hidden, &plan.logit_rows, greedy)
                 .map_err(exec_err)?;
         }
         // The pass has read the consumed slots (stream order): they can take new rows now.
@@ -162,18 +253,18 @@ impl Runner for GpuRunner {
         self.model
             .keep_rows(KeepFrom::Verified, &keep)
             .map_err(exec_err)?;
-        let rows = plan.logit_rows.len();
-        Ok(Logits {
-            data: logits,
-            rows,
-            vocab,
-        })
+        Ok(out)
     }
 
-    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
-        let vocab = self.model.config.vocab_size;
+    /// A further draft step for each `(id, token)`: one position past its chain, from the chain's
+    /// kept row, whose slot then takes the new output row.
+    fn draft_step(
+        &mut self,
+        tokens: &[(u64, u32)],
+        greedy: bool,
+    ) -> Result<StepOutput, RunnerError> {
         if tokens.is_empty() {
-            return Ok(Logits::zeros(0, vocab));
+            return Ok(StepOutput::Nothing);
         }
         let mut links = Vec::with_capacity(tokens.len());
         for &(id, t) in tokens {
@@ -193,9 +284,9 @@ impl Runner for GpuRunner {
             .collect();
         let hidden: Vec<HiddenRow> = links.iter().map(|l| HiddenRow::Kept(l.3)).collect();
         let rows: Vec<usize> = (0..tokens.len()).collect();
-        let data = self
+        let out = self
             .model
-            .mtp_step(&inputs, &hidden, &rows)
+            .mtp_step(&inputs, &hidden, &rows, greedy)
             .map_err(exec_err)?;
         let keep: Vec<(usize, usize)> = links.iter().enumerate().map(|(i, l)| (i, l.3)).collect();
         self.model
@@ -206,41 +297,6 @@ impl Runner for GpuRunner {
                 c.1 += 1;
             }
         }
-        Ok(Logits {
-            data,
-            rows: tokens.len(),
-            vocab,
-        })
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.model.config.vocab_size
-    }
-
-    fn samples_on_device(&self) -> bool {
-        true
-    }
-
-    fn execute_sampled(
-        &mut self,
-        batch: &SchedulerOutput,
-        specs: &[DeviceSampling],
-        valid_vocab: usize,
-    ) -> Result<Vec<u32>, RunnerError> {
-        if batch.seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.model.set_valid_vocab(valid_vocab);
-        match self
-            .model
-            .step(&super::seq_inputs(batch), Some(specs))
-            .map_err(exec_err)?
-        {
-            StepOutput::Tokens(t) => Ok(t),
-            StepOutput::Nothing => Ok(Vec::new()),
-            StepOutput::Logits { .. } => Err(RunnerError::Execution(
-                "the engine returned logits where tokens were asked for".into(),
-            )),
-        }
+        Ok(out)
     }
 }

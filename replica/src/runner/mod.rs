@@ -195,6 +195,54 @@ pub trait Runner: Send + 'static {
     fn draft_next(&mut self, _tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
         Err(no_drafting())
     }
+
+    /// [`Runner::execute_verify`] for an all-greedy batch: each logits row reduced to its greedy
+    /// token (below `valid_vocab`), on the device when [`Runner::samples_on_device`], so only ids
+    /// cross to the host. The default takes the argmax of the host rows.
+    fn execute_verify_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        let logits = self.execute_verify(batch)?;
+        greedy_ids(&logits, valid_vocab)
+    }
+
+    /// [`Runner::draft`] with each row reduced to its greedy token, as
+    /// [`Runner::execute_verify_greedy`].
+    fn draft_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        seqs: &[DraftSeq],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        let logits = self.draft(batch, seqs)?;
+        greedy_ids(&logits, valid_vocab)
+    }
+
+    /// [`Runner::draft_next`] with each row reduced to its greedy token.
+    fn draft_next_greedy(
+        &mut self,
+        tokens: &[(u64, u32)],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        let logits = self.draft_next(tokens)?;
+        greedy_ids(&logits, valid_vocab)
+    }
+}
+
+/// The greedy token of every row (ids below `valid_vocab`; ties to the lower id, as the device
+/// kernel draws).
+fn greedy_ids(logits: &Logits, valid_vocab: usize) -> Result<Vec<u32>, RunnerError> {
+    logits.check_shape()?;
+    let valid = valid_vocab.min(logits.vocab);
+    let greedy = DeviceSampling {
+        temperature: 0.0,
+        seed: 0,
+    };
+    Ok((0..logits.rows)
+        .map(|i| model::sample::sample_host(logits.row(i), valid, greedy))
+        .collect())
 }
 
 impl<R: Runner + ?Sized> Runner for Box<R> {
@@ -229,5 +277,27 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
         (**self).draft_next(tokens)
+    }
+    fn execute_verify_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        (**self).execute_verify_greedy(batch, valid_vocab)
+    }
+    fn draft_greedy(
+        &mut self,
+        batch: &SchedulerOutput,
+        seqs: &[DraftSeq],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        (**self).draft_greedy(batch, seqs, valid_vocab)
+    }
+    fn draft_next_greedy(
+        &mut self,
+        tokens: &[(u64, u32)],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        (**self).draft_next_greedy(tokens, valid_vocab)
     }
 }

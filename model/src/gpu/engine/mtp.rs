@@ -142,12 +142,14 @@ impl GpuModel {
     }
 
     /// A verify step: logits (f32 `[Σ logit_rows, vocab]`, sequences in order) for the last
-    /// `logit_rows[i]` positions of sequence `i`. With the MTP layer loaded it also keeps every
-    /// row's final-normed hidden state for [`GpuModel::mtp_step`].
+    /// `logit_rows[i]` positions of sequence `i`, or with `greedy` those rows' argmaxes drawn on
+    /// the device (below [`GpuModel::set_valid_vocab`]'s bound). With the MTP layer loaded it
+    /// also keeps every row's final-normed hidden state for [`GpuModel::mtp_step`].
     pub fn verify_step(
         &mut self,
         seqs: &[SeqInput<'_>],
         logit_rows: &[usize],
+        greedy: bool,
     ) -> Result<StepOutput> {
         if logit_rows.len() != seqs.len() {
             return Err(ModelError::Input(format!(
@@ -181,20 +183,22 @@ impl GpuModel {
                 ws.x.p(), h as i32, 0u64, h as i32, 1i32, self.norm.p(), self.config.rms_norm_eps,
                 0i32, FMT_F32, ws.mtp_hidden.p(), h as i32, 0u64, h as i32)?;
         }
-        self.read_logits(r)
+        self.rows_out(r, greedy)
     }
 
     /// One MTP pass: `seqs[i].tokens[j]` is the token at position `start_pos + j + 1` of a
     /// sequence and `hidden` the matching rows' hidden inputs (the target's state at position
     /// `start_pos + j`); RoPE and the KV entry use `start_pos + j`. Returns the logits of the
-    /// given rows (f32 `[logit_rows.len(), vocab]`, in that order); the output hidden states stay
+    /// given rows (f32 `[logit_rows.len(), vocab]`, in that order), or with `greedy` their argmaxes;
+    /// the output hidden states stay
     /// on the device for [`GpuModel::keep_rows`] with [`KeepFrom::MtpOutput`].
     pub fn mtp_step(
         &mut self,
         seqs: &[SeqInput<'_>],
         hidden: &[HiddenRow],
         logit_rows: &[usize],
-    ) -> Result<Vec<f32>> {
+        greedy: bool,
+    ) -> Result<StepOutput> {
         let mtp = self
             .mtp
             .as_ref()
@@ -233,10 +237,7 @@ impl GpuModel {
             self.prep_for(head, ws.x.p(), h, rows, r, h, 1, mtp.head_norm.p(), 0)?;
             self.gemm(head, r, None, ws.logits.p(), c.vocab_size, 0)?;
         }
-        match self.read_logits(r)? {
-            StepOutput::Logits { data, .. } => Ok(data),
-            _ => Ok(Vec::new()),
-        }
+        self.rows_out(r, greedy)
     }
 
     /// Copies rows (`(row, slot)`) of the last verify step's or MTP pass's hidden states into
@@ -289,6 +290,16 @@ impl GpuModel {
                 ))),
             })
             .collect()
+    }
+
+    /// The step's `r` rows: logits, or greedy ids drawn on the device.
+    fn rows_out(&self, r: usize, greedy: bool) -> Result<StepOutput> {
+        if !greedy || r == 0 {
+            return self.read_logits(r);
+        }
+        self.upload_sampling(&[], r)?;
+        self.sample(r)?;
+        self.read_tokens(r)
     }
 
     fn check_rows(&self, r: usize) -> Result<()> {
