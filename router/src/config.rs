@@ -44,7 +44,8 @@ pub struct RouterConfig {
     pub discover_interval_ms: u64,
     /// Routing policy. Default `prefix-hash`.
     pub policy: PolicyKind,
-    /// Load bound `c` of bounded-load consistent hashing (≥ 1). Default 1.25.
+    /// Load bound `c` of bounded-load consistent hashing (≥ 1) for requests that continue a
+    /// remembered prefix; new prefixes are balanced strictly. Default 1.25.
     pub load_bound: f64,
     /// Bytes per prefix block of the routing key. Default 256.
     pub block_bytes: usize,
@@ -305,7 +306,8 @@ pub struct RouterArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyKind>,
-    /// Load bound c of bounded-load consistent hashing [default: 1.25].
+    /// Load bound c of bounded-load consistent hashing, for requests that continue a remembered
+    /// prefix (new prefixes are balanced strictly) [default: 1.25].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_bound: Option<f64>,
