@@ -186,6 +186,13 @@ fn dashboard_metrics_are_exported_as_declared() {
     let router_metrics = Exposition::parse(&router_text);
     let replicas = replica_urls(&router);
     assert_eq!(replicas.len(), 2);
+    // Which replica the router chose is a hash of the prompts: one request straight to each
+    // replica makes sure both have served (their per-reason series exist once observed).
+    for r in &replicas {
+        let url = format!("{r}/v1/chat/completions");
+        let resp = http::post_json(&url, &chat("", "Direct request", 4, false)).expect("request");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+    }
     let replica_texts: Vec<String> = replicas
         .iter()
         .map(|r| http::get_text(&format!("{r}/metrics")))
