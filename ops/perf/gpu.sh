@@ -3,7 +3,9 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench]   (tests perf torch bench when none is named)
+#   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench] [guide]   (tests perf torch bench when none is named)
+#   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
+#   against one server start (--max-model-len 9216)
 #   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
 set -uo pipefail
@@ -78,6 +80,29 @@ if has bench; then
   curl -s http://127.0.0.1:8011/metrics | grep -E '^vllm:(num_preemptions|prompt_tokens|generation_tokens|gpu_cache_usage)' > "$LOG/metrics.txt"
   kill $pid; wait $pid 2>/dev/null
   tail -5 "$LOG/serve.log"
+fi
+if has guide; then
+  echo "== guide workloads: prompt-heavy 8000/1000 and decode-heavy 1000/8000 against one replica"
+  MODEL=ops/perf/glm-4.5-air-fp8-dummy
+  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port 8012 \
+    --gpu-memory-utilization 0.93 --max-model-len 9216 --max-num-seqs 256 \
+    --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve-guide.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 240); do
+    curl -sf http://127.0.0.1:8012/health > /dev/null && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 1
+  done
+  n=${GUIDE_PROMPTS:-16}
+  for shape in "8000 1000 prompt-heavy" "1000 8000 decode-heavy"; do
+    read -r in out name <<< "$shape"
+    echo "-- $name: $in in, $out out, $n prompts at concurrency $n"
+    timeout 420 "$B"/glmfleet bench serve --port 8012 --tokenizer "$MODEL" --dataset-name random \
+      --random-input-len "$in" --random-output-len "$out" --num-prompts "$n" --max-concurrency "$n" \
+      --ignore-eos --save-result --result-dir "$LOG" --result-filename "guide-$name.json" 2>&1 \
+      | tee "$LOG/guide-$name.log"
+  done
+  kill $pid; wait $pid 2>/dev/null
 fi
 ls -la "$LOG"
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-${stages// /-}-$(basename "$LOG").tgz" -C "$LOG" .; fi
