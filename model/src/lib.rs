@@ -8,7 +8,8 @@
 //! - [`checkpoint`]: memory-mapped safetensors, single file or sharded.
 //! - [`model`]: the network and the MTP draft layer; [`moe`]: routing and experts.
 //! - [`kernels`]: the hot-path ops behind one trait, with the plain-burn [`kernels::Reference`].
-//! - [`sample`]: device-side sampling and its host twin; `gpu` (feature `gpu`): the CUDA engine.
+//! - [`sample`]: device-side sampling and its host twin; `gpu` (feature `gpu`): the CUDA engine;
+//!   [`step`]: what such an engine's steps hand back.
 //! - [`generate`]: a small greedy loop used by `glmfleet generate` and the parity tests.
 
 pub mod checkpoint;
@@ -26,6 +27,7 @@ pub mod loader;
 pub mod model;
 pub mod moe;
 pub mod sample;
+pub mod step;
 
 pub use config::{Glm4MoeConfig, Quantization};
 pub use error::{ModelError, Result};

@@ -16,7 +16,8 @@ use model::{CpuBackend, Glm4Moe, LoadOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replica::engine::{EngineHandle, EngineRequest};
-use replica::runner::{DraftSeq, ModelRunner, SchedulerOutput};
+use replica::runner::device_twin::CpuDeviceEngine;
+use replica::runner::{DeviceRunner, DraftSeq, ModelRunner, SchedulerOutput};
 use replica::sampler::SamplingParams;
 use replica::{
     GenerationDefaults, Logits, ModelFamily, Replica, ReplicaParts, Runner, RunnerError,
@@ -316,12 +317,80 @@ async fn greedy_with_mtp_speculation_equals_plain_greedy_tiny_a() {
     greedy_equivalence(Fixture::TinyA).await;
 }
 
+/// The device runner (the GPU runner's bookkeeping: draft plans, kept slots, draft chains,
+/// greedy draws on the device) over the device engine's CPU twin: greedy output with drafts
+/// equals plain greedy output, and a batch mixing greedy and seeded sampled requests (drafts and
+/// verification through host logits) gives exactly the CPU runner's tokens.
+#[tokio::test]
+async fn device_runner_over_the_cpu_twin_matches_the_cpu_runner() {
+    for f in [Fixture::Demo, Fixture::TinyA] {
+        let lens = [1, 2, 15, 16, 17, 40, 100, 150, 33, 64, 5, 90];
+        let prompts = prompts(f, 0xd0e5, &lens);
+        let greedy_reqs: Vec<EngineRequest> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| greedy(p.clone(), [1, 2, 5, 16, 31, 40][i % 6]))
+            .collect();
+        let mixed: Vec<EngineRequest> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let n = [3, 9, 24, 40][i % 4];
+                if i % 2 == 0 {
+                    greedy(p.clone(), n)
+                } else {
+                    seeded(p.clone(), n, 7 + i as u64)
+                }
+            })
+            .collect();
+        let (plain, _) = start(f, config(0, 128, 512), 512);
+        let want = run_together(plain.engine(), &greedy_reqs).await;
+        plain.shutdown().await;
+        let (cpu_spec, _) = start(f, config(2, 128, 512), 512);
+        let want_mixed = run_together(cpu_spec.engine(), &mixed).await;
+        cpu_spec.shutdown().await;
+        for k in [1, 2, 3] {
+            let twin = |k| {
+                let (p, _) = parts(f, f.load(false), 512, false);
+                let engine = CpuDeviceEngine::new(f.load(true), 512, BLOCK_SIZE, 32).unwrap();
+                let runner = DeviceRunner::new(engine);
+                assert!(runner.supports_drafting() && runner.samples_on_device());
+                Replica::start(
+                    &config(k, 128, 512),
+                    ReplicaParts {
+                        runner: Box::new(runner),
+                        ..p
+                    },
+                )
+                .expect("start replica")
+            };
+            let dev = twin(k);
+            let got = run_together(dev.engine(), &greedy_reqs).await;
+            assert_same(
+                &got,
+                &want,
+                &format!("{f:?} device runner, k = {k}, greedy"),
+            );
+            let (drafted, accepted) = assert_counters_add_up(dev.engine(), &got, "device");
+            assert!(drafted > 0, "{f:?} k = {k}: nothing drafted");
+            eprintln!("{f:?} device runner k={k}: {accepted}/{drafted} drafts accepted");
+            dev.shutdown().await;
+            if k == 2 {
+                let dev = twin(k);
+                let got = run_together(dev.engine(), &mixed).await;
+                assert_same(&got, &want_mixed, &format!("{f:?} device runner, mixed"));
+                dev.shutdown().await;
+            }
+        }
+    }
+}
+
 /// Drafts that are mostly right: the MTP layer still runs (its rows are replaced), but the
 /// proposed tokens come from a reference greedy run, wrong at every third position. With random
 /// weights the MTP layer itself is almost never right, so this is what exercises multi-token
 /// acceptance and KV rollback on the real model.
 struct Oracle {
-    inner: Recording,
+    inner: Box<dyn Runner>,
     /// Reference sequences (prompt + greedy output).
     reference: Vec<Vec<u32>>,
     /// Known tokens of each sequence, then its draft chain.
@@ -427,15 +496,28 @@ async fn accepted_drafts_keep_greedy_output_and_save_steps() {
                 .collect()
         })
         .collect();
-    // `device`: all-greedy steps verify and draft with the device-side greedy draws.
-    for (k, together, device) in [(3, false, false), (2, true, false), (3, true, true)] {
+    // `device`: all-greedy steps verify and draft with the device-side greedy draws. `twin`: the
+    // oracle wraps the device runner over the CPU twin of the device engine (its kept rows and
+    // draft chains then see accepted drafts and rollbacks).
+    for (k, together, device, twin) in [
+        (3, false, false, false),
+        (2, true, false, false),
+        (3, true, true, false),
+        (2, true, true, true),
+    ] {
         let (p, log) = parts(f, f.load(true), 512, device);
-        let oracle = Oracle {
-            inner: Recording {
+        let inner: Box<dyn Runner> = if twin {
+            let engine = CpuDeviceEngine::new(f.load(true), 512, BLOCK_SIZE, 32).unwrap();
+            Box::new(DeviceRunner::new(engine))
+        } else {
+            Box::new(Recording {
                 inner: ModelRunner::new(f.load(true), 512, BLOCK_SIZE).unwrap(),
                 log: log.clone(),
                 device,
-            },
+            })
+        };
+        let oracle = Oracle {
+            inner,
             reference: reference.clone(),
             history: Default::default(),
         };
@@ -455,14 +537,14 @@ async fn accepted_drafts_keep_greedy_output_and_save_steps() {
         assert_same(
             &got,
             &want,
-            &format!("oracle drafts, k = {k}, device draws {device}"),
+            &format!("oracle drafts, k = {k}, device draws {device}, twin {twin}"),
         );
         let (drafted, accepted) = assert_counters_add_up(spec.engine(), &got, "oracle");
         let steps = log.lock().unwrap().steps;
         eprintln!(
-            "oracle drafts k={k} together={together} device={device}: {accepted}/{drafted} \
-             accepted, {steps} \
-             steps (alone without speculation: {plain_steps})"
+            "oracle drafts k={k} together={together} device={device} twin={twin}: \
+             {accepted}/{drafted} accepted, {steps} steps recorded (alone without speculation: \
+             {plain_steps})"
         );
         assert!(accepted * 2 > drafted, "{accepted} of {drafted} accepted");
         if !together {

@@ -31,8 +31,8 @@ use crate::sample::DeviceSampling;
 use crate::CpuBackend;
 
 mod mtp;
+pub use crate::step::{HiddenRow, KeepFrom, StepOutput};
 use mtp::GpuMtp;
-pub use mtp::{HiddenRow, KeepFrom};
 
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
@@ -74,17 +74,6 @@ impl Default for GpuOptions {
             speculative_tokens: 0,
         }
     }
-}
-
-/// What a step hands back.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StepOutput {
-    /// No sequence sampled (a prefill chunk short of its prompt's end).
-    Nothing,
-    /// `[rows, vocab]` f32 for the host sampler.
-    Logits { data: Vec<f32>, rows: usize },
-    /// One id per sampled row, drawn on the device.
-    Tokens(Vec<u32>),
 }
 
 // One per layer: the variants' size difference costs nothing worth a box.

@@ -1,302 +1,53 @@
-//! The GPU runner (feature `gpu`): the model crate's CUDA engine ([`model::gpu::GpuModel`]) behind
-//! the [`Runner`] door. Steps whose rows allow it are sampled on the device, so only the sampled
-//! ids cross to the host; the rest get logits rows for the host sampler.
-//!
-//! With speculative decoding it drafts with the engine's MTP layer as the CPU runner does
-//! ([`super::draft_plan`]). The hidden rows that outlive a step stay on the device, in the
-//! engine's kept pool: slots below `max_num_seqs` hold prefill chunks' last rows (one per
-//! sequence, from a free list), the slots above them the draft chains of the current step.
+//! The GPU runner (feature `gpu`): the model crate's CUDA engine ([`model::gpu::GpuModel`]) as the
+//! [`DeviceEngine`] of a [`DeviceRunner`].
 
-use std::collections::HashMap;
-
-use model::gpu::{GpuModel, HiddenRow, KeepFrom, StepOutput};
+use model::gpu::GpuModel;
+use model::sample::DeviceSampling;
+use model::step::{HiddenRow, KeepFrom, StepOutput};
 use model::SeqInput;
-use scheduler::SchedulerOutput;
 
-use super::draft_plan::{plan_draft, HiddenRun};
-use super::{DeviceSampling, DraftSeq, Logits, Runner, RunnerError};
+use super::device_runner::{DeviceEngine, DeviceRunner};
 
-pub struct GpuRunner {
-    model: GpuModel,
-    /// Rows of the last verify step, while its hidden states await [`Runner::draft`].
-    verified_rows: Option<usize>,
-    /// Per sequence: a prefill chunk's last position and the kept slot of its hidden row.
-    pending: HashMap<u64, (usize, usize)>,
-    /// Pending slots not in use.
-    free_slots: Vec<usize>,
-    /// Per drafting sequence: block table, MTP position of the last draft step, kept slot.
-    chains: HashMap<u64, (Vec<u32>, usize, usize)>,
-}
+pub type GpuRunner = DeviceRunner<GpuModel>;
 
-impl GpuRunner {
-    pub fn new(model: GpuModel) -> Self {
-        let half = model.mtp_slots() / 2;
-        Self {
-            model,
-            verified_rows: None,
-            pending: HashMap::new(),
-            free_slots: (0..half).rev().collect(),
-            chains: HashMap::new(),
-        }
-    }
-
-    fn logits(&self, out: StepOutput) -> Result<Logits, RunnerError> {
-        let vocab = self.model.config.vocab_size;
-        match out {
-            StepOutput::Logits { data, rows } => Ok(Logits { data, rows, vocab }),
-            StepOutput::Nothing => Ok(Logits::zeros(0, vocab)),
-            StepOutput::Tokens(_) => Err(RunnerError::Execution(
-                "the engine returned tokens where logits were asked for".into(),
-            )),
-        }
-    }
-
-    fn free_pending(&mut self, id: u64) {
-        if let Some((_, slot)) = self.pending.remove(&id) {
-            self.free_slots.push(slot);
-        }
-    }
-
-    pub fn model(&self) -> &GpuModel {
-        &self.model
-    }
-}
-
-fn exec_err(e: model::ModelError) -> RunnerError {
-    RunnerError::Execution(e.to_string())
-}
-
-impl Runner for GpuRunner {
-    fn execute(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
-        if batch.seqs.is_empty() {
-            return Ok(Logits::zeros(0, self.model.config.vocab_size));
-        }
-        let out = self
-            .model
-            .step(&super::seq_inputs(batch), None)
-            .map_err(exec_err)?;
-        self.logits(out)
-    }
-
-    fn release(&mut self, ids: &[u64]) {
-        for &id in ids {
-            self.free_pending(id);
-            self.chains.remove(&id);
-        }
-    }
-
+impl DeviceEngine for GpuModel {
     fn vocab_size(&self) -> usize {
-        self.model.config.vocab_size
+        self.config.vocab_size
     }
-
-    fn samples_on_device(&self) -> bool {
-        true
+    fn set_valid_vocab(&mut self, n: usize) {
+        GpuModel::set_valid_vocab(self, n)
     }
-
-    fn execute_sampled(
+    fn step(
         &mut self,
-        batch: &SchedulerOutput,
-        specs: &[DeviceSampling],
-        valid_vocab: usize,
-    ) -> Result<Vec<u32>, RunnerError> {
-        if batch.seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.model.set_valid_vocab(valid_vocab);
-        let out = self
-            .model
-            .step(&super::seq_inputs(batch), Some(specs))
-            .map_err(exec_err)?;
-        ids(out)
+        seqs: &[SeqInput<'_>],
+        sampling: Option<&[DeviceSampling]>,
+    ) -> model::Result<StepOutput> {
+        GpuModel::step(self, seqs, sampling)
     }
-
-    fn supports_drafting(&self) -> bool {
-        self.model.has_mtp()
+    fn has_mtp(&self) -> bool {
+        GpuModel::has_mtp(self)
     }
-
-    fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
-        let out = self.verify(batch, false)?;
-        self.logits(out)
+    fn mtp_slots(&self) -> usize {
+        GpuModel::mtp_slots(self)
     }
-
-    fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
-        let out = self.draft_pass(batch, seqs, false)?;
-        self.logits(out)
-    }
-
-    fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
-        let out = self.draft_step(tokens, false)?;
-        self.logits(out)
-    }
-
-    fn execute_verify_greedy(
+    fn verify_step(
         &mut self,
-        batch: &SchedulerOutput,
-        valid_vocab: usize,
-    ) -> Result<Vec<u32>, RunnerError> {
-        self.model.set_valid_vocab(valid_vocab);
-        let out = self.verify(batch, true)?;
-        ids(out)
-    }
-
-    fn draft_greedy(
-        &mut self,
-        batch: &SchedulerOutput,
-        seqs: &[DraftSeq],
-        valid_vocab: usize,
-    ) -> Result<Vec<u32>, RunnerError> {
-        self.model.set_valid_vocab(valid_vocab);
-        let out = self.draft_pass(batch, seqs, true)?;
-        ids(out)
-    }
-
-    fn draft_next_greedy(
-        &mut self,
-        tokens: &[(u64, u32)],
-        valid_vocab: usize,
-    ) -> Result<Vec<u32>, RunnerError> {
-        self.model.set_valid_vocab(valid_vocab);
-        let out = self.draft_step(tokens, true)?;
-        ids(out)
-    }
-}
-
-/// Greedy ids of a step (none when it had no rows).
-fn ids(out: StepOutput) -> Result<Vec<u32>, RunnerError> {
-    match out {
-        StepOutput::Tokens(t) => Ok(t),
-        StepOutput::Nothing => Ok(Vec::new()),
-        StepOutput::Logits { .. } => Err(RunnerError::Execution(
-            "the engine returned logits where tokens were asked for".into(),
-        )),
-    }
-}
-
-impl GpuRunner {
-    /// The verify step (logits or, `greedy`, ids), keeping its hidden states for the draft.
-    fn verify(&mut self, batch: &SchedulerOutput, greedy: bool) -> Result<StepOutput, RunnerError> {
-        self.verified_rows = None;
-        if batch.seqs.is_empty() {
-            return Ok(StepOutput::Nothing);
-        }
-        let rows: Vec<usize> = batch.seqs.iter().map(|s| s.num_logits()).collect();
-        let out = self
-            .model
-            .verify_step(&super::seq_inputs(batch), &rows, greedy)
-            .map_err(exec_err)?;
-        if self.model.has_mtp() {
-            self.verified_rows = Some(batch.seqs.iter().map(|s| s.token_ids.len()).sum());
-        }
-        Ok(out)
-    }
-
-    /// The first MTP pass after a verify step ([`super::draft_plan`]), then the kept rows: each
-    /// draft chain's output row, and each prefill chunk's last verified row.
-    fn draft_pass(
-        &mut self,
-        batch: &SchedulerOutput,
-        seqs: &[DraftSeq],
+        seqs: &[SeqInput<'_>],
+        logit_rows: &[usize],
         greedy: bool,
-    ) -> Result<StepOutput, RunnerError> {
-        self.chains.clear();
-        let Some(verified) = self.verified_rows.take() else {
-            return Err(RunnerError::Execution(
-                "draft without a verified step before it".into(),
-            ));
-        };
-        let plan = plan_draft(batch, seqs, &mut self.pending, verified)?;
-        let mut hidden = Vec::new();
-        let mut consumed = Vec::new();
-        for h in &plan.hidden {
-            match *h {
-                HiddenRun::Verified { start, len } => {
-                    hidden.extend((start..start + len).map(HiddenRow::Verified))
-                }
-                HiddenRun::Pending(slot) => {
-                    hidden.push(HiddenRow::Kept(slot));
-                    consumed.push(slot);
-                }
-            }
-        }
-        let mut out = StepOutput::Nothing;
-        if !plan.segments.is_empty() {
-            let inputs = plan.inputs(batch);
-            out = self
-                .model
-                .mtp_step(&inputs, &hidden, &plan.logit_rows, greedy)
-                .map_err(exec_err)?;
-        }
-        // The pass has read the consumed slots (stream order): they can take new rows now.
-        self.free_slots.extend(consumed);
-        let half = self.model.mtp_slots() / 2;
-        let mut chain_rows = Vec::with_capacity(plan.chains.len());
-        for (i, c) in plan.chains.iter().enumerate() {
-            let slot = half + i;
-            chain_rows.push((c.row, slot));
-            let table = batch.seqs[c.seq].block_table.clone();
-            self.chains.insert(c.id, (table, c.pos, slot));
-        }
-        self.model
-            .keep_rows(KeepFrom::MtpOutput, &chain_rows)
-            .map_err(exec_err)?;
-        let mut keep = Vec::with_capacity(plan.keep.len());
-        for &(id, pos, row) in &plan.keep {
-            // Out of slots (more sequences mid-prefill than a step holds, after preemptions):
-            // the MTP's KV entry at that position stays unwritten, which costs only draft quality.
-            let Some(slot) = self.free_slots.pop() else {
-                tracing::debug!("no kept slot for sequence {id}'s prefill chunk end");
-                continue;
-            };
-            self.pending.insert(id, (pos, slot));
-            keep.push((row, slot));
-        }
-        self.model
-            .keep_rows(KeepFrom::Verified, &keep)
-            .map_err(exec_err)?;
-        Ok(out)
+    ) -> model::Result<StepOutput> {
+        GpuModel::verify_step(self, seqs, logit_rows, greedy)
     }
-
-    /// A further draft step for each `(id, token)`: one position past its chain, from the chain's
-    /// kept row, whose slot then takes the new output row.
-    fn draft_step(
+    fn mtp_step(
         &mut self,
-        tokens: &[(u64, u32)],
+        seqs: &[SeqInput<'_>],
+        hidden: &[HiddenRow],
+        logit_rows: &[usize],
         greedy: bool,
-    ) -> Result<StepOutput, RunnerError> {
-        if tokens.is_empty() {
-            return Ok(StepOutput::Nothing);
-        }
-        let mut links = Vec::with_capacity(tokens.len());
-        for &(id, t) in tokens {
-            let (table, pos, slot) = self.chains.get(&id).ok_or_else(|| {
-                RunnerError::Execution(format!("draft_next: sequence {id} has no draft chain"))
-            })?;
-            links.push(([t], table, *pos + 1, *slot));
-        }
-        let inputs: Vec<SeqInput<'_>> = links
-            .iter()
-            .map(|(t, table, pos, _)| SeqInput {
-                tokens: t,
-                start_pos: *pos,
-                block_table: table,
-                sample: true,
-            })
-            .collect();
-        let hidden: Vec<HiddenRow> = links.iter().map(|l| HiddenRow::Kept(l.3)).collect();
-        let rows: Vec<usize> = (0..tokens.len()).collect();
-        let out = self
-            .model
-            .mtp_step(&inputs, &hidden, &rows, greedy)
-            .map_err(exec_err)?;
-        let keep: Vec<(usize, usize)> = links.iter().enumerate().map(|(i, l)| (i, l.3)).collect();
-        self.model
-            .keep_rows(KeepFrom::MtpOutput, &keep)
-            .map_err(exec_err)?;
-        for &(id, _) in tokens {
-            if let Some(c) = self.chains.get_mut(&id) {
-                c.1 += 1;
-            }
-        }
-        Ok(out)
+    ) -> model::Result<StepOutput> {
+        GpuModel::mtp_step(self, seqs, hidden, logit_rows, greedy)
+    }
+    fn keep_rows(&mut self, from: KeepFrom, rows: &[(usize, usize)]) -> model::Result<()> {
+        GpuModel::keep_rows(self, from, rows)
     }
 }

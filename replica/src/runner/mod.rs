@@ -10,6 +10,8 @@
 //! every position of a seq carrying draft tokens), then [`Runner::draft`] and
 //! [`Runner::draft_next`] (the draft model, GLM's MTP layer, proposing the next step's drafts).
 
+pub mod device_runner;
+pub mod device_twin;
 mod draft_plan;
 pub mod fake;
 #[cfg(feature = "gpu")]
@@ -19,6 +21,7 @@ pub mod model_runner;
 pub use model::sample::DeviceSampling;
 pub use scheduler::{ScheduledSeq, SchedulerOutput};
 
+pub use device_runner::{DeviceEngine, DeviceRunner};
 pub use fake::{FakeRunner, ScriptError, ScriptedRunner};
 #[cfg(feature = "gpu")]
 pub use gpu_runner::GpuRunner;

@@ -10,7 +10,8 @@
 //! copies are its own. These steps run eagerly (not from CUDA graphs).
 
 use super::{
-    dummy_layer, ones, tensor_f32, upload_layer, GpuLayer, GpuModel, Meta, StepOutput, FMT_F32,
+    dummy_layer, ones, tensor_f32, upload_layer, GpuLayer, GpuModel, HiddenRow, KeepFrom, Meta,
+    StepOutput, FMT_F32,
 };
 use crate::config::Glm4MoeConfig;
 use crate::error::{ModelError, Result};
@@ -32,24 +33,6 @@ pub(super) struct GpuMtp {
     pub(super) layer: GpuLayer,
     head_norm: DevBuf,
     pub(super) head: GpuLinear,
-}
-
-/// Where one row of an MTP pass gets its hidden input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HiddenRow {
-    /// Row `i` of the last verify step.
-    Verified(usize),
-    /// Slot `i` of the kept pool ([`GpuModel::mtp_slots`]).
-    Kept(usize),
-}
-
-/// What [`GpuModel::keep_rows`] copies into the kept pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepFrom {
-    /// Rows of the last verify step's final-normed hidden states.
-    Verified,
-    /// Rows of the last MTP pass's output hidden states (the input of a further draft step).
-    MtpOutput,
 }
 
 impl GpuMtp {

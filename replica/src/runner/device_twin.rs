@@ -1,0 +1,193 @@
+//! The device engine's CPU twin: the CPU model behind [`DeviceEngine`], with the kept pool as host
+//! tensors and the device draws done by their host twins (`model::sample::sample_host`). A
+//! [`super::DeviceRunner`] over it runs here exactly the bookkeeping it runs over the GPU engine
+//! (draft plans, kept slots, draft chains, greedy draws), so the tests check that against the CPU
+//! runner without a GPU.
+
+use burn::tensor::Tensor;
+use model::sample::{sample_host, DeviceSampling};
+use model::step::{HiddenRow, KeepFrom, StepOutput};
+use model::{CpuBackend, Glm4Moe, ModelError, PagedKvCache, SeqInput};
+
+use super::device_runner::DeviceEngine;
+
+type B = CpuBackend;
+
+pub struct CpuDeviceEngine {
+    model: Glm4Moe<B>,
+    kv: PagedKvCache<B>,
+    valid_vocab: usize,
+    max_num_seqs: usize,
+    /// Final-normed hidden states of the last verify step.
+    verified: Option<Tensor<B, 2>>,
+    /// Output hidden states of the last MTP pass.
+    mtp_out: Option<Tensor<B, 2>>,
+    /// The kept pool: `[1, H]` rows.
+    kept: Vec<Option<Tensor<B, 2>>>,
+}
+
+impl CpuDeviceEngine {
+    /// The model with a KV cache of `num_blocks` blocks of `block_size` tokens, for steps of at
+    /// most `max_num_seqs` sequences (which sizes the kept pool, as on the GPU).
+    pub fn new(
+        model: Glm4Moe<B>,
+        num_blocks: usize,
+        block_size: usize,
+        max_num_seqs: usize,
+    ) -> Result<Self, ModelError> {
+        let kv = model.new_kv_cache(num_blocks, block_size)?;
+        let slots = if model.has_mtp() { 2 * max_num_seqs } else { 0 };
+        Ok(Self {
+            valid_vocab: model.config.vocab_size,
+            model,
+            kv,
+            max_num_seqs,
+            verified: None,
+            mtp_out: None,
+            kept: vec![None; slots],
+        })
+    }
+
+    /// Logits rows as the engine hands them back: logits, or each row's greedy id.
+    fn rows_out(&self, logits: Option<Tensor<B, 2>>, greedy: bool) -> model::Result<StepOutput> {
+        let Some(logits) = logits.filter(|l| l.dims()[0] > 0) else {
+            return Ok(StepOutput::Nothing);
+        };
+        let rows = logits.dims()[0];
+        let data = floats(logits)?;
+        if !greedy {
+            return Ok(StepOutput::Logits { data, rows });
+        }
+        let vocab = self.model.config.vocab_size;
+        let argmax = DeviceSampling {
+            temperature: 0.0,
+            seed: 0,
+        };
+        Ok(StepOutput::Tokens(
+            data.chunks(vocab)
+                .map(|r| sample_host(r, self.valid_vocab, argmax))
+                .collect(),
+        ))
+    }
+}
+
+fn floats(t: Tensor<B, 2>) -> model::Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| ModelError::Device(format!("reading a tensor: {e:?}")))
+}
+
+impl DeviceEngine for CpuDeviceEngine {
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
+    fn set_valid_vocab(&mut self, n: usize) {
+        self.valid_vocab = n.clamp(1, self.model.config.vocab_size);
+    }
+
+    fn step(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        sampling: Option<&[DeviceSampling]>,
+    ) -> model::Result<StepOutput> {
+        let rows: Vec<usize> = seqs.iter().map(|s| usize::from(s.sample)).collect();
+        let out = self.model.forward_rows(seqs, &rows, &mut self.kv)?;
+        let Some(sp) = sampling else {
+            return self.rows_out(out.logits, false);
+        };
+        let Some(logits) = out.logits else {
+            return Ok(StepOutput::Nothing);
+        };
+        let vocab = self.model.config.vocab_size;
+        let data = floats(logits)?;
+        if data.len() != sp.len() * vocab {
+            return Err(ModelError::Input(format!(
+                "{} sampling entries for {} sampled rows",
+                sp.len(),
+                data.len() / vocab
+            )));
+        }
+        Ok(StepOutput::Tokens(
+            data.chunks(vocab)
+                .zip(sp)
+                .map(|(r, &s)| sample_host(r, self.valid_vocab, s))
+                .collect(),
+        ))
+    }
+
+    fn has_mtp(&self) -> bool {
+        self.model.has_mtp()
+    }
+
+    fn mtp_slots(&self) -> usize {
+        if self.model.has_mtp() {
+            2 * self.max_num_seqs
+        } else {
+            0
+        }
+    }
+
+    fn verify_step(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        logit_rows: &[usize],
+        greedy: bool,
+    ) -> model::Result<StepOutput> {
+        let out = self.model.forward_rows(seqs, logit_rows, &mut self.kv)?;
+        self.verified = Some(out.hidden);
+        self.rows_out(out.logits, greedy)
+    }
+
+    fn mtp_step(
+        &mut self,
+        seqs: &[SeqInput<'_>],
+        hidden: &[HiddenRow],
+        logit_rows: &[usize],
+        greedy: bool,
+    ) -> model::Result<StepOutput> {
+        let rows = hidden
+            .iter()
+            .map(|h| {
+                match *h {
+                    HiddenRow::Verified(r) => self
+                        .verified
+                        .as_ref()
+                        .filter(|v| r < v.dims()[0])
+                        .map(|v| v.clone().narrow(0, r, 1)),
+                    HiddenRow::Kept(s) => self.kept.get(s).cloned().flatten(),
+                }
+                .ok_or_else(|| ModelError::Input(format!("MTP hidden input {h:?} holds no row")))
+            })
+            .collect::<model::Result<Vec<_>>>()?;
+        if rows.is_empty() {
+            return Err(ModelError::Input("an MTP pass over no rows".into()));
+        }
+        let (logits, y) =
+            self.model
+                .mtp_forward_rows(seqs, Tensor::cat(rows, 0), logit_rows, &mut self.kv)?;
+        self.mtp_out = Some(y);
+        self.rows_out(Some(logits), greedy)
+    }
+
+    fn keep_rows(&mut self, from: KeepFrom, rows: &[(usize, usize)]) -> model::Result<()> {
+        let src = match from {
+            KeepFrom::Verified => self.verified.as_ref(),
+            KeepFrom::MtpOutput => self.mtp_out.as_ref(),
+        };
+        let slots = self.kept.len();
+        for &(r, s) in rows {
+            let row = src
+                .filter(|t| r < t.dims()[0])
+                .map(|t| t.clone().narrow(0, r, 1))
+                .ok_or_else(|| ModelError::Input(format!("no {from:?} row {r} to keep")))?;
+            let slot = self
+                .kept
+                .get_mut(s)
+                .ok_or_else(|| ModelError::Input(format!("kept slot {s} of {slots}")))?;
+            *slot = Some(row);
+        }
+        Ok(())
+    }
+}
