@@ -198,6 +198,24 @@ fn start_on(
     (Replica::start(&cfg, parts).expect("start replica"), log)
 }
 
+/// A replica whose runner is the device runner (the GPU runner's logic) over the CPU twin of the
+/// device engine, with a KV cache of `num_blocks` blocks.
+fn start_twin(f: Fixture, cfg: ServeConfig, num_blocks: usize) -> Replica {
+    let (p, _) = parts(f, f.load(false), num_blocks, false);
+    let engine = CpuDeviceEngine::new(f.load(true), num_blocks, BLOCK_SIZE, cfg.max_num_seqs)
+        .expect("KV cache");
+    let runner = DeviceRunner::new(engine);
+    assert!(runner.supports_drafting() && runner.samples_on_device());
+    Replica::start(
+        &cfg,
+        ReplicaParts {
+            runner: Box::new(runner),
+            ..p
+        },
+    )
+    .expect("start replica")
+}
+
 fn seeded(prompt: Vec<u32>, max_tokens: usize, seed: u64) -> EngineRequest {
     request(
         prompt,
@@ -350,21 +368,7 @@ async fn device_runner_over_the_cpu_twin_matches_the_cpu_runner() {
         let want_mixed = run_together(cpu_spec.engine(), &mixed).await;
         cpu_spec.shutdown().await;
         for k in [1, 2, 3] {
-            let twin = |k| {
-                let (p, _) = parts(f, f.load(false), 512, false);
-                let engine = CpuDeviceEngine::new(f.load(true), 512, BLOCK_SIZE, 32).unwrap();
-                let runner = DeviceRunner::new(engine);
-                assert!(runner.supports_drafting() && runner.samples_on_device());
-                Replica::start(
-                    &config(k, 128, 512),
-                    ReplicaParts {
-                        runner: Box::new(runner),
-                        ..p
-                    },
-                )
-                .expect("start replica")
-            };
-            let dev = twin(k);
+            let dev = start_twin(f, config(k, 128, 512), 512);
             let got = run_together(dev.engine(), &greedy_reqs).await;
             assert_same(
                 &got,
@@ -376,7 +380,7 @@ async fn device_runner_over_the_cpu_twin_matches_the_cpu_runner() {
             eprintln!("{f:?} device runner k={k}: {accepted}/{drafted} drafts accepted");
             dev.shutdown().await;
             if k == 2 {
-                let dev = twin(k);
+                let dev = start_twin(f, config(k, 128, 512), 512);
                 let got = run_together(dev.engine(), &mixed).await;
                 assert_same(&got, &want_mixed, &format!("{f:?} device runner, mixed"));
                 dev.shutdown().await;
@@ -617,6 +621,14 @@ async fn preemption_with_speculation_keeps_greedy_outputs() {
     assert_eq!(st.free_blocks, num_blocks, "blocks leaked: {st:?}");
     assert_same(&got, &want, "preempted with speculation");
     tight.shutdown().await;
+    // The device runner (its kept rows of preempted and resumed prefill chunks) over the twin.
+    let twin = start_twin(f, config(2, 256, 128), num_blocks);
+    let got = run_together(twin.engine(), &reqs).await;
+    let st = twin.engine().stats();
+    assert!(st.preemptions > 0, "no preemption: {st:?}");
+    assert_eq!(st.free_blocks, num_blocks, "blocks leaked: {st:?}");
+    assert_same(&got, &want, "preempted with speculation, device runner");
+    twin.shutdown().await;
 }
 
 /// `--speculative-config` on a model without an MTP layer fails at startup, clearly.

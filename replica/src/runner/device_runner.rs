@@ -266,8 +266,10 @@ impl<E: DeviceEngine> DeviceRunner<E> {
                 .mtp_step(&inputs, &hidden, &plan.logit_rows, greedy)
                 .map_err(exec_err)?;
         }
-        // The pass has read the consumed slots (stream order): they can take new rows now.
+        // The pass has read the consumed slots (stream order): they can take new rows now, as can
+        // the ones it did not need.
         self.free_slots.extend(consumed);
+        self.free_slots.extend(plan.released);
         let half = self.model.mtp_slots() / 2;
         let mut chain_rows = Vec::with_capacity(plan.chains.len());
         for (i, c) in plan.chains.iter().enumerate() {
@@ -338,5 +340,110 @@ impl<E: DeviceEngine> DeviceRunner<E> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The kept pool's slot accounting, over the CPU twin of the device engine.
+
+    use std::path::PathBuf;
+
+    use model::{Glm4Moe, LoadOptions};
+    use scheduler::ScheduledSeq;
+
+    use super::super::device_twin::CpuDeviceEngine;
+    use super::*;
+
+    const SEQS: usize = 4;
+
+    fn runner() -> DeviceRunner<CpuDeviceEngine> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/demo");
+        let opts = LoadOptions {
+            progress: false,
+            ..LoadOptions::default()
+        };
+        let model = Glm4Moe::load(&dir, &Default::default(), &opts).unwrap();
+        DeviceRunner::new(CpuDeviceEngine::new(model, 32, 16, SEQS).unwrap())
+    }
+
+    fn batch(seqs: Vec<ScheduledSeq>) -> SchedulerOutput {
+        SchedulerOutput {
+            num_batched_tokens: seqs.iter().map(|s| s.token_ids.len()).sum(),
+            seqs,
+            preempted: vec![],
+        }
+    }
+
+    fn chunk(id: u64, start: usize, len: usize, sample: bool) -> ScheduledSeq {
+        ScheduledSeq {
+            id,
+            token_ids: (start..start + len).map(|t| (t % 500) as u32 + 1).collect(),
+            start_pos: start,
+            block_table: (0..4).map(|b| b + 4 * id as u32).collect(),
+            sample,
+            num_draft_tokens: 0,
+        }
+    }
+
+    /// Verify and draft one step; the free pending slots after it.
+    fn step(r: &mut DeviceRunner<CpuDeviceEngine>, b: &SchedulerOutput, drafting: &[u64]) -> usize {
+        r.execute_verify(b).unwrap();
+        let seqs: Vec<DraftSeq> = drafting
+            .iter()
+            .map(|&id| {
+                let s = b.seqs.iter().find(|s| s.id == id).unwrap();
+                DraftSeq {
+                    id,
+                    num_verified: s.token_ids.len(),
+                    next_token: 7,
+                }
+            })
+            .collect();
+        let rows = r.draft(b, &seqs).unwrap().rows;
+        assert_eq!(rows, drafting.len());
+        r.free_slots.len()
+    }
+
+    #[test]
+    fn kept_slots_return_to_the_pool() {
+        let mut r = runner();
+        assert_eq!(r.free_slots.len(), SEQS);
+        // Two prefill chunks that stop short of their prompts' ends keep a row each.
+        assert_eq!(
+            step(
+                &mut r,
+                &batch(vec![chunk(1, 0, 16, false), chunk(2, 0, 16, false)]),
+                &[]
+            ),
+            SEQS - 2
+        );
+        // Seq 1's next chunk uses its row and samples (it drafts now); seq 2 finished instead.
+        assert_eq!(
+            step(
+                &mut r,
+                &batch(vec![chunk(1, 16, 8, true), chunk(2, 16, 4, true)]),
+                &[1]
+            ),
+            SEQS
+        );
+        // A chunk kept by seq 3, which is then preempted and recomputed from the start: the stale
+        // row comes back, the new chunk end takes one.
+        assert_eq!(
+            step(&mut r, &batch(vec![chunk(3, 0, 16, false)]), &[]),
+            SEQS - 1
+        );
+        assert_eq!(
+            step(&mut r, &batch(vec![chunk(3, 0, 8, false)]), &[]),
+            SEQS - 1
+        );
+        // Released sequences give theirs back.
+        r.release(&[3]);
+        assert_eq!(r.free_slots.len(), SEQS);
+        // More chunk ends than slots: the extra ones are not kept, nothing fails.
+        let many: Vec<ScheduledSeq> = (10..10 + SEQS as u64 + 2)
+            .map(|id| chunk(id % 8, 0, 16, false))
+            .collect();
+        assert_eq!(step(&mut r, &batch(many), &[]), 0);
     }
 }

@@ -54,6 +54,9 @@ pub(crate) struct DraftPlan<P> {
     pub logit_rows: Vec<usize>,
     /// One per drafting segment, in pass order.
     pub chains: Vec<ChainStart>,
+    /// Rows taken out of `pending` that the pass does not use (stale after a preemption, or of a
+    /// sequence that finished): a runner that pools its rows gets them back here.
+    pub released: Vec<P>,
 }
 
 impl<P> DraftPlan<P> {
@@ -93,6 +96,7 @@ pub(crate) fn plan_draft<P>(
         keep: Vec::new(),
         logit_rows: Vec::with_capacity(seqs.len()),
         chains: Vec::new(),
+        released: Vec::new(),
     };
     let mut row = 0;
     let mut pass_rows = 0;
@@ -100,15 +104,21 @@ pub(crate) fn plan_draft<P>(
         let n = s.token_ids.len();
         let r0 = row;
         row += n;
-        let carried = pending
-            .remove(&s.id)
-            .filter(|(pos, _)| pos + 1 == s.start_pos);
+        let carried = match pending.remove(&s.id) {
+            Some((pos, p)) if pos + 1 == s.start_pos => Some((pos, p)),
+            Some((_, stale)) => {
+                plan.released.push(stale);
+                None
+            }
+            None => None,
+        };
         let (valid, next) = if !s.sample {
             (n, None)
         } else if let Some(d) = wanted.get(&s.id) {
             (d.num_verified.clamp(1, n), Some(d.next_token))
         } else {
             // Finished this step: nothing more to draft.
+            plan.released.extend(carried.map(|(_, p)| p));
             continue;
         };
         let mut tokens = Vec::with_capacity(valid + 1);
@@ -231,9 +241,10 @@ mod tests {
         assert_eq!(plan.logit_rows, vec![5]);
         let c = &plan.chains[0];
         assert_eq!((c.id, c.row, c.pos, c.seq), (2, 5, 31, 1));
-        // Carried and stale rows were taken out; only seq 9's stale one is left untouched.
+        // Seq 1's carried row was taken out and used; seq 9 (not in the batch) keeps its row.
         assert!(!pending.contains_key(&1));
         assert!(pending.contains_key(&9));
+        assert!(plan.released.is_empty());
     }
 
     #[test]
@@ -249,6 +260,8 @@ mod tests {
         assert_eq!(runs(&plan), ["v0+1"]);
         assert_eq!(plan.keep, vec![(1, 9, 1)]);
         assert!(pending.is_empty());
+        // Both rows taken out come back: seq 1's is stale, seq 2 finished.
+        assert_eq!(plan.released, vec!["old", "p2"]);
     }
 
     #[test]
