@@ -155,7 +155,7 @@ def _quantiles(metric, sel, by="le", qs=(0.5, 0.9, 0.99)):
 def replica_dashboard():
     d = Dashboard("glmfleet-replica", "glmfleet / Replicas",
                   "glmfleet replicas (vLLM-compatible metrics): throughput, latency quantiles, "
-                  "scheduler queues, KV and prefix cache, preemptions, errors.",
+                  "scheduler queues, KV and prefix cache, preemptions, speculative decoding, errors.",
                   ["glmfleet", "llm", "vllm"])
     d.query_variable("namespace", "Namespace",
                      'label_values(vllm:num_requests_running{job="glmfleet-replica"}, namespace)')
@@ -235,6 +235,23 @@ def replica_dashboard():
     d.timeseries("Preemptions", "Requests preempted per second (KV pressure).", [
         (f"sum by (instance) (rate(vllm:num_preemptions_total{s}[{RATE}]))", "{{instance}}"),
     ], unit="reqps")
+
+    d.row("Speculative decoding (MTP)")
+    d.timeseries("Draft acceptance rate", "Draft tokens the target model accepted, per replica "
+                 "(--speculative-config; empty without speculation).", [
+        (f"sum by (instance) (rate(vllm:spec_decode_num_accepted_tokens_total{s}[{RATE}])) / "
+         f"sum by (instance) (rate(vllm:spec_decode_num_draft_tokens_total{s}[{RATE}]))", "{{instance}}"),
+    ], unit="percentunit", max_value=1)
+    d.timeseries("Tokens per speculative step", "Mean tokens a drafting sequence gains per step: "
+                 "1 + accepted drafts per draft.", [
+        (f"1 + sum by (instance) (rate(vllm:spec_decode_num_accepted_tokens_total{s}[{RATE}])) / "
+         f"sum by (instance) (rate(vllm:spec_decode_num_drafts_total{s}[{RATE}]))", "{{instance}}"),
+    ])
+    d.timeseries("Acceptance by draft position", "Share of drafts whose k-th token was accepted.", [
+        (f"sum by (position) (rate(vllm:spec_decode_num_accepted_tokens_per_pos_total{s}[{RATE}])) / "
+         f"ignoring(position) group_left sum(rate(vllm:spec_decode_num_drafts_total{s}[{RATE}]))",
+         "position {{position}}"),
+    ], unit="percentunit", max_value=1)
 
     d.row("Errors")
     d.timeseries("Aborted and failed requests", "Requests that ended with abort (client gone, timeout) or error.", [

@@ -23,9 +23,20 @@ use e2e::prom::Exposition;
 use e2e::{dead_port, repo_root, wait_until, Proc};
 use serde_json::Value;
 
+/// Two replicas with MTP speculation on (the demo model has the layer), so the speculative
+/// decoding series the dashboards chart exist too.
 fn start_up() -> Proc {
     Proc::start(
-        &["up", "--port", "0", "--replicas", "2"],
+        &[
+            "up",
+            "--port",
+            "0",
+            "--replicas",
+            "2",
+            "--",
+            "--speculative-config",
+            r#"{"method": "mtp", "num_speculative_tokens": 1}"#,
+        ],
         "router",
         Duration::from_secs(120),
     )

@@ -86,6 +86,28 @@ pub struct Gpu {
 impl Gpu {
     /// Opens device `ordinal` and compiles the kernels for it (FP8 tensor cores: sm_89 or newer).
     pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        // cudarc panics when a library it loads at run time is missing: ask first.
+        // SAFETY: these only probe for the shared libraries.
+        let (driver, nvrtc) = unsafe {
+            (
+                cudarc::driver::sys::is_culib_present(),
+                cudarc::nvrtc::sys::is_culib_present(),
+            )
+        };
+        if !driver {
+            return Err(ModelError::Device(
+                "the NVIDIA driver (libcuda.so) is not installed here; the GPU engine needs it \
+                 (GLMFLEET_DEVICE=cpu runs the model on the CPU)"
+                    .into(),
+            ));
+        }
+        if !nvrtc {
+            return Err(ModelError::Device(
+                "libnvrtc.so (CUDA's run-time compiler, which builds the GPU kernels) was not \
+                 found: install the CUDA runtime or put its lib directory on LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
         let ctx = CudaContext::new(ordinal).map_err(dev_err("opening the CUDA device"))?;
         // One stream, ordered by construction: cudarc's per-buffer events would only add host work
         // and cannot be captured into graphs.
