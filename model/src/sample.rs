@@ -12,6 +12,14 @@ pub struct DeviceSampling {
     pub seed: u64,
 }
 
+impl DeviceSampling {
+    /// The argmax (ties to the lower id).
+    pub const GREEDY: Self = Self {
+        temperature: 0.0,
+        seed: 0,
+    };
+}
+
 /// SplitMix64 finaliser (the same constants as the kernel).
 pub fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);

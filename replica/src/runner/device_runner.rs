@@ -15,7 +15,7 @@ use model::SeqInput;
 use scheduler::SchedulerOutput;
 
 use super::draft_plan::{plan_draft, HiddenRun};
-use super::{DeviceSampling, DraftSeq, Logits, Runner, RunnerError};
+use super::{exec_err, DeviceSampling, DraftSeq, Logits, Runner, RunnerError};
 
 /// What [`DeviceRunner`] needs of an engine that keeps its weights, KV cache and hidden rows on
 /// a device: the GPU engine (`model::gpu::GpuModel`), or its CPU twin in tests
@@ -100,10 +100,6 @@ impl<E: DeviceEngine> DeviceRunner<E> {
     pub fn model(&self) -> &E {
         &self.model
     }
-}
-
-fn exec_err(e: model::ModelError) -> RunnerError {
-    RunnerError::Execution(e.to_string())
 }
 
 impl<E: DeviceEngine> Runner for DeviceRunner<E> {

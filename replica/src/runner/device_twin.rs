@@ -5,11 +5,12 @@
 //! runner without a GPU.
 
 use burn::tensor::Tensor;
-use model::sample::{sample_host, DeviceSampling};
+use model::sample::DeviceSampling;
 use model::step::{HiddenRow, KeepFrom, StepOutput};
 use model::{CpuBackend, Glm4Moe, ModelError, PagedKvCache, SeqInput};
 
 use super::device_runner::DeviceEngine;
+use super::{host_draws, Logits};
 
 type B = CpuBackend;
 
@@ -17,7 +18,6 @@ pub struct CpuDeviceEngine {
     model: Glm4Moe<B>,
     kv: PagedKvCache<B>,
     valid_vocab: usize,
-    max_num_seqs: usize,
     /// Final-normed hidden states of the last verify step.
     verified: Option<Tensor<B, 2>>,
     /// Output hidden states of the last MTP pass.
@@ -41,34 +41,45 @@ impl CpuDeviceEngine {
             valid_vocab: model.config.vocab_size,
             model,
             kv,
-            max_num_seqs,
             verified: None,
             mtp_out: None,
             kept: vec![None; slots],
         })
     }
 
-    /// Logits rows as the engine hands them back: logits, or each row's greedy id.
-    fn rows_out(&self, logits: Option<Tensor<B, 2>>, greedy: bool) -> model::Result<StepOutput> {
+    /// Logits rows as the engine hands them back: logits, or with `draw` one id per row, row
+    /// `i` drawn with `draw(i)` by the host twin of the device draw.
+    fn rows_out(
+        &self,
+        logits: Option<Tensor<B, 2>>,
+        draw: Option<&dyn Fn(usize) -> DeviceSampling>,
+    ) -> model::Result<StepOutput> {
         let Some(logits) = logits.filter(|l| l.dims()[0] > 0) else {
             return Ok(StepOutput::Nothing);
         };
         let rows = logits.dims()[0];
         let data = floats(logits)?;
-        if !greedy {
+        let Some(draw) = draw else {
             return Ok(StepOutput::Logits { data, rows });
-        }
-        let vocab = self.model.config.vocab_size;
-        let argmax = DeviceSampling {
-            temperature: 0.0,
-            seed: 0,
         };
-        Ok(StepOutput::Tokens(
-            data.chunks(vocab)
-                .map(|r| sample_host(r, self.valid_vocab, argmax))
-                .collect(),
-        ))
+        let vocab = self.model.config.vocab_size;
+        let logits = Logits { data, rows, vocab };
+        Ok(StepOutput::Tokens(host_draws(
+            &logits,
+            self.valid_vocab,
+            draw,
+        )))
     }
+}
+
+/// The draw of a greedy step: every row's argmax.
+fn greedy(_: usize) -> DeviceSampling {
+    DeviceSampling::GREEDY
+}
+
+/// `rows_out`'s draw for a step that is `greedy` or returns logits.
+fn greedy_draw(greedy_step: bool) -> Option<&'static dyn Fn(usize) -> DeviceSampling> {
+    greedy_step.then_some(&greedy)
 }
 
 fn floats(t: Tensor<B, 2>) -> model::Result<Vec<f32>> {
@@ -93,28 +104,18 @@ impl DeviceEngine for CpuDeviceEngine {
         sampling: Option<&[DeviceSampling]>,
     ) -> model::Result<StepOutput> {
         let rows: Vec<usize> = seqs.iter().map(|s| usize::from(s.sample)).collect();
-        let out = self.model.forward_rows(seqs, &rows, &mut self.kv)?;
-        let Some(sp) = sampling else {
-            return self.rows_out(out.logits, false);
-        };
-        let Some(logits) = out.logits else {
-            return Ok(StepOutput::Nothing);
-        };
-        let vocab = self.model.config.vocab_size;
-        let data = floats(logits)?;
-        if data.len() != sp.len() * vocab {
+        let sampled: usize = rows.iter().sum();
+        if let Some(sp) = sampling.filter(|sp| sp.len() != sampled) {
             return Err(ModelError::Input(format!(
-                "{} sampling entries for {} sampled rows",
-                sp.len(),
-                data.len() / vocab
+                "{} sampling entries for {sampled} sampled rows",
+                sp.len()
             )));
         }
-        Ok(StepOutput::Tokens(
-            data.chunks(vocab)
-                .zip(sp)
-                .map(|(r, &s)| sample_host(r, self.valid_vocab, s))
-                .collect(),
-        ))
+        let out = self.model.forward_rows(seqs, &rows, &mut self.kv)?;
+        match sampling {
+            Some(sp) => self.rows_out(out.logits, Some(&|i| sp[i])),
+            None => self.rows_out(out.logits, None),
+        }
     }
 
     fn has_mtp(&self) -> bool {
@@ -122,11 +123,7 @@ impl DeviceEngine for CpuDeviceEngine {
     }
 
     fn mtp_slots(&self) -> usize {
-        if self.model.has_mtp() {
-            2 * self.max_num_seqs
-        } else {
-            0
-        }
+        self.kept.len()
     }
 
     fn verify_step(
@@ -137,7 +134,7 @@ impl DeviceEngine for CpuDeviceEngine {
     ) -> model::Result<StepOutput> {
         let out = self.model.forward_rows(seqs, logit_rows, &mut self.kv)?;
         self.verified = Some(out.hidden);
-        self.rows_out(out.logits, greedy)
+        self.rows_out(out.logits, greedy_draw(greedy))
     }
 
     fn mtp_step(
@@ -168,7 +165,7 @@ impl DeviceEngine for CpuDeviceEngine {
             self.model
                 .mtp_forward_rows(seqs, Tensor::cat(rows, 0), logit_rows, &mut self.kv)?;
         self.mtp_out = Some(y);
-        self.rows_out(Some(logits), greedy)
+        self.rows_out(Some(logits), greedy_draw(greedy))
     }
 
     fn keep_rows(&mut self, from: KeepFrom, rows: &[(usize, usize)]) -> model::Result<()> {

@@ -153,10 +153,7 @@ pub trait Runner: Send + 'static {
                 specs.len()
             )));
         }
-        let valid = valid_vocab.min(logits.vocab);
-        Ok((0..logits.rows)
-            .map(|i| model::sample::sample_host(logits.row(i), valid, specs[i]))
-            .collect())
+        Ok(host_draws(&logits, valid_vocab, |i| specs[i]))
     }
 
     /// Whether this runner has a draft model for speculative decoding (GLM's MTP layer). The
@@ -238,14 +235,25 @@ pub trait Runner: Send + 'static {
 /// kernel draws).
 fn greedy_ids(logits: &Logits, valid_vocab: usize) -> Result<Vec<u32>, RunnerError> {
     logits.check_shape()?;
+    Ok(host_draws(logits, valid_vocab, |_| DeviceSampling::GREEDY))
+}
+
+/// The host twin of the device draw: one id per row of `logits` (checked shape), row `i` drawn
+/// with `spec(i)`, never an id at or above `valid_vocab`.
+pub(crate) fn host_draws(
+    logits: &Logits,
+    valid_vocab: usize,
+    spec: impl Fn(usize) -> DeviceSampling,
+) -> Vec<u32> {
     let valid = valid_vocab.min(logits.vocab);
-    let greedy = DeviceSampling {
-        temperature: 0.0,
-        seed: 0,
-    };
-    Ok((0..logits.rows)
-        .map(|i| model::sample::sample_host(logits.row(i), valid, greedy))
-        .collect())
+    (0..logits.rows)
+        .map(|i| model::sample::sample_host(logits.row(i), valid, spec(i)))
+        .collect()
+}
+
+/// A model error as the runner's execution error.
+fn exec_err(e: model::ModelError) -> RunnerError {
+    RunnerError::Execution(e.to_string())
 }
 
 impl<R: Runner + ?Sized> Runner for Box<R> {

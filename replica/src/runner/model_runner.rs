@@ -16,7 +16,7 @@ use model::{Glm4Moe, PagedKvCache, SeqInput};
 use scheduler::SchedulerOutput;
 
 use super::draft_plan::{plan_draft, HiddenRun};
-use super::{DraftSeq, Logits, Runner, RunnerError};
+use super::{exec_err, DraftSeq, Logits, Runner, RunnerError};
 
 /// One sequence's draft chain between [`Runner::draft`] and [`Runner::draft_next`].
 struct Chain<B: Backend> {
@@ -97,10 +97,6 @@ impl<B: Backend> ModelRunner<B> {
             None => Ok(Logits::zeros(0, vocab)),
         }
     }
-}
-
-fn exec_err(e: model::ModelError) -> RunnerError {
-    RunnerError::Execution(e.to_string())
 }
 
 impl<B: Backend> Runner for ModelRunner<B>
