@@ -15,7 +15,7 @@ use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
     gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, BlasLt, DevBuf,
-    Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, StepOutput,
+    Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{sample_host, DeviceSampling};
@@ -218,7 +218,14 @@ fn cublaslt_gemm_matches_reference() {
         ("bf16", Kind::Bf16, 2e-5),
         ("fp8-channel", Kind::Channel, 1e-3),
     ] {
-        for &(m, n, k) in &[(300usize, 520usize, 512usize), (1000, 1024, 1000)] {
+        // decode rows (1, 16) with tiny-model widths, and prefill rows
+        let shapes = [
+            (1usize, 520usize, 512usize),
+            (16, 72, 64),
+            (300, 520, 512),
+            (1000, 1024, 1000),
+        ];
+        for &(m, n, k) in &shapes {
             let w = random_linear(&mut rng, &kind, n, k);
             let lin = GpuLinear::upload(&g, &[vec![&w]]).unwrap();
             let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
@@ -362,7 +369,13 @@ fn moe_topk_matches_host_routing() {
 fn router_logits_match_host_products() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-    for (t, e, h) in [(5usize, 40usize, 96usize), (100, 40, 96), (129, 128, 4096)] {
+    let many = ROUTER_GEMM_MIN_TOKENS;
+    for (t, e, h) in [
+        (5usize, 40usize, 96usize),
+        (129, 128, 4096),
+        (many + 5, 40, 96),
+        (many + 3, 128, 1024),
+    ] {
         let x: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let w: Vec<f32> = (0..e * h).map(|_| rng.gen_range(-0.05..0.05)).collect();
         let (xb, wb) = (
@@ -852,8 +865,9 @@ fn gpu_mtp_draft_matches_cpu() {
         .unwrap();
     let want_draft = common::to_f32(cpu_logits.narrow(0, n - 2, 1));
     let draft_err = rel_l2(&draft, &want_draft);
-    // A further draft step from the pass's output row, kept in slot 20.
-    gm.keep_rows(KeepFrom::MtpOutput, &[(last, 20)]).unwrap();
+    // A further draft step from the pass's output row, kept in the pool's last slot.
+    let slot = gm.mtp_slots() - 1;
+    gm.keep_rows(KeepFrom::MtpOutput, &[(last, slot)]).unwrap();
     let d1 = [7u32];
     let step = [SeqInput {
         tokens: &d1,
@@ -862,7 +876,7 @@ fn gpu_mtp_draft_matches_cpu() {
         sample: true,
     }];
     let next = logits_of(
-        gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[0], false)
+        gm.mtp_step(&step, &[HiddenRow::Kept(slot)], &[0], false)
             .unwrap(),
     );
     let (want_next, _) = cpu
@@ -895,7 +909,7 @@ fn gpu_mtp_draft_matches_cpu() {
     };
     near_max(gm.verify_step(&target, &[3], true).unwrap(), &got);
     near_max(
-        gm.mtp_step(&step, &[HiddenRow::Kept(20)], &[0], true)
+        gm.mtp_step(&step, &[HiddenRow::Kept(slot)], &[0], true)
             .unwrap(),
         &next,
     );
@@ -905,7 +919,7 @@ fn gpu_mtp_draft_matches_cpu() {
         .mtp_step(&step, &[HiddenRow::Kept(10_000)], &[0], false)
         .is_err());
     assert!(gm
-        .mtp_step(&step, &[HiddenRow::Kept(20)], &[1], false)
+        .mtp_step(&step, &[HiddenRow::Kept(slot)], &[1], false)
         .is_err());
 }
 

@@ -6,7 +6,8 @@
 #   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench] [guide]   (tests perf torch bench when none is named)
 #   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
 #   against one server start (--max-model-len 9216)
-#   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS
+#   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS,
+#   BENCH_ARGS (more `bench serve` flags, e.g. --temperature 0)
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
 set -uo pipefail
 LOG=${LOG:-/tmp/glmfleet-gpu}
@@ -75,9 +76,9 @@ if has bench; then
   grep -m3 -E 'GPU engine|error|Error' "$LOG/serve.log"
   timeout 480 "$B"/glmfleet bench serve --port 8011 --tokenizer "$MODEL" --dataset-name random \
     --random-input-len "${IN_LEN:-1000}" --random-output-len "${OUT_LEN:-1000}" \
-    --num-prompts "${NUM_PROMPTS:-256}" --max-concurrency "${CONC:-64}" --ignore-eos \
+    --num-prompts "${NUM_PROMPTS:-256}" --max-concurrency "${CONC:-64}" --ignore-eos ${BENCH_ARGS:-} \
     --save-result --result-dir "$LOG" 2>&1 | tee "$LOG/bench.log"
-  curl -s http://127.0.0.1:8011/metrics | grep -E '^vllm:(num_preemptions|prompt_tokens|generation_tokens|gpu_cache_usage)' > "$LOG/metrics.txt"
+  curl -s http://127.0.0.1:8011/metrics | grep -E '^vllm:(num_preemptions|prompt_tokens|generation_tokens|gpu_cache_usage|spec_decode)' > "$LOG/metrics.txt"
   kill $pid; wait $pid 2>/dev/null
   tail -5 "$LOG/serve.log"
 fi

@@ -24,10 +24,10 @@ const WORKSPACE: usize = 32 << 20;
 
 /// A handle, its workspace and one matmul plan per shape.
 pub struct BlasLt {
-    /// Fewest rows a GEMM needs to run here (`GLMFLEET_CUBLASLT_MIN_ROWS`, default 257: more than
-    /// the largest decode graph bucket, so captured decode steps keep our kernel). cuBLAS FP8 is
-    /// faster than ours from about 32 rows (`ops/perf` run 1 against run 14), but cuBLASLt inside
-    /// captured graphs has not been measured yet.
+    /// Fewest rows a GEMM needs to run here (`GLMFLEET_CUBLASLT_MIN_ROWS`, default 1). On the H200,
+    /// cuBLASLt FP8 beats the built-in kernel on every dense shape of Air from one row up (qkv
+    /// 21 µs against 27 at M = 1, 39 against 236 at M = 256), also inside captured decode graphs:
+    /// the batch-256 step went from 104 to 80 ms (ops/perf/2026-11-29-gpu-mtp.md, runs 19 and 20).
     pub min_rows: usize,
     handle: sys::cublasLtHandle_t,
     workspace: DevBuf,
@@ -66,7 +66,7 @@ impl BlasLt {
         let min_rows = std::env::var("GLMFLEET_CUBLASLT_MIN_ROWS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(257);
+            .unwrap_or(1);
         Some(Self {
             min_rows,
             handle,

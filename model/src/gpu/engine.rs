@@ -1126,10 +1126,13 @@ impl GpuModel {
     }
 }
 
-/// Tokens from which the router logits run as a tiled GEMM (`router_gemm`): below, one block per
-/// 8 tokens and expert reads the gate row once and is latency-bound at decode sizes; above, that
-/// layout rereads every token row once per expert (82 ms of an 8 × 1,000 prefill on Air).
-pub const ROUTER_GEMM_MIN_TOKENS: usize = 64;
+/// Tokens from which the router logits run as a tiled GEMM (`router_gemm`). `router_logits` (one
+/// block per 8 tokens and expert) rereads every token row once per expert: 3.8 ms per layer at
+/// 8,000 tokens on Air, against 0.52 ms for the GEMM. But the GEMM's few blocks walk all of `h`
+/// in series, about 0.36 ms per layer whatever the size below a wave, where `router_logits` takes
+/// 0.02 ms at 64 tokens and 0.06 ms at 256 (H200, ops/perf/2026-11-29-gpu-mtp.md): they cross near
+/// 1,000 tokens.
+pub const ROUTER_GEMM_MIN_TOKENS: usize = 1024;
 
 /// `out [t, e] = xn [t, h] · gate [e, h]ᵀ` in f32 (`h` a multiple of 4).
 pub fn router_launch(
