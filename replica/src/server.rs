@@ -221,6 +221,7 @@ impl Replica {
                 metrics: metrics.clone(),
                 seed: cfg.seed,
                 num_speculative_tokens,
+                spec_disable_by_batch_size: cfg.speculative_disable_by_batch_size(),
             },
             cfg.max_num_seqs.saturating_add(cfg.max_waiting_requests),
         )?;

@@ -81,6 +81,8 @@ struct RunLog {
     steps_with_drafts: usize,
     /// Verify steps that asked for greedy ids rather than logits (the device path).
     greedy_verifies: usize,
+    /// Per step: (sequences, draft tokens carried).
+    batches: Vec<(usize, usize)>,
 }
 
 /// `ModelRunner` plus a [`RunLog`], forwarding the drafting methods. With `device` it claims to
@@ -98,6 +100,10 @@ impl Recording {
         let mut log = self.log.lock().unwrap();
         log.steps += usize::from(!batch.seqs.is_empty());
         log.steps_with_drafts += usize::from(batch.num_draft_tokens() > 0);
+        if !batch.seqs.is_empty() {
+            log.batches
+                .push((batch.seqs.len(), batch.num_draft_tokens()));
+        }
     }
 }
 
@@ -628,6 +634,56 @@ async fn preemption_with_speculation_keeps_greedy_outputs() {
     assert!(st.preemptions > 0, "no preemption: {st:?}");
     assert_eq!(st.free_blocks, num_blocks, "blocks leaked: {st:?}");
     assert_same(&got, &want, "preempted with speculation, device runner");
+    twin.shutdown().await;
+}
+
+/// With `disable_by_batch_size`, a step after one of more sequences than the limit carries no
+/// drafts, drafting resumes once the batch has shrunk to the limit, and greedy output is
+/// unchanged throughout (the draft model's KV stays whole while nobody drafts).
+#[tokio::test]
+async fn speculation_stops_above_the_batch_size_limit() {
+    let f = Fixture::Demo;
+    let lens = [12, 30, 7, 50, 21, 40, 9, 33];
+    let reqs: Vec<EngineRequest> = prompts(f, 0xba7c, &lens)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| greedy(p, 4 + 5 * i))
+        .collect();
+    let (plain, _) = start(f, config(0, 256, 512), 512);
+    let want = run_together(plain.engine(), &reqs).await;
+    plain.shutdown().await;
+    let limit = 3;
+    let mut cfg = config(1, 256, 512);
+    cfg.speculative_config
+        .as_mut()
+        .unwrap()
+        .disable_by_batch_size = Some(limit);
+    let (spec, log) = start(f, cfg.clone(), 512);
+    let got = run_together(spec.engine(), &reqs).await;
+    assert_same(&got, &want, "speculation limited by batch size");
+    assert_counters_add_up(spec.engine(), &got, "limited");
+    let batches = log.lock().unwrap().batches.clone();
+    for (i, pair) in batches.windows(2).enumerate() {
+        let ((prev_seqs, _), (_, drafts)) = (pair[0], pair[1]);
+        assert!(
+            prev_seqs <= limit || drafts == 0,
+            "step {} carried {drafts} drafts after a step of {prev_seqs} sequences: {batches:?}",
+            i + 1
+        );
+    }
+    assert!(
+        batches.iter().any(|&(seqs, _)| seqs > limit),
+        "the batch never exceeded the limit: {batches:?}"
+    );
+    assert!(
+        batches.iter().any(|&(_, drafts)| drafts > 0),
+        "no step drafted once the batch shrank: {batches:?}"
+    );
+    spec.shutdown().await;
+    // The device runner over the twin: its kept rows with nobody drafting.
+    let twin = start_twin(f, cfg, 512);
+    let got = run_together(twin.engine(), &reqs).await;
+    assert_same(&got, &want, "speculation limited by batch size, device runner");
     twin.shutdown().await;
 }
 

@@ -127,7 +127,8 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
     /// Speculative decoding with the checkpoint's MTP layer, as JSON:
-    /// '{"method": "mtp", "num_speculative_tokens": 1}'.
+    /// '{"method": "mtp", "num_speculative_tokens": 1}'; "disable_by_batch_size": N stops
+    /// drafting after steps of more than N sequences.
     #[arg(long, value_name = "JSON")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speculative_config: Option<SpeculativeConfig>,

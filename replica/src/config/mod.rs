@@ -266,6 +266,14 @@ impl ServeConfig {
             .map_or(0, |s| s.num_speculative_tokens)
     }
 
+    /// Sequences in a step above which no drafts are proposed (`disable_by_batch_size`); `None`
+    /// drafts at every batch size.
+    pub fn speculative_disable_by_batch_size(&self) -> Option<usize> {
+        self.speculative_config
+            .as_ref()
+            .and_then(|s| s.disable_by_batch_size)
+    }
+
     /// The `host:port` to bind.
     pub fn bind_addr(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
@@ -395,9 +403,19 @@ mod tests {
             let want = SpeculativeConfig {
                 method: "mtp".into(),
                 num_speculative_tokens: 2,
+                disable_by_batch_size: None,
             };
             assert_eq!(c.speculative_config.as_ref(), Some(&want));
             assert_eq!(c.num_speculative_tokens(), 2);
+            assert_eq!(c.speculative_disable_by_batch_size(), None);
+            // vLLM's switch-off by batch size, also through a TOML table below.
+            let c = load_config(&parse(&[
+                "m",
+                "--speculative-config",
+                r#"{"method": "mtp", "disable_by_batch_size": 64}"#,
+            ]))
+            .map_err(|e| e.to_string())?;
+            assert_eq!(c.speculative_disable_by_batch_size(), Some(64));
             // The token count defaults to 1; vLLM's method aliases are accepted.
             let c = load_config(&parse(&[
                 "m",
@@ -409,11 +427,13 @@ mod tests {
             // A TOML table, and the environment as a table or as JSON.
             jail.create_file(
                 "serve.toml",
-                "[speculative_config]\nmethod = \"mtp\"\nnum_speculative_tokens = 3\n",
+                "[speculative_config]\nmethod = \"mtp\"\nnum_speculative_tokens = 3\n\
+                 disable_by_batch_size = 128\n",
             )?;
             let c =
                 load_config(&parse(&["m", "--config", "serve.toml"])).map_err(|e| e.to_string())?;
             assert_eq!(c.num_speculative_tokens(), 3);
+            assert_eq!(c.speculative_disable_by_batch_size(), Some(128));
             jail.set_env(
                 "GLMFLEET_SERVE_SPECULATIVE_CONFIG",
                 "{method=\"mtp\",num_speculative_tokens=4}",
@@ -450,6 +470,10 @@ mod tests {
             (
                 r#"{"method": "mtp", "num_speculative_tokens": 9000}"#,
                 "--max-num-batched-tokens",
+            ),
+            (
+                r#"{"method": "mtp", "disable_by_batch_size": 0}"#,
+                "disable_by_batch_size must be at least 1",
             ),
         ] {
             let c = ServeConfig {

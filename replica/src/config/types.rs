@@ -234,6 +234,12 @@ pub struct SpeculativeConfig {
     /// Draft tokens per step (at least 1). Default 1 (GLM has one MTP layer; vLLM's recipe
     /// recommends 1).
     pub num_speculative_tokens: usize,
+    /// No drafts after a step that ran more than this many sequences (vLLM V0's key of the same
+    /// name). A draft+verify step costs more the larger the batch (on one H200 with Air: 1.2×
+    /// a plain step at 64 sequences, 2× at 256), so at large batches speculation stops paying.
+    /// The draft model still runs over every step, so its KV cache stays whole for later drafts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disable_by_batch_size: Option<usize>,
 }
 
 /// Method names that select the MTP draft layer.
@@ -252,6 +258,11 @@ impl SpeculativeConfig {
         if self.num_speculative_tokens == 0 {
             return Err("num_speculative_tokens must be at least 1".into());
         }
+        if self.disable_by_batch_size == Some(0) {
+            return Err(
+                "disable_by_batch_size must be at least 1 (leave it out to always draft)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -262,6 +273,8 @@ struct RawSpeculativeConfig {
     method: String,
     #[serde(default = "one")]
     num_speculative_tokens: usize,
+    #[serde(default)]
+    disable_by_batch_size: Option<usize>,
 }
 
 fn one() -> usize {
@@ -273,6 +286,7 @@ impl From<RawSpeculativeConfig> for SpeculativeConfig {
         Self {
             method: r.method,
             num_speculative_tokens: r.num_speculative_tokens,
+            disable_by_batch_size: r.disable_by_batch_size,
         }
     }
 }

@@ -90,6 +90,8 @@ pub(crate) struct EngineParts {
     pub seed: u64,
     /// Draft tokens per step (speculative decoding with the runner's draft model); 0 = off.
     pub num_speculative_tokens: usize,
+    /// No drafts after a step of more sequences than this (`disable_by_batch_size`).
+    pub spec_disable_by_batch_size: Option<usize>,
 }
 
 /// One scheduler request (one choice) in flight.
@@ -132,6 +134,7 @@ pub(crate) struct EngineCore {
     shared: Arc<Shared>,
     prev_stats: SchedulerStats,
     num_speculative_tokens: usize,
+    spec_disable_by_batch_size: Option<usize>,
     /// Requests that ended this loop turn; reported to the handle after the stats snapshot so
     /// that whoever sees `in_flight` drop also sees the scheduler state that goes with it.
     ended_this_turn: usize,
@@ -165,6 +168,7 @@ impl EngineCore {
             shared,
             prev_stats,
             num_speculative_tokens: parts.num_speculative_tokens,
+            spec_disable_by_batch_size: parts.spec_disable_by_batch_size,
             ended_this_turn: 0,
         }
     }
@@ -477,9 +481,17 @@ impl EngineCore {
 
     /// Runs the draft model after a verified step (over every seq of the batch, so that its KV
     /// covers every computed position) and hands each live sampling sequence its drafts for the
-    /// next step. A failure only costs this step's drafts.
+    /// next step. A failure only costs this step's drafts. After a step of more sequences than
+    /// `disable_by_batch_size`, the draft model runs (its KV stays whole) but nobody drafts.
     fn propose_drafts(&mut self, out: &SchedulerOutput, sampled: &[(u64, Vec<u32>)]) {
-        let k = self.num_speculative_tokens;
+        let k = if self
+            .spec_disable_by_batch_size
+            .is_some_and(|n| out.seqs.len() > n)
+        {
+            0
+        } else {
+            self.num_speculative_tokens
+        };
         let block_size = self.scheduler.config().block_size;
         let last: HashMap<u64, u32> = sampled
             .iter()
