@@ -3,9 +3,13 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench] [guide]   (tests perf torch bench when none is named)
+#   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench] [guide] [fleet] [routing]
+#   (tests perf torch bench when none is named)
 #   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
 #   against one server start (--max-model-len 9216)
+#   fleet: one replica per GPU behind the router against N × one replica served directly
+#   (fleet-scaling.sh, 1000/1000 at FLEET_CONC 128 per replica); routing: prefix-hash against round
+#   robin on prefix-repetition traffic over all GPUs (routing-compare.sh). Both need 2 or more GPUs.
 #   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS,
 #   BENCH_ARGS (more `bench serve` flags, e.g. --temperature 0)
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
@@ -104,6 +108,24 @@ if has guide; then
       | tee "$LOG/guide-$name.log"
   done
   kill $pid; wait $pid 2>/dev/null
+fi
+# the GPUs of this host as 0,1,...; the fleet stages start one replica per GPU
+gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+ngpu=$(echo "$gpus" | tr ',' '\n' | grep -c .)
+fleet_serve="--load-format dummy --kv-cache-dtype fp8 --gpu-memory-utilization 0.93 --max-model-len 4096 \
+  --max-num-seqs 256 --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-}"
+if has fleet; then
+  echo "== fleet scaling: $ngpu replicas behind the router against $ngpu x one replica served directly"
+  LOG=$LOG/fleet GPUS=$gpus REPLICAS_LIST=$ngpu MODEL=ops/perf/glm-4.5-air-fp8-dummy \
+    CONC=${FLEET_CONC:-128} PROMPTS_PER_REPLICA=${FLEET_PROMPTS:-128} IN_LEN=1000 OUT_LEN=1000 \
+    SERVE_ARGS="$fleet_serve" timeout 560 ops/perf/fleet-scaling.sh "$B"/glmfleet 2>&1 | tee "$LOG/fleet.log"
+fi
+if has routing; then
+  echo "== prefix-hash against round robin, prefix-repetition traffic over $ngpu replicas"
+  LOG=$LOG/routing GPUS=$gpus REPLICAS=$ngpu MODEL=ops/perf/glm-4.5-air-fp8-dummy \
+    NUM_PROMPTS=${ROUTING_PROMPTS:-512} CONC=$((64 * ngpu)) PREFIX_LEN=2048 SUFFIX_LEN=128 NUM_PREFIXES=16 \
+    OUT_LEN=128 SERVE_ARGS="$fleet_serve" timeout 560 ops/perf/routing-compare.sh "$B"/glmfleet 2>&1 \
+    | tee "$LOG/routing.log"
 fi
 ls -la "$LOG"
 if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-${stages// /-}-$(basename "$LOG").tgz" -C "$LOG" .; fi
