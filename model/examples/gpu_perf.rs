@@ -172,9 +172,9 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
     let down = GpuLinear::dummy(g, fp8, &[h], inter, e, false, 10)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     println!(
-        "\n| grouped GEMM | tokens | experts touched | µs | weight TB/s | TFLOP/s | roofline µs |"
+        "\n| grouped GEMM | tokens | experts touched | µs | weight TB/s | TFLOP/s | roofline µs | cuBLASLt, one GEMM per expert µs |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for &b in &[1usize, 16, 64, 256, 2048, 8192] {
         let mut counts = vec![0usize; e];
         for _ in 0..b {
@@ -225,8 +225,18 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             let wbytes = (touched * lin.n * lin.k) as f64;
             let flops = 2.0 * (a_rows * lin.n * lin.k) as f64;
             let roof = (wbytes / (HBM_TBS * 1e6)).max(flops / (FP8_PEAK_TFLOPS * 1e6));
+            // the engine's GLMFLEET_CUBLASLT_EXPERTS path (offsets already on the host here)
+            let lt_us = match &lt {
+                Some(lt) if b >= 256 => Some(time_us(g, 3, iters, || {
+                    Ok(lt.gemm_groups(g, lin, a.act.p(), a.scales.p(), &offsets, out.p())?)
+                })?),
+                _ => None,
+            };
+            let lt_col = lt_us.map_or("—".to_string(), |u| {
+                format!("{u:.1} ({:.0} TFLOP/s)", flops / u / 1e6)
+            });
             println!(
-                "| {name} {}×{}×{e} | {b} | {touched} | {us:.1} | {:.2} | {:.1} | {roof:.1} |",
+                "| {name} {}×{}×{e} | {b} | {touched} | {us:.1} | {:.2} | {:.1} | {roof:.1} | {lt_col} |",
                 lin.n,
                 lin.k,
                 wbytes / us / 1e6,
@@ -234,7 +244,8 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             );
             rows.push(
                 json!({"gemm": name, "tokens": b, "touched": touched, "us": us,
-                "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof}),
+                "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof,
+                "cublaslt_per_expert_us": lt_us}),
             );
         }
     }
@@ -346,8 +357,10 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
             "phases_ms": prof.iter().map(|(l, ms)| json!([l, ms])).collect::<Vec<_>>()}),
         );
     }
-    println!("\n| prefill | tokens | ms | tokens/s |");
-    println!("|---|---|---|---|");
+    println!(
+        "\n| prefill | tokens | ms | tokens/s | ms, experts one cuBLASLt GEMM each | tokens/s |"
+    );
+    println!("|---|---|---|---|---|---|");
     for &(nseq, len) in &[(1usize, 8192usize), (4, 2048), (8, 1000)] {
         let prompts: Vec<Vec<u32>> = (0..nseq)
             .map(|s| (0..len).map(|i| ((i * 31 + s * 7) % 700) as u32).collect())
@@ -389,12 +402,27 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
             "<!-- prefill {nseq} x {len} by phase: {} -->",
             parts.join(", ")
         );
+        // the same prefill with the routed experts as one cuBLASLt GEMM each (from 4,096 rows)
+        let lt_ms = if m.set_cublaslt_experts(Some(4096)) {
+            expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
+            }
+            m.set_cublaslt_experts(None);
+            Some(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
+        } else {
+            None
+        };
+        let lt_cols = lt_ms.map_or("— | —".to_string(), |x| {
+            format!("{x:.1} | {:.0}", n as f64 / x * 1e3)
+        });
         println!(
-            "| {nseq} × {len} | {n} | {ms:.1} | {:.0} |",
+            "| {nseq} × {len} | {n} | {ms:.1} | {:.0} | {lt_cols} |",
             n as f64 / ms * 1e3
         );
         rows.push(json!({"prefill_seqs": nseq, "prefill_len": len, "ms": ms,
-            "tokens_per_s": n as f64 / ms * 1e3}));
+            "tokens_per_s": n as f64 / ms * 1e3, "cublaslt_experts_ms": lt_ms}));
     }
     // the same decode steps with the KV cache in FP8 (`--kv-cache-dtype fp8`)
     drop(m);

@@ -261,6 +261,48 @@ fn cublaslt_gemm_matches_reference() {
             let err = rel_l2(&got, &want_add);
             assert!(err < tol, "cuBLASLt add {name} m={m}: rel L2 {err:e}");
         }
+        // one GEMM per expert of a grouped weight (uneven rows, one expert empty), as the MoE
+        // layer runs its routed rows with GLMFLEET_CUBLASLT_EXPERTS=1
+        let (n, k) = (192, 256);
+        let counts = [3usize, 0, 40, 1, 77];
+        let m: usize = counts.iter().sum();
+        let ws: Vec<Linear<Cpu>> = counts
+            .iter()
+            .map(|_| random_linear(&mut rng, &kind, n, k))
+            .collect();
+        let lin = GpuLinear::upload(&g, &ws.iter().map(|w| vec![w]).collect::<Vec<_>>()).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        let xb = DevBuf::from_host(&g, &x).unwrap();
+        let act = DevBuf::zeros(&g, m * lin.kp * 2).unwrap();
+        let sc = DevBuf::zeros(&g, m * 4).unwrap();
+        let (fmt, group) = lin.act_format();
+        model::launch!(g, prep_rows, (m as u32, 1, 1), (prep_threads(m), 1, 1), 0;
+            xb.p(), k as i32, 0u64, k as i32, 0i32, 0u64, 1e-6f32, 0i32, fmt, act.p(),
+            lin.kp as i32, sc.p(), group as i32)
+        .unwrap();
+        let mut offsets = vec![0i32];
+        for &c in &counts {
+            offsets.push(offsets.last().unwrap() + c as i32);
+        }
+        let out = DevBuf::zeros(&g, m * n * 4).unwrap();
+        lt.gemm_groups(&g, &lin, act.p(), sc.p(), &offsets, out.p())
+            .unwrap();
+        let mut got = vec![0f32; m * n];
+        g.download(out.p(), &mut got).unwrap();
+        let mut row = 0;
+        for (e, &c) in counts.iter().enumerate().filter(|(_, &c)| c > 0) {
+            let want = reference_gemm(&x[row * k..(row + c) * k], c, &ws[e]);
+            let err = rel_l2(&got[row * n..(row + c) * n], &want);
+            assert!(err < tol, "cuBLASLt {name} expert {e}: rel L2 {err:e}");
+            row += c;
+        }
+        eprintln!(
+            "cuBLASLt {name}: {} experts, {m} rows, one GEMM each",
+            counts.len()
+        );
+        assert!(lt
+            .gemm_groups(&g, &lin, act.p(), sc.p(), &[0, 1, 2, 3, 4, 5, 6], out.p())
+            .is_err());
     }
 }
 
@@ -583,6 +625,49 @@ fn check_fp8(name: &str) {
     let e = check_model(name);
     assert!(e.prefill_vs_ref < W8A8_TOL, "{name}: {e:?}");
     assert!(4 * e.agree >= 3 * e.steps, "{name}: {e:?}");
+}
+
+/// The routed experts as one cuBLASLt GEMM per expert (`set_cublaslt_experts`) give the logits
+/// of our grouped kernel: a prefill of 130 tokens, then a decode step, on BF16 and FP8 weights.
+#[test]
+fn cublaslt_experts_match_the_grouped_kernel() {
+    for (name, tol) in [("tiny-b", 2e-3), ("tiny-b-fp8", W8A8_TOL)] {
+        let mut gm = GpuModel::load(&fixture(name), &opts()).unwrap();
+        let prompt: Vec<u32> = (0..130).map(|i| (i * 37 + 5) % 250).collect();
+        let table: Vec<u32> = (0..10).collect();
+        let prefill = [SeqInput {
+            tokens: &prompt,
+            start_pos: 0,
+            block_table: &table,
+            sample: true,
+        }];
+        let next = [77u32];
+        let decode = [SeqInput {
+            tokens: &next,
+            start_pos: prompt.len(),
+            block_table: &table,
+            sample: true,
+        }];
+        let run = |gm: &mut GpuModel| {
+            let a = logits_of(gm.step(&prefill, None).unwrap());
+            let b = logits_of(gm.step(&decode, None).unwrap());
+            (a, b)
+        };
+        let (want_p, want_d) = run(&mut gm);
+        if !gm.set_cublaslt_experts(Some(1)) {
+            assert_eq!(std::env::var("GLMFLEET_CUBLASLT").as_deref(), Ok("0"));
+            return;
+        }
+        let (got_p, got_d) = run(&mut gm);
+        let (ep, ed) = (rel_l2(&got_p, &want_p), rel_l2(&got_d, &want_d));
+        eprintln!(
+            "{name}: cuBLASLt experts vs grouped kernel: prefill rel L2 {ep:.2e}, decode {ed:.2e}"
+        );
+        assert!(
+            ep < tol && ed < tol,
+            "{name}: prefill {ep:e}, decode {ed:e}"
+        );
+    }
 }
 
 #[test]

@@ -683,7 +683,11 @@ async fn speculation_stops_above_the_batch_size_limit() {
     // The device runner over the twin: its kept rows with nobody drafting.
     let twin = start_twin(f, cfg, 512);
     let got = run_together(twin.engine(), &reqs).await;
-    assert_same(&got, &want, "speculation limited by batch size, device runner");
+    assert_same(
+        &got,
+        &want,
+        "speculation limited by batch size, device runner",
+    );
     twin.shutdown().await;
 }
 

@@ -29,6 +29,11 @@ pub struct BlasLt {
     /// 21 µs against 27 at M = 1, 39 against 236 at M = 256), also inside captured decode graphs:
     /// the batch-256 step went from 104 to 80 ms (ops/perf/2026-11-29-gpu-mtp.md, runs 19 and 20).
     pub min_rows: usize,
+    /// Routed rows (tokens × top-k) from which a step's experts run here, one GEMM per expert
+    /// (`GLMFLEET_CUBLASLT_EXPERTS=ROWS`, e.g. 4096; unset: never, until measured on a GPU, see
+    /// ops/perf/2026-11-29-gpu-mtp.md). Our grouped kernel reaches 120–140 TFLOP/s at prefill
+    /// sizes, where cuBLASLt FP8 reaches 900–1,200 on dense shapes.
+    pub experts_min_rows: Option<usize>,
     handle: sys::cublasLtHandle_t,
     workspace: DevBuf,
     plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
@@ -67,8 +72,13 @@ impl BlasLt {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
+        let experts_min_rows = std::env::var("GLMFLEET_CUBLASLT_EXPERTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0);
         Some(Self {
             min_rows,
+            experts_min_rows,
             handle,
             workspace,
             plans: Mutex::new(HashMap::new()),
@@ -95,11 +105,40 @@ impl BlasLt {
         omode: i32,
         scratch: u64,
     ) -> Result<()> {
+        self.gemm_group(g, w, 0, act, act_scales, rows, out, ldc, omode, scratch)
+    }
+
+    /// As [`Self::gemm`] with group `gi` of a grouped weight (one routed expert of a stacked
+    /// `[experts, n, kp]` weight): its rows and its weight scales.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_group(
+        &self,
+        g: &Gpu,
+        w: &GpuLinear,
+        gi: usize,
+        act: u64,
+        act_scales: u64,
+        rows: usize,
+        out: u64,
+        ldc: usize,
+        omode: i32,
+        scratch: u64,
+    ) -> Result<()> {
+        if gi >= w.groups.max(1) {
+            return Err(ModelError::Input(format!(
+                "group {gi} of a weight with {} groups",
+                w.groups
+            )));
+        }
         let fp8 = matches!(w.format, WeightFormat::Fp8Channel);
         let in_place = omode == 0 && ldc == w.n;
         let d = if in_place { out } else { scratch };
-        self.matmul(g, fp8, act, w.w.p(), rows, w.n, w.kp, d)?;
-        let sw = w.scales.as_ref().map_or(0, |s| s.p());
+        let wp = w.w.p() + (gi * w.n * w.kp * w.elem_bytes()) as u64;
+        self.matmul(g, fp8, act, wp, rows, w.n, w.kp, d)?;
+        let sw = w
+            .scales
+            .as_ref()
+            .map_or(0, |s| s.p() + (gi * w.scales_per_group() * 4) as u64);
         let bias = w.bias.as_ref().map_or(0, |s| s.p());
         if in_place && !fp8 && bias == 0 {
             return Ok(());
@@ -107,6 +146,40 @@ impl BlasLt {
         let sa = if fp8 { act_scales } else { 0 };
         launch!(g, scale_out, (rows as u32, w.n.div_ceil(256) as u32, 1), (256, 1, 1), 0;
             d, rows as i32, w.n as i32, sa, sw, bias, out, ldc as i32, omode)
+    }
+
+    /// One GEMM per group of `w` over consecutive row ranges of `act` (group `i` takes rows
+    /// `offsets[i]..offsets[i + 1]`, as the MoE plan lays out the routed rows), stored in place
+    /// (`out` rows of `w.n` f32).
+    pub fn gemm_groups(
+        &self,
+        g: &Gpu,
+        w: &GpuLinear,
+        act: u64,
+        act_scales: u64,
+        offsets: &[i32],
+        out: u64,
+    ) -> Result<()> {
+        let (act_row, out_row) = ((w.kp * w.elem_bytes()) as u64, (w.n * 4) as u64);
+        for (gi, r) in offsets.windows(2).enumerate() {
+            let (r0, rows) = (r[0].max(0) as u64, (r[1] - r[0]).max(0) as usize);
+            if rows == 0 {
+                continue;
+            }
+            self.gemm_group(
+                g,
+                w,
+                gi,
+                act + r0 * act_row,
+                act_scales + r0 * 4,
+                rows,
+                out + r0 * out_row,
+                w.n,
+                0,
+                0,
+            )?;
+        }
+        Ok(())
     }
 
     /// `d [m, n] (f32, ld n) = a [m, k] · w [n, k]ᵀ`, both operands K-major with leading dimension

@@ -260,6 +260,8 @@ pub struct GpuModel {
     workspace_bytes: usize,
     /// cuBLASLt for dense GEMMs of more rows than a decode graph holds (absent: our kernel).
     blaslt: Option<BlasLt>,
+    /// Set while a decode step is being captured as a graph.
+    capturing: std::cell::Cell<bool>,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
 }
@@ -465,6 +467,7 @@ impl GpuModel {
             weight_bytes,
             workspace_bytes,
             blaslt,
+            capturing: std::cell::Cell::new(false),
             mtp,
         };
         m.g.sync()?;
@@ -571,6 +574,18 @@ impl GpuModel {
         }
     }
 
+    /// Routed rows from which a step's experts run as one cuBLASLt GEMM each (`None`: never);
+    /// false when cuBLASLt is absent. The default comes from `GLMFLEET_CUBLASLT_EXPERTS`.
+    pub fn set_cublaslt_experts(&mut self, min_rows: Option<usize>) -> bool {
+        match &mut self.blaslt {
+            Some(lt) => {
+                lt.experts_min_rows = min_rows;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.opts.cuda_graphs = on;
     }
@@ -659,9 +674,11 @@ impl GpuModel {
                     .stream
                     .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .map_err(dev_err("begin graph capture"))?;
+                self.capturing.set(true);
                 let run = self
                     .forward(bucket, bucket, bucket)
                     .and_then(|_| self.sample(bucket));
+                self.capturing.set(false);
                 let graph = self
                     .g
                     .stream
@@ -1005,7 +1022,12 @@ impl GpuModel {
             ws.ids.p(), a as i32, e as i32, k as i32, bm as i32, ws.offsets.p(), ws.perm.p(),
             ws.inv.p(), ws.tiles.p(), ws.ntiles.p())?;
         self.mark("MoE routing")?;
-        let grouped = Some((bm, max_tiles));
+        let offsets = self.expert_offsets(experts_gu, experts_down, a)?;
+        let grouped = Some(Grouped {
+            bm,
+            max_tiles,
+            offsets: offsets.as_deref(),
+        });
         let xn = ws.xn.p();
         self.swiglu(
             experts_gu,
@@ -1030,6 +1052,32 @@ impl GpuModel {
         self.mark("MoE combine")
     }
 
+    /// The MoE plan's row offsets per expert, read back to the host, when the routed experts of
+    /// this step run as one cuBLASLt GEMM each: `a` routed rows reach
+    /// `BlasLt::experts_min_rows`, and the step is not being captured (a graph cannot wait for
+    /// the host).
+    fn expert_offsets(
+        &self,
+        gate_up: &GpuLinear,
+        down: &GpuLinear,
+        a: usize,
+    ) -> Result<Option<Vec<i32>>> {
+        let on = !self.capturing.get()
+            && self
+                .blaslt
+                .as_ref()
+                .and_then(|lt| lt.experts_min_rows)
+                .is_some_and(|n| a >= n)
+            && BlasLt::handles(gate_up)
+            && BlasLt::handles(down);
+        if !on {
+            return Ok(None);
+        }
+        let mut offsets = vec![0i32; gate_up.groups + 1];
+        self.g.download(self.ws.offsets.p(), &mut offsets)?;
+        Ok(Some(offsets))
+    }
+
     /// gate|up GEMM, SiLU·up with quantization, down GEMM: the dense MLP, the routed experts
     /// (grouped, rows gathered in expert order) and the shared expert. `input` is (x, gathered rows
     /// or 0, rows, RMSNorm weight or 0); `output` is (destination, 0 store / 1 add).
@@ -1040,7 +1088,7 @@ impl GpuModel {
         down: &GpuLinear,
         inter: usize,
         input: (u64, u64, usize, u64),
-        grouped: Option<(usize, usize)>,
+        grouped: Option<Grouped<'_>>,
         output: (u64, i32),
         label: &'static str,
     ) -> Result<()> {
@@ -1085,11 +1133,29 @@ impl GpuModel {
         &self,
         w: &GpuLinear,
         rows: usize,
-        grouped: Option<(usize, usize)>,
+        grouped: Option<Grouped<'_>>,
         out: u64,
         ldc: usize,
         omode: i32,
     ) -> Result<()> {
+        if let (
+            Some(lt),
+            Some(Grouped {
+                offsets: Some(offsets),
+                ..
+            }),
+        ) = (&self.blaslt, grouped)
+        {
+            if omode == 0 && ldc == w.n {
+                let ws = &self.ws;
+                match lt.gemm_groups(&self.g, w, ws.act.p(), ws.act_scales.p(), offsets, out) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => tracing::warn!(
+                        "cuBLASLt expert GEMMs failed, using the built-in grouped kernel: {e}"
+                    ),
+                }
+            }
+        }
         if let (Some(lt), None) = (&self.blaslt, grouped) {
             // in place, or through the scratch sized for hidden-wide results
             let fits = (omode == 0 && ldc == w.n) || w.n <= self.config.hidden_size;
@@ -1110,10 +1176,10 @@ impl GpuModel {
             self.ws.act.p(),
             self.ws.act_scales.p(),
             rows,
-            grouped.map(|(bm, mt)| {
+            grouped.map(|gr| {
                 (
-                    bm,
-                    mt,
+                    gr.bm,
+                    gr.max_tiles,
                     self.ws.tiles.p(),
                     self.ws.ntiles.p(),
                     self.ws.offsets.p(),
@@ -1124,6 +1190,16 @@ impl GpuModel {
             omode,
         )
     }
+}
+
+/// How the rows of a grouped GEMM split over the groups of its weight (the routed experts).
+#[derive(Clone, Copy)]
+struct Grouped<'a> {
+    /// Our grouped kernel: rows per tile of the MoE plan, and the most tiles it can have.
+    bm: usize,
+    max_tiles: usize,
+    /// The plan's row offsets per expert on the host: one cuBLASLt GEMM per expert instead.
+    offsets: Option<&'a [i32]>,
 }
 
 /// Tokens from which the router logits run as a tiled GEMM (`router_gemm`). `router_logits` (one
