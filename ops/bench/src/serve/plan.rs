@@ -192,6 +192,8 @@ fn extra_body(args: &ServeArgs) -> Result<Map<String, Value>, BenchError> {
             body.insert(k.to_string(), v);
         }
     }
+    // As vLLM's bench: greedy unless a temperature is given (`--extra-body` may still set one).
+    body.entry("temperature").or_insert(Value::from(0.0));
     if let Some(raw) = &args.extra_body {
         match serde_json::from_str::<Value>(raw) {
             Ok(Value::Object(o)) => body.extend(o),
@@ -433,5 +435,20 @@ mod tests {
             Value::Object(p.extra_body.clone()).to_string(),
             r#"{"temperature":0.0,"top_k":5}"#
         );
+        // greedy by default, as vLLM's bench; a flag or --extra-body sets another temperature
+        for (args, want) in [
+            (vec!["--model", "m"], r#"{"temperature":0.0}"#),
+            (
+                vec!["--model", "m", "--temperature", "0.7"],
+                r#"{"temperature":0.7}"#,
+            ),
+            (
+                vec!["--model", "m", "--extra-body", r#"{"temperature":1.0}"#],
+                r#"{"temperature":1.0}"#,
+            ),
+        ] {
+            let p = plan(&parse(&args), &t, None, None).unwrap();
+            assert_eq!(Value::Object(p.extra_body.clone()).to_string(), want);
+        }
     }
 }
