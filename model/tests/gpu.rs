@@ -142,7 +142,8 @@ fn reference_gemm(x: &[f32], m: usize, w: &Linear<Cpu>) -> Vec<f32> {
 
 /// Quantizes `x` for `lin` with the prep kernel and runs the GEMM; grouped when `groups` gives
 /// each group's row count.
-fn run_gemm(g: &Gpu, lin: &GpuLinear, x: &[f32], m: usize, groups: Option<&[usize]>) -> Vec<f32> {
+/// `m` rows of `x` quantized (or cast) on the device as `lin`'s activations, with their scales.
+fn prep_act(g: &Gpu, lin: &GpuLinear, x: &[f32], m: usize) -> (DevBuf, DevBuf) {
     let k = lin.k;
     let xb = DevBuf::from_host(g, x).unwrap();
     let act = DevBuf::zeros(g, m * lin.kp * 2).unwrap();
@@ -152,6 +153,11 @@ fn run_gemm(g: &Gpu, lin: &GpuLinear, x: &[f32], m: usize, groups: Option<&[usiz
         xb.p(), k as i32, 0u64, k as i32, 0i32, 0u64, 1e-6f32, 0i32, fmt, act.p(), lin.kp as i32,
         sc.p(), group as i32)
     .unwrap();
+    (act, sc)
+}
+
+fn run_gemm(g: &Gpu, lin: &GpuLinear, x: &[f32], m: usize, groups: Option<&[usize]>) -> Vec<f32> {
+    let (act, sc) = prep_act(g, lin, x, m);
     let out = DevBuf::zeros(g, m * lin.n * 4).unwrap();
     match groups {
         None => gemm_launch(g, lin, act.p(), sc.p(), m, None, out.p(), lin.n, 0).unwrap(),
@@ -229,14 +235,7 @@ fn cublaslt_gemm_matches_reference() {
             let w = random_linear(&mut rng, &kind, n, k);
             let lin = GpuLinear::upload(&g, &[vec![&w]]).unwrap();
             let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
-            let xb = DevBuf::from_host(&g, &x).unwrap();
-            let act = DevBuf::zeros(&g, m * lin.kp * 2).unwrap();
-            let sc = DevBuf::zeros(&g, m * 4).unwrap();
-            let (fmt, group) = lin.act_format();
-            model::launch!(g, prep_rows, (m as u32, 1, 1), (prep_threads(m), 1, 1), 0;
-                xb.p(), k as i32, 0u64, k as i32, 0i32, 0u64, 1e-6f32, 0i32, fmt, act.p(),
-                lin.kp as i32, sc.p(), group as i32)
-            .unwrap();
+            let (act, sc) = prep_act(&g, &lin, &x, m);
             let want = reference_gemm(&x, m, &w);
             // store in place
             let out = DevBuf::zeros(&g, m * n * 4).unwrap();
@@ -262,7 +261,7 @@ fn cublaslt_gemm_matches_reference() {
             assert!(err < tol, "cuBLASLt add {name} m={m}: rel L2 {err:e}");
         }
         // one GEMM per expert of a grouped weight (uneven rows, one expert empty), as the MoE
-        // layer runs its routed rows with GLMFLEET_CUBLASLT_EXPERTS=1
+        // layer runs its routed rows with GLMFLEET_CUBLASLT_EXPERTS
         let (n, k) = (192, 256);
         let counts = [3usize, 0, 40, 1, 77];
         let m: usize = counts.iter().sum();
@@ -272,14 +271,7 @@ fn cublaslt_gemm_matches_reference() {
             .collect();
         let lin = GpuLinear::upload(&g, &ws.iter().map(|w| vec![w]).collect::<Vec<_>>()).unwrap();
         let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
-        let xb = DevBuf::from_host(&g, &x).unwrap();
-        let act = DevBuf::zeros(&g, m * lin.kp * 2).unwrap();
-        let sc = DevBuf::zeros(&g, m * 4).unwrap();
-        let (fmt, group) = lin.act_format();
-        model::launch!(g, prep_rows, (m as u32, 1, 1), (prep_threads(m), 1, 1), 0;
-            xb.p(), k as i32, 0u64, k as i32, 0i32, 0u64, 1e-6f32, 0i32, fmt, act.p(),
-            lin.kp as i32, sc.p(), group as i32)
-        .unwrap();
+        let (act, sc) = prep_act(&g, &lin, &x, m);
         let mut offsets = vec![0i32];
         for &c in &counts {
             offsets.push(offsets.last().unwrap() + c as i32);
