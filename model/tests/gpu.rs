@@ -805,9 +805,13 @@ fn fp8_kv_cache_doubles_capacity_within_tolerance() {
         )
         .unwrap()
     };
-    let (mut bf, mut f8) = (mk(false), mk(true));
+    let (mut bf, mut f8, mut f8h) = (mk(false), mk(true), mk(true));
+    // the f16-widening attention (attn_f8h_*) beside the bf16-widening one
+    f8h.set_fp8_attn_f16(true);
+    f8.set_fp8_attn_f16(false);
     assert_eq!(f8.num_blocks(), 2 * bf.num_blocks());
     let (mut worst, mut agree, mut steps) = (0f64, 0, 0);
+    let (mut worst_h, mut agree_h, mut h_vs_b) = (0f64, 0, 0f64);
     for p in r["prompts"].as_array().unwrap() {
         let prompt = ids(&p["token_ids"]);
         let table: Vec<u32> = (0..((prompt.len() + 10).div_ceil(16)) as u32).collect();
@@ -817,11 +821,14 @@ fn fp8_kv_cache_doubles_capacity_within_tolerance() {
             block_table: &table,
             sample: true,
         }];
-        let (a, b) = (
+        let (a, b, h) = (
             logits_of(bf.step(&seq, None).unwrap()),
             logits_of(f8.step(&seq, None).unwrap()),
+            logits_of(f8h.step(&seq, None).unwrap()),
         );
         worst = worst.max(rel_l2(&b, &a));
+        worst_h = worst_h.max(rel_l2(&h, &a));
+        h_vs_b = h_vs_b.max(rel_l2(&h, &b));
         for (i, &tok) in ids(&p["greedy"]).iter().take(8).enumerate() {
             let one = [tok];
             let seq = [SeqInput {
@@ -830,11 +837,14 @@ fn fp8_kv_cache_doubles_capacity_within_tolerance() {
                 block_table: &table,
                 sample: true,
             }];
-            let (a, b) = (
+            let (a, b, h) = (
                 logits_of(bf.step(&seq, None).unwrap()),
                 logits_of(f8.step(&seq, None).unwrap()),
+                logits_of(f8h.step(&seq, None).unwrap()),
             );
             worst = worst.max(rel_l2(&b, &a));
+            worst_h = worst_h.max(rel_l2(&h, &a));
+            h_vs_b = h_vs_b.max(rel_l2(&h, &b));
             let am = |v: &[f32]| {
                 v.iter()
                     .enumerate()
@@ -843,6 +853,7 @@ fn fp8_kv_cache_doubles_capacity_within_tolerance() {
                     .0
             };
             agree += usize::from(am(&a) == am(&b));
+            agree_h += usize::from(am(&a) == am(&h));
             steps += 1;
         }
     }
@@ -851,8 +862,18 @@ fn fp8_kv_cache_doubles_capacity_within_tolerance() {
         f8.num_blocks(),
         bf.num_blocks()
     );
+    eprintln!(
+        "fp8 KV, f16 widening: worst rel L2 vs the BF16 cache {worst_h:.3e}, vs the bf16 widening {h_vs_b:.3e}; decode argmax {agree_h}/{steps}"
+    );
     assert!(worst < 0.1, "fp8 KV rel L2 {worst:e}");
     assert!(4 * agree >= 3 * steps, "fp8 KV argmax {agree}/{steps}");
+    assert!(worst_h < 0.1, "fp8 KV, f16 widening: rel L2 {worst_h:e}");
+    assert!(
+        4 * agree_h >= 3 * steps,
+        "fp8 KV, f16 widening: argmax {agree_h}/{steps}"
+    );
+    // the two widenings differ only by bf16 against f16 rounding of Q·scale and P
+    assert!(h_vs_b < BF16_TOL, "f16 vs bf16 widening: rel L2 {h_vs_b:e}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ funcs!(
     attn_d32,
     attn_d64,
     attn_d128,
+    attn_f8_d32,
+    attn_f8_d64,
+    attn_f8_d128,
+    attn_f8h_d32,
+    attn_f8h_d64,
+    attn_f8h_d128,
     attn_combine,
     router_logits,
     router_gemm,
@@ -151,7 +157,17 @@ impl Gpu {
             )
             .map_err(dev_err("raising the GEMM shared-memory limit"))?;
         }
-        for (func, d) in [(&f.attn_d32, 32), (&f.attn_d64, 64), (&f.attn_d128, 128)] {
+        for (func, d) in [
+            (&f.attn_d32, 32),
+            (&f.attn_d64, 64),
+            (&f.attn_d128, 128),
+            (&f.attn_f8_d32, 32),
+            (&f.attn_f8_d64, 64),
+            (&f.attn_f8_d128, 128),
+            (&f.attn_f8h_d32, 32),
+            (&f.attn_f8h_d64, 64),
+            (&f.attn_f8h_d128, 128),
+        ] {
             func.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 attn_smem(d) as i32,

@@ -262,6 +262,9 @@ pub struct GpuModel {
     blaslt: Option<BlasLt>,
     /// Set while a decode step is being captured as a graph.
     capturing: std::cell::Cell<bool>,
+    /// Attention over an FP8 cache widens it to f16 (`attn_f8h_*`) rather than bf16
+    /// (`GLMFLEET_FP8_ATTN_F16=1`; off until measured on a GPU).
+    fp8_attn_f16: bool,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
 }
@@ -468,6 +471,7 @@ impl GpuModel {
             workspace_bytes,
             blaslt,
             capturing: std::cell::Cell::new(false),
+            fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").is_ok_and(|v| v == "1"),
             mtp,
         };
         m.g.sync()?;
@@ -571,6 +575,15 @@ impl GpuModel {
             // captured graphs baked the old bound in
             self.graphs.clear();
             self.valid_vocab = n;
+        }
+    }
+
+    /// Whether attention over an FP8 KV cache widens it to f16 (`attn_f8h_*`) instead of bf16.
+    pub fn set_fp8_attn_f16(&mut self, on: bool) {
+        if on != self.fp8_attn_f16 {
+            // captured graphs baked the old kernel in
+            self.graphs.clear();
+            self.fp8_attn_f16 = on;
         }
     }
 
@@ -967,13 +980,19 @@ impl GpuModel {
                     ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
                     ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
                     self.opts.block_size as i32, ws.o.p(), part, nh as i32, nkv as i32,
-                    (d as f32).powf(-0.5), i32::from(self.opts.kv_fp8))
+                    (d as f32).powf(-0.5))
             };
         }
-        match d {
-            32 => attn!(attn_d32)?,
-            64 => attn!(attn_d64)?,
-            _ => attn!(attn_d128)?,
+        match (d, self.opts.kv_fp8, self.fp8_attn_f16) {
+            (32, false, _) => attn!(attn_d32)?,
+            (64, false, _) => attn!(attn_d64)?,
+            (_, false, _) => attn!(attn_d128)?,
+            (32, true, false) => attn!(attn_f8_d32)?,
+            (64, true, false) => attn!(attn_f8_d64)?,
+            (_, true, false) => attn!(attn_f8_d128)?,
+            (32, true, true) => attn!(attn_f8h_d32)?,
+            (64, true, true) => attn!(attn_f8h_d64)?,
+            (_, true, true) => attn!(attn_f8h_d128)?,
         }
         if splits > 1 {
             launch!(g, attn_combine, (tiles as u32, nkv as u32, 1), (256, 1, 1), 0;

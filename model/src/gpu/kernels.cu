@@ -576,8 +576,9 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
 // heads share every K/V load. Keys stream from the paged cache 64 at a time through a two-stage
 // cp.async pipeline (the next tile's block-table entries are read a tile ahead, so no load waits on
 // another); K and V keep their cache layout in shared memory and V reaches the PV mma through
-// ldmatrix.trans. An FP8 cache lands as bytes and is widened to BF16 by the thread that fetched it.
-// S = Q K^T and O += P V are bf16 mma.m16n8k16 with f32 accumulation and an online softmax in
+// ldmatrix.trans. An FP8 cache lands as bytes and is widened to bf16 (or, attn_f8h_*, to f16, two
+// values per cvt; e4m3 is exact in both) by the thread that fetched it. S = Q K^T and O += P V are
+// mma.m16n8k16 (bf16, or f16 after an f16 widening) with f32 accumulation and an online softmax in
 // registers; causality per row (key position <= the row's position). When the tile has at most 16
 // (row, head) pairs (decode: one row of G heads) the four warps instead take 16 keys of each tile
 // each, with their own softmax state, merged through shared memory at the end, so no warp idles.
@@ -588,17 +589,54 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
   return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
 }
 
+// Two floats as f16 (round to nearest), `lo` in the low half.
+__device__ __forceinline__ u32 pack_f16(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// Two e4m3 bytes (the low byte first in memory) as two f16, the low byte's in the low half: exact.
+__device__ __forceinline__ u32 e4m3x2_to_f16x2(u16 two) {
+  u32 r;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r) : "h"(two));
+  return r;
+}
+
+__device__ __forceinline__ void mma_f16(float* c, const u32* a, const u32* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// The attention's 16-bit operands: f16 when the KV cache is FP8 (e4m3 widens to f16 exactly, two
+// values per instruction), bf16 otherwise (the cache's own type).
+template <bool F16>
+__device__ __forceinline__ u32 pack16(float lo, float hi) {
+  return F16 ? pack_f16(lo, hi) : pack_bf16(lo, hi);
+}
+
+template <bool F16>
+__device__ __forceinline__ void mma16(float* c, const u32* a, const u32* b) {
+  if (F16)
+    mma_f16(c, a, b);
+  else
+    mma_bf16(c, a, b);
+}
+
 template <int N>
 struct IntC {
   static constexpr int v = N;
 };
 
-template <int D>
+template <int D, bool F8, bool F16>
 __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, const float* q,
                                           const int* tiles, const int* ntiles, const int* row_seq,
                                           const int* pos, const int* btab, const int* btab_stride,
                                           int bs, float* out, float* part, int nh, int nkv,
-                                          float scale, int kv_fp8) {
+                                          float scale) {
   constexpr int KT = 64;
   constexpr int KS = D + 8;        // bf16 row stride (elements): 16-byte rows, conflict-free
   constexpr int K8 = D + 16;       // fp8 row stride (bytes)
@@ -607,7 +645,8 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   constexpr int PASSES = KT / KPP;
   extern __shared__ __align__(16) u8 smem[];
   // bf16: stage s = K [KT][KS], V [KT][KS] u16. fp8: two raw stages of K, V [KT][K8] bytes,
-  // then one bf16 K, V pair they are widened into.
+  // then one K, V pair they are widened into: f16 when F16 (every mma operand is then f16), else
+  // bf16.
   constexpr int STAGE16 = 2 * KT * KS * 2, STAGE8 = 2 * KT * K8;
   int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
   if (tile >= *ntiles) return;
@@ -635,10 +674,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #pragma unroll
   for (int ks = 0; ks < D / 16; ks++) {
     int c = ks * 16 + tig * 2;
-    qf[ks][0] = vA ? pack_bf16(qA[c] * scale, qA[c + 1] * scale) : 0u;
-    qf[ks][1] = vB ? pack_bf16(qB[c] * scale, qB[c + 1] * scale) : 0u;
-    qf[ks][2] = vA ? pack_bf16(qA[c + 8] * scale, qA[c + 9] * scale) : 0u;
-    qf[ks][3] = vB ? pack_bf16(qB[c + 8] * scale, qB[c + 9] * scale) : 0u;
+    qf[ks][0] = vA ? pack16<F16>(qA[c] * scale, qA[c + 1] * scale) : 0u;
+    qf[ks][1] = vB ? pack16<F16>(qB[c] * scale, qB[c + 1] * scale) : 0u;
+    qf[ks][2] = vA ? pack16<F16>(qA[c + 8] * scale, qA[c + 9] * scale) : 0u;
+    qf[ks][3] = vB ? pack16<F16>(qB[c + 8] * scale, qB[c + 9] * scale) : 0u;
   }
   float o[D / 8][4];
 #pragma unroll
@@ -667,7 +706,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       int j = j0 + KPP * i, p = kt * KT + j;
       bool ok = r[i] >= 0;
       size_t off = ok ? ((size_t)(r[i] * bs + p % bs) * nkv + kvh) * D + ch * 8 : 0;
-      if (kv_fp8) {
+      if (F8) {
         u8* b = smem + st * STAGE8;
         cp_async8(b + j * K8 + ch * 8, (const u8*)kc_ + off, ok);
         cp_async8(b + KT * K8 + j * K8 + ch * 8, (const u8*)vc_ + off, ok);
@@ -692,7 +731,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       for (int ks = 0; ks < D / 16; ks++) {
         const u16* kr = Ks + (k0 + nt * 8 + gid) * KS + ks * 16 + tig * 2;
         u32 b[2] = {*(const u32*)kr, *(const u32*)(kr + 8)};
-        mma_bf16(sc[nt], qf[ks], b);
+        mma16<F16>(sc[nt], qf[ks], b);
       }
     }
     float mx[2] = {mrow[0], mrow[1]};
@@ -736,17 +775,18 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     }
 #pragma unroll
     for (int kk = 0; kk < NTL / 2; kk++) {
-      u32 pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                   pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                   pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+      u32 pa[4] = {pack16<F16>(sc[2 * kk][0], sc[2 * kk][1]),
+                   pack16<F16>(sc[2 * kk][2], sc[2 * kk][3]),
+                   pack16<F16>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                   pack16<F16>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
       // V rows kk*16 .. +15 (keys) as the B operand, two 8-wide dim tiles per ldmatrix.x4.trans
       const u16* vrow = Vs + (k0 + kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * KS + (lane >> 4) * 8;
 #pragma unroll
       for (int dp = 0; dp < D / 16; dp++) {
         u32 b[4];
         ldsm_x4_trans(b, vrow + dp * 16);
-        mma_bf16(o[2 * dp], pa, b);
-        mma_bf16(o[2 * dp + 1], pa, b + 2);
+        mma16<F16>(o[2 * dp], pa, b);
+        mma16<F16>(o[2 * dp + 1], pa, b + 2);
       }
     }
   };
@@ -767,7 +807,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       asm volatile("cp.async.wait_group 0;");
     }
     const u16* Ks;
-    if (kv_fp8) {  // widen this thread's own chunks (visible to it after the wait)
+    if (F8) {  // widen this thread's own chunks (visible to it after the wait)
       const u8* b = smem + st * STAGE8;
       u16* w = (u16*)(smem + 2 * STAGE8);
 #pragma unroll
@@ -776,11 +816,13 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #pragma unroll
         for (int kv = 0; kv < 2; kv++) {
           uint2 raw = *(const uint2*)(b + kv * KT * K8 + j * K8 + ch * 8);
-          const u8* rb = (const u8*)&raw;
+          const u16* rp = (const u16*)&raw;
           uint4 wv;
           u32* ww = (u32*)&wv;
 #pragma unroll
-          for (int e = 0; e < 4; e++) ww[e] = pack_bf16(e4m3_to_f(rb[2 * e]), e4m3_to_f(rb[2 * e + 1]));
+          for (int e = 0; e < 4; e++)
+            ww[e] = F16 ? e4m3x2_to_f16x2(rp[e])
+                        : pack_bf16(e4m3_to_f((u8)(rp[e] & 0xff)), e4m3_to_f((u8)(rp[e] >> 8)));
           *(uint4*)(w + kv * KT * KS + j * KS + ch * 8) = wv;
         }
       }
@@ -861,15 +903,27 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     }
 }
 
+// attn_d{32,64,128} over a BF16 cache; attn_f8_d{32,64,128} over an FP8 one, widened to bf16 (three
+// conversions a value), and attn_f8h_d{32,64,128} widened to f16 (half a conversion a value, f16
+// mma). Separate kernels, so each keeps its own register budget.
 #define ATTN_ARGS                                                                              \
   const float *q, const void *kc, const void *vc, const int *tiles, const int *ntiles,         \
       const int *row_seq, const int *pos, const int *btab, const int *btab_stride, int bs,     \
-      float *out, float *part, int nh, int nkv, float scale, int kv_fp8
-#define ATTN_PASS \
-  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, nh, nkv, scale, kv_fp8
-extern "C" __global__ void __launch_bounds__(128) attn_d32(ATTN_ARGS) { attn_impl<32>(ATTN_PASS); }
-extern "C" __global__ void __launch_bounds__(128) attn_d64(ATTN_ARGS) { attn_impl<64>(ATTN_PASS); }
-extern "C" __global__ void __launch_bounds__(128) attn_d128(ATTN_ARGS) { attn_impl<128>(ATTN_PASS); }
+      float *out, float *part, int nh, int nkv, float scale
+#define ATTN_PASS kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, nh, nkv, scale
+#define ATTN_KERNELS(D)                                                                        \
+  extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
+    attn_impl<D, false, false>(ATTN_PASS);                                                     \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(128) attn_f8_d##D(ATTN_ARGS) {                  \
+    attn_impl<D, true, false>(ATTN_PASS);                                                      \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(128) attn_f8h_d##D(ATTN_ARGS) {                 \
+    attn_impl<D, true, true>(ATTN_PASS);                                                       \
+  }
+ATTN_KERNELS(32)
+ATTN_KERNELS(64)
+ATTN_KERNELS(128)
 
 // Merges the key splits of attn_*: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s. A warp per
 // (row, head) pair: its lanes first hold the splits' (m, l) (nsplit <= 32), then the head dims.
