@@ -691,6 +691,41 @@ async fn speculation_stops_above_the_batch_size_limit() {
     twin.shutdown().await;
 }
 
+/// On a runner that samples on the device, sampled requests verify through host logits: a step
+/// after one of more than 16 such sequences carries no drafts, smaller ones do, and every request
+/// runs to its length.
+#[tokio::test]
+async fn sampled_speculation_on_a_device_runner_stops_above_16_sequences() {
+    let f = Fixture::Demo;
+    let lens: Vec<usize> = (0..24).map(|i| 5 + 3 * i).collect();
+    let reqs: Vec<EngineRequest> = prompts(f, 0x5a3d, &lens)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| seeded(p, 3 + i, 100 + i as u64))
+        .collect();
+    let (spec, log) = start_on(f, config(1, 512, 512), 512, true);
+    let got = run_together(spec.engine(), &reqs).await;
+    for (c, want) in got.iter().zip(3..) {
+        assert_eq!((c.finish, c.tokens.len()), (FinishReason::Length, want));
+    }
+    let batches = log.lock().unwrap().batches.clone();
+    for pair in batches.windows(2) {
+        let ((prev_seqs, _), (_, drafts)) = (pair[0], pair[1]);
+        assert!(
+            prev_seqs <= 16 || drafts == 0,
+            "drafts after a step of {prev_seqs} sampled sequences: {batches:?}"
+        );
+    }
+    assert!(batches.iter().any(|&(seqs, _)| seqs > 16), "{batches:?}");
+    assert!(batches.iter().any(|&(_, drafts)| drafts > 0), "{batches:?}");
+    let st = spec.engine().stats();
+    assert!(
+        st.spec_num_accepted_tokens <= st.spec_num_draft_tokens,
+        "{st:?}"
+    );
+    spec.shutdown().await;
+}
+
 /// `--speculative-config` on a model without an MTP layer fails at startup, clearly.
 #[tokio::test]
 async fn speculation_needs_an_mtp_layer() {

@@ -79,6 +79,12 @@ fn accept_greedy(ids: &[u32], drafts: &[u32]) -> Vec<u32> {
 /// trying again (no busy spin).
 const STALL_WAIT: Duration = Duration::from_millis(5);
 
+/// On a runner that samples on the device, a speculative step whose sequences are not all plain
+/// greedy brings every verified position's logits to the host (rows × vocabulary floats). On the
+/// H200 (GLM-4.5-Air, one draft token) that pays at 16 sequences (break-even at 32% acceptance)
+/// and never at 64 (196%; ops/perf/2026-11-29-gpu-mtp.md), so such steps draft only up to here.
+const HOST_VERIFY_MAX_SEQS: usize = 16;
+
 /// Everything the engine thread needs besides its channels.
 pub(crate) struct EngineParts {
     pub scheduler: Scheduler,
@@ -482,16 +488,18 @@ impl EngineCore {
     /// Runs the draft model after a verified step (over every seq of the batch, so that its KV
     /// covers every computed position) and hands each live sampling sequence its drafts for the
     /// next step. A failure only costs this step's drafts. After a step of more sequences than
-    /// `disable_by_batch_size`, the draft model runs (its KV stays whole) but nobody drafts.
+    /// `disable_by_batch_size`, or than [`HOST_VERIFY_MAX_SEQS`] when its verification would need
+    /// host logits from a device runner, the draft model runs (its KV stays whole) but nobody
+    /// drafts.
     fn propose_drafts(&mut self, out: &SchedulerOutput, sampled: &[(u64, Vec<u32>)]) {
-        let k = if self
+        let n = out.seqs.len();
+        let host_verify = self.runner.samples_on_device()
+            && !self.greedy_on_device(out.sampling_seqs().map(|s| s.id));
+        let off = self
             .spec_disable_by_batch_size
-            .is_some_and(|n| out.seqs.len() > n)
-        {
-            0
-        } else {
-            self.num_speculative_tokens
-        };
+            .is_some_and(|limit| n > limit)
+            || (host_verify && n > HOST_VERIFY_MAX_SEQS);
+        let k = if off { 0 } else { self.num_speculative_tokens };
         let block_size = self.scheduler.config().block_size;
         let last: HashMap<u64, u32> = sampled
             .iter()
