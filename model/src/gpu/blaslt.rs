@@ -1,7 +1,8 @@
-//! cuBLASLt for the large dense GEMMs: steps with more rows than any decode graph bucket (prefill),
-//! where our `mma.sync` kernel reaches about 150 TFLOP/s against cuBLAS's 1,300
-//! (`ops/perf/2026-11-29-gpu-throughput.md`). Decode shapes stay on our kernel, which beats cuBLAS
-//! there, and so do grouped (MoE) launches, whose expert row counts live on the device.
+//! cuBLASLt for the dense GEMMs, decode sizes included: at prefill sizes our `mma.sync` kernel
+//! reaches about 150 TFLOP/s against cuBLAS's 900–1,300, and called directly (a plan cached per
+//! shape, inside captured graphs too) cuBLAS is also faster from one row
+//! (`ops/perf/2026-11-29-gpu-mtp.md`). Grouped (MoE) launches stay on our kernel, since their expert
+//! row counts live on the device, unless a large step reads them back (`experts_min_rows`).
 //!
 //! Only FP8 per-channel and BF16 weights go here. The product runs with unit scales into f32, and
 //! `scale_out` then applies the per-token activation and per-channel weight scales (both factor out

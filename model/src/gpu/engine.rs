@@ -258,7 +258,7 @@ pub struct GpuModel {
     prof: Option<std::cell::RefCell<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
     weight_bytes: usize,
     workspace_bytes: usize,
-    /// cuBLASLt for dense GEMMs of more rows than a decode graph holds (absent: our kernel).
+    /// cuBLASLt for the dense GEMMs from `min_rows` rows (absent: our kernel).
     blaslt: Option<BlasLt>,
     /// Set while a decode step is being captured as a graph.
     capturing: std::cell::Cell<bool>,

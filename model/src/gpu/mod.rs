@@ -10,7 +10,7 @@
 //! (`model/tests/gpu.rs`), and checkpoints are read through the same loader as the CPU model.
 //!
 //! - [`device`]: context, stream, NVRTC module, device buffers and the launch helper.
-//! - [`blaslt`]: cuBLASLt for the large dense GEMMs (prefill), loaded at run time.
+//! - [`blaslt`]: cuBLASLt for the dense GEMMs (and, for large steps, the experts), loaded at run time.
 //! - [`weights`]: linear layers on the device (BF16, FP8 per-channel, FP8 block), fused and grouped.
 //! - [`engine`]: the model, its workspace, the step (eager or graph) and memory planning; its `mtp`
 //!   part: the verify step and the MTP draft layer (speculative decoding).
