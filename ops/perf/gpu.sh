@@ -109,20 +109,26 @@ if has guide; then
   done
   kill $pid; wait $pid 2>/dev/null
 fi
-# the GPUs of this host as 0,1,...; the fleet stages start one replica per GPU
+# the GPUs of this host as 0,1,...; the fleet stages start one replica per GPU. FLEET_MODEL,
+# FLEET_SERVE_ARGS and FLEET_IN_LEN / FLEET_OUT_LEN replace the full-size defaults (a dry run of the
+# plumbing with fake replicas: FLEET_MODEL=demo FLEET_SERVE_ARGS="--load-format fake:30ms+20us").
 gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
 ngpu=$(echo "$gpus" | tr ',' '\n' | grep -c .)
-fleet_serve="--load-format dummy --kv-cache-dtype fp8 --gpu-memory-utilization 0.93 --max-model-len 4096 \
-  --max-num-seqs 256 --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-}"
+fleet_model=${FLEET_MODEL:-ops/perf/glm-4.5-air-fp8-dummy}
+fleet_tok=$fleet_model
+[ "$fleet_model" = demo ] && fleet_tok=model/demo
+fleet_serve=${FLEET_SERVE_ARGS:-"--load-format dummy --kv-cache-dtype fp8 --gpu-memory-utilization 0.93 \
+  --max-model-len 4096 --max-num-seqs 256 --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-}"}
 if has fleet; then
   echo "== fleet scaling: $ngpu replicas behind the router against $ngpu x one replica served directly"
-  LOG=$LOG/fleet GPUS=$gpus REPLICAS_LIST=$ngpu MODEL=ops/perf/glm-4.5-air-fp8-dummy \
-    CONC=${FLEET_CONC:-128} PROMPTS_PER_REPLICA=${FLEET_PROMPTS:-128} IN_LEN=1000 OUT_LEN=1000 \
-    SERVE_ARGS="$fleet_serve" timeout 560 ops/perf/fleet-scaling.sh "$B"/glmfleet 2>&1 | tee "$LOG/fleet.log"
+  LOG=$LOG/fleet GPUS=$gpus REPLICAS_LIST=$ngpu MODEL=$fleet_model TOKENIZER=$fleet_tok \
+    CONC=${FLEET_CONC:-128} PROMPTS_PER_REPLICA=${FLEET_PROMPTS:-128} IN_LEN=${FLEET_IN_LEN:-1000} \
+    OUT_LEN=${FLEET_OUT_LEN:-1000} SERVE_ARGS="$fleet_serve" timeout 560 ops/perf/fleet-scaling.sh \
+    "$B"/glmfleet 2>&1 | tee "$LOG/fleet.log"
 fi
 if has routing; then
   echo "== prefix-hash against round robin, prefix-repetition traffic over $ngpu replicas"
-  LOG=$LOG/routing GPUS=$gpus REPLICAS=$ngpu MODEL=ops/perf/glm-4.5-air-fp8-dummy \
+  LOG=$LOG/routing GPUS=$gpus REPLICAS=$ngpu MODEL=$fleet_model TOKENIZER=$fleet_tok \
     NUM_PROMPTS=${ROUTING_PROMPTS:-512} CONC=$((64 * ngpu)) PREFIX_LEN=2048 SUFFIX_LEN=128 NUM_PREFIXES=16 \
     OUT_LEN=128 SERVE_ARGS="$fleet_serve" timeout 560 ops/perf/routing-compare.sh "$B"/glmfleet 2>&1 \
     | tee "$LOG/routing.log"
