@@ -691,6 +691,9 @@ async fn speculation_stops_above_the_batch_size_limit() {
     twin.shutdown().await;
 }
 
+/// The engine's limit for speculative batches verified through host logits on a device runner.
+const HOST_VERIFY_LIMIT: usize = 16;
+
 /// On a runner that samples on the device, sampled requests verify through host logits: a step
 /// after one of more than 16 such sequences carries no drafts, smaller ones do, and every request
 /// runs to its length.
@@ -712,16 +715,51 @@ async fn sampled_speculation_on_a_device_runner_stops_above_16_sequences() {
     for pair in batches.windows(2) {
         let ((prev_seqs, _), (_, drafts)) = (pair[0], pair[1]);
         assert!(
-            prev_seqs <= 16 || drafts == 0,
+            prev_seqs <= HOST_VERIFY_LIMIT || drafts == 0,
             "drafts after a step of {prev_seqs} sampled sequences: {batches:?}"
         );
     }
-    assert!(batches.iter().any(|&(seqs, _)| seqs > 16), "{batches:?}");
+    assert!(
+        batches.iter().any(|&(seqs, _)| seqs > HOST_VERIFY_LIMIT),
+        "{batches:?}"
+    );
     assert!(batches.iter().any(|&(_, drafts)| drafts > 0), "{batches:?}");
     let st = spec.engine().stats();
     assert!(
         st.spec_num_accepted_tokens <= st.spec_num_draft_tokens,
         "{st:?}"
+    );
+    spec.shutdown().await;
+}
+
+/// The 16-sequence rule is for batches verified through host logits only: greedy requests on a
+/// device runner keep drafting above 16 sequences, also in the steps after one where some of them
+/// finished.
+#[tokio::test]
+async fn greedy_speculation_on_a_device_runner_is_not_limited() {
+    let f = Fixture::Demo;
+    let lens: Vec<usize> = (0..24).map(|i| 5 + 3 * i).collect();
+    let reqs: Vec<EngineRequest> = prompts(f, 0x6a3d, &lens)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| greedy(p, 6 + i / 4))
+        .collect();
+    let (spec, log) = start_on(f, config(1, 512, 512), 512, true);
+    let got = run_together(spec.engine(), &reqs).await;
+    assert_counters_add_up(spec.engine(), &got, "greedy on the device runner");
+    let batches = log.lock().unwrap().batches.clone();
+    let first = batches.iter().position(|&(_, d)| d > 0).expect("no drafts");
+    for &(seqs, drafts) in &batches[first..] {
+        assert!(
+            seqs <= HOST_VERIFY_LIMIT || drafts > 0,
+            "a step of {seqs} greedy sequences without drafts: {batches:?}"
+        );
+    }
+    assert!(
+        batches[first..]
+            .iter()
+            .any(|&(seqs, _)| seqs > HOST_VERIFY_LIMIT),
+        "{batches:?}"
     );
     spec.shutdown().await;
 }

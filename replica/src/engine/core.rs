@@ -492,14 +492,7 @@ impl EngineCore {
     /// host logits from a device runner, the draft model runs (its KV stays whole) but nobody
     /// drafts.
     fn propose_drafts(&mut self, out: &SchedulerOutput, sampled: &[(u64, Vec<u32>)]) {
-        let n = out.seqs.len();
-        let host_verify = self.runner.samples_on_device()
-            && !self.greedy_on_device(out.sampling_seqs().map(|s| s.id));
-        let off = self
-            .spec_disable_by_batch_size
-            .is_some_and(|limit| n > limit)
-            || (host_verify && n > HOST_VERIFY_MAX_SEQS);
-        let k = if off { 0 } else { self.num_speculative_tokens };
+        let k = self.num_speculative_tokens;
         let block_size = self.scheduler.config().block_size;
         let last: HashMap<u64, u32> = sampled
             .iter()
@@ -531,10 +524,21 @@ impl EngineCore {
             });
             steps.push(k.min(room).min(slots));
         }
+        // The live sequences verify next step: on the device when all are greedy, else through
+        // host logits.
+        let greedy = self.greedy_on_device(seqs.iter().map(|d| d.id));
+        let n = out.seqs.len();
+        let host_verify = self.runner.samples_on_device() && !greedy;
+        if self
+            .spec_disable_by_batch_size
+            .is_some_and(|limit| n > limit)
+            || (host_verify && n > HOST_VERIFY_MAX_SEQS)
+        {
+            steps.fill(0);
+        }
         // Run the draft model even when nobody drafts: prefill chunks fill its KV.
         let mut drafts: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
         let mut probs: Vec<Vec<Vec<f32>>> = vec![Vec::new(); seqs.len()];
-        let greedy = self.greedy_on_device(seqs.iter().map(|d| d.id));
         let valid = self.valid_vocab;
         let first = if greedy {
             self.runner
