@@ -748,19 +748,21 @@ async fn greedy_speculation_on_a_device_runner_is_not_limited() {
     let got = run_together(spec.engine(), &reqs).await;
     assert_counters_add_up(spec.engine(), &got, "greedy on the device runner");
     let batches = log.lock().unwrap().batches.clone();
-    let first = batches.iter().position(|&(_, d)| d > 0).expect("no drafts");
-    for &(seqs, drafts) in &batches[first..] {
-        assert!(
-            seqs <= HOST_VERIFY_LIMIT || drafts > 0,
-            "a step of {seqs} greedy sequences without drafts: {batches:?}"
-        );
+    // A step right after a large one has decoding sequences (requests arrive over time, so a
+    // step of only fresh prefills carries no drafts and says nothing about the rule).
+    let large = |seqs: usize| seqs > HOST_VERIFY_LIMIT;
+    let mut judged = 0;
+    for pair in batches.windows(2) {
+        let ((prev_seqs, _), (seqs, drafts)) = (pair[0], pair[1]);
+        if large(prev_seqs) && large(seqs) {
+            judged += 1;
+            assert!(
+                drafts > 0,
+                "a step of {seqs} greedy sequences without drafts: {batches:?}"
+            );
+        }
     }
-    assert!(
-        batches[first..]
-            .iter()
-            .any(|&(seqs, _)| seqs > HOST_VERIFY_LIMIT),
-        "{batches:?}"
-    );
+    assert!(judged > 0, "no two large steps in a row: {batches:?}");
     spec.shutdown().await;
 }
 
