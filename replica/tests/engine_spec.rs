@@ -704,11 +704,12 @@ async fn sampled_speculation_on_a_device_runner_stops_above_16_sequences() {
     let reqs: Vec<EngineRequest> = prompts(f, 0x5a3d, &lens)
         .into_iter()
         .enumerate()
-        .map(|(i, p)| seeded(p, 3 + i, 100 + i as u64))
+        .map(|(i, p)| seeded(p, 10 + i, 100 + i as u64))
         .collect();
     let (spec, log) = start_on(f, config(1, 512, 512), 512, true);
     let got = run_together(spec.engine(), &reqs).await;
-    for (c, want) in got.iter().zip(3..) {
+    // Long enough that more than 16 share steps however the submissions interleave with steps.
+    for (c, want) in got.iter().zip(10..) {
         assert_eq!((c.finish, c.tokens.len()), (FinishReason::Length, want));
     }
     let batches = log.lock().unwrap().batches.clone();
@@ -742,7 +743,7 @@ async fn greedy_speculation_on_a_device_runner_is_not_limited() {
     let reqs: Vec<EngineRequest> = prompts(f, 0x6a3d, &lens)
         .into_iter()
         .enumerate()
-        .map(|(i, p)| greedy(p, 6 + i / 4))
+        .map(|(i, p)| greedy(p, 8 + i / 4))
         .collect();
     let (spec, log) = start_on(f, config(1, 512, 512), 512, true);
     let got = run_together(spec.engine(), &reqs).await;
