@@ -751,6 +751,61 @@ fn graph_replay_equals_eager() {
     assert_eq!(run(true), run(false));
 }
 
+/// A step that drew on the device leaves its logits readable row by row (`last_logits`, for the
+/// host-sampled rows of a mixed batch): the eager prefill and a graph-replayed decode step give
+/// the rows a logits step computes, and rows past the step's, or after a logits step, are errors.
+#[test]
+fn last_logits_are_the_sampled_steps_logits() {
+    let dir = fixture("tiny-b");
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2], vec![7], vec![100, 3, 3, 3, 3, 40]];
+    let tables: Vec<Vec<u32>> = (0..3u32)
+        .map(|i| (0..4u32).map(|b| i * 4 + b).collect())
+        .collect();
+    let next: Vec<[u32; 1]> = vec![[11], [12], [13]];
+    let decode: Vec<SeqInput> = (0..3)
+        .map(|i| SeqInput {
+            tokens: &next[i],
+            start_pos: prompts[i].len(),
+            block_table: &tables[i],
+            sample: true,
+        })
+        .collect();
+    let sp = vec![DeviceSampling::GREEDY; 3];
+    let opts = GpuOptions {
+        cuda_graphs: true,
+        ..opts()
+    };
+    let mut plain = GpuModel::load(&dir, &opts).unwrap();
+    let want_prefill = logits_of(plain.step(&prompt_seqs(&prompts, &tables), None).unwrap());
+    let want_decode = logits_of(plain.step(&decode, None).unwrap());
+    assert!(plain.last_logits(&[0]).is_err(), "rows after a logits step");
+
+    let mut gm = GpuModel::load(&dir, &opts).unwrap();
+    let v = gm.config.vocab_size;
+    let rows = |all: &[f32], idx: &[usize]| -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&r| all[r * v..(r + 1) * v].to_vec())
+            .collect()
+    };
+    for (seqs, want) in [
+        (prompt_seqs(&prompts, &tables), &want_prefill),
+        (decode.clone(), &want_decode),
+    ] {
+        gm.step(&seqs, Some(&sp)).unwrap();
+        for idx in [vec![2, 0], vec![1]] {
+            let got = gm.last_logits(&idx).unwrap();
+            let err = rel_l2(&got, &rows(want, &idx));
+            assert!(err < 1e-5, "rows {idx:?}: rel L2 {err:.2e}");
+        }
+        assert!(gm.last_logits(&[3]).is_err(), "a row past the step's");
+    }
+    assert_eq!(
+        gm.graph_buckets(),
+        vec![4],
+        "the decode step replayed a graph"
+    );
+}
+
 /// Bad batches are errors, not device faults.
 #[test]
 fn gpu_rejects_bad_batches() {

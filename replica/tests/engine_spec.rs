@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use replica::engine::{EngineHandle, EngineRequest};
 use replica::runner::device_twin::CpuDeviceEngine;
-use replica::runner::{DeviceRunner, DraftSeq, ModelRunner, SchedulerOutput};
+use replica::runner::{DeviceRunner, DeviceSampling, DraftSeq, ModelRunner, SchedulerOutput};
 use replica::sampler::SamplingParams;
 use replica::{
     GenerationDefaults, Logits, ModelFamily, Replica, ReplicaParts, Runner, RunnerError,
@@ -765,6 +765,136 @@ async fn greedy_speculation_on_a_device_runner_is_not_limited() {
     }
     assert!(judged > 0, "no two large steps in a row: {batches:?}");
     spec.shutdown().await;
+}
+
+/// The device runner over the CPU twin, counting how the engine asked for each step.
+struct Counted {
+    inner: DeviceRunner<CpuDeviceEngine>,
+    /// (all rows drawn on the device, mixed device and host rows, all rows on the host).
+    calls: Arc<Mutex<(usize, usize, usize)>>,
+}
+
+impl Runner for Counted {
+    fn execute(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
+        self.calls.lock().unwrap().2 += 1;
+        self.inner.execute(batch)
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn release(&mut self, ids: &[u64]) {
+        self.inner.release(ids)
+    }
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+    fn execute_sampled(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[DeviceSampling],
+        valid_vocab: usize,
+    ) -> Result<Vec<u32>, RunnerError> {
+        self.calls.lock().unwrap().0 += 1;
+        self.inner.execute_sampled(batch, specs, valid_vocab)
+    }
+    fn execute_mixed(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[Option<DeviceSampling>],
+        valid_vocab: usize,
+    ) -> Result<(Vec<u32>, Logits), RunnerError> {
+        self.calls.lock().unwrap().1 += 1;
+        self.inner.execute_mixed(batch, specs, valid_vocab)
+    }
+}
+
+/// Without speculation, a batch that mixes rows the device can draw (greedy, plain temperature)
+/// with rows only the host sampler can (logprobs, top-k) draws the former on the device and
+/// brings only the latter's logits back: every request gets exactly the tokens it gets when its
+/// batch is all of its own kind (device rows on the device runner, host rows on the CPU runner).
+#[tokio::test]
+async fn mixed_batches_sample_each_row_where_it_can_be() {
+    let f = Fixture::Demo;
+    let lens: Vec<usize> = (0..12).map(|i| 4 + 7 * i).collect();
+    let prompts = prompts(f, 0x313d, &lens);
+    let kind = |i: usize, p: Vec<u32>| -> EngineRequest {
+        let n = 6 + i;
+        match i % 4 {
+            0 => greedy(p, n),
+            1 => request(
+                p,
+                n,
+                SamplingParams {
+                    temperature: 0.9,
+                    seed: Some(40 + i as u64),
+                    ..SamplingParams::default()
+                },
+            ),
+            2 => request(
+                p,
+                n,
+                SamplingParams {
+                    temperature: 0.0,
+                    logprobs: Some(3),
+                    ..SamplingParams::default()
+                },
+            ),
+            _ => seeded(p, n, 50 + i as u64),
+        }
+    };
+    let reqs: Vec<EngineRequest> = prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| kind(i, p))
+        .collect();
+    let on_device = |i: usize| i % 4 < 2;
+    let pick = |dev: bool| -> Vec<EngineRequest> {
+        (0..reqs.len())
+            .filter(|&i| on_device(i) == dev)
+            .map(|i| reqs[i].clone())
+            .collect()
+    };
+    let twin = start_twin(f, config(0, 256, 512), 512);
+    let want_device = run_together(twin.engine(), &pick(true)).await;
+    twin.shutdown().await;
+    let (cpu, _) = start(f, config(0, 256, 512), 512);
+    let want_host = run_together(cpu.engine(), &pick(false)).await;
+    cpu.shutdown().await;
+
+    let calls = Arc::new(Mutex::new((0, 0, 0)));
+    let (p, _) = parts(f, f.load(false), 512, false);
+    let engine = CpuDeviceEngine::new(f.load(false), 512, BLOCK_SIZE, 32).expect("KV cache");
+    let runner = Counted {
+        inner: DeviceRunner::new(engine),
+        calls: calls.clone(),
+    };
+    let mixed = Replica::start(
+        &config(0, 256, 512),
+        ReplicaParts {
+            runner: Box::new(runner),
+            ..p
+        },
+    )
+    .expect("start replica");
+    let got = run_together(mixed.engine(), &reqs).await;
+    mixed.shutdown().await;
+    let (mut dev, mut host) = (want_device.iter(), want_host.iter());
+    for (i, g) in got.iter().enumerate() {
+        let want = if on_device(i) {
+            dev.next()
+        } else {
+            host.next()
+        }
+        .unwrap();
+        assert_eq!(g.tokens, want.tokens, "request {i} (kind {})", i % 4);
+        assert_eq!(g.finish, want.finish, "request {i}");
+    }
+    let (_, mixed_steps, _) = *calls.lock().unwrap();
+    assert!(
+        mixed_steps > 0,
+        "no mixed step: {:?}",
+        calls.lock().unwrap()
+    );
 }
 
 /// `--speculative-config` on a model without an MTP layer fails at startup, clearly.

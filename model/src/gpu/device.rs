@@ -2,10 +2,11 @@
 //! the NVRTC-compiled kernels, and [`DevBuf`], an owned device allocation addressed by raw pointer
 //! (kernels take pointers and byte offsets; typed views would only add ceremony here).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    PinnedHostSlice,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
@@ -87,7 +88,13 @@ pub struct Gpu {
     pub f: Funcs,
     pub name: String,
     pub sm_count: usize,
+    /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
+    /// first use; `None` inside when the allocation failed (copies then go pageable).
+    staging: Mutex<Option<Option<PinnedHostSlice<u8>>>>,
 }
+
+/// Bytes of the pinned staging buffer: large copies go through it in pieces this size.
+const STAGING_BYTES: usize = 32 << 20;
 
 impl Gpu {
     /// Opens device `ordinal` and compiles the kernels for it (FP8 tensor cores: sm_89 or newer).
@@ -184,6 +191,7 @@ impl Gpu {
             f,
             name,
             sm_count,
+            staging: Mutex::new(None),
         }))
     }
 
@@ -223,6 +231,36 @@ impl Gpu {
         unsafe { result::memcpy_dtoh_async(out, ptr, self.stream.cu_stream()) }
             .map_err(dev_err("device-to-host copy"))?;
         self.sync()
+    }
+
+    /// Copies `out.len()` floats from `ptr` and waits for them, through the pinned staging
+    /// buffer: a copy into pageable memory runs at about 1.3 GB/s on the H200 machines, one into
+    /// page-locked memory at the bus's speed. Logits rows come back this way.
+    pub fn download_f32(&self, ptr: u64, out: &mut [f32]) -> Result<()> {
+        let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let pinned = staging.get_or_insert_with(|| {
+            // No write-combining: the host reads this memory. SAFETY: the contents are only
+            // read after a copy into them completed.
+            unsafe { self.ctx.alloc_pinned_with_flags::<u8>(STAGING_BYTES, 0) }
+                .map_err(|e| tracing::warn!("no pinned staging buffer, pageable copies: {e:?}"))
+                .ok()
+        });
+        let Some(pinned) = pinned else {
+            return self.download(ptr, out);
+        };
+        let buf = pinned
+            .as_mut_slice()
+            .map_err(dev_err("pinned staging buffer"))?;
+        let per = STAGING_BYTES / 4;
+        for (i, chunk) in out.chunks_mut(per).enumerate() {
+            let bytes = &mut buf[..chunk.len() * 4];
+            let at = ptr + (i * per * 4) as u64;
+            unsafe { result::memcpy_dtoh_async(bytes, at, self.stream.cu_stream()) }
+                .map_err(dev_err("device-to-host copy"))?;
+            self.sync()?;
+            bytemuck::cast_slice_mut::<f32, u8>(chunk).copy_from_slice(bytes);
+        }
+        Ok(())
     }
 }
 

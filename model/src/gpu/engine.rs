@@ -267,6 +267,9 @@ pub struct GpuModel {
     fp8_attn_f16: bool,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
+    /// Rows of the logits buffer that [`GpuModel::step`] left readable by
+    /// [`GpuModel::last_logits`] (0 after any other pass: they reuse the buffer).
+    logits_ready: usize,
 }
 
 /// A captured step. cudarc's graph holds raw driver handles and is not `Send`; ours is only ever
@@ -471,6 +474,7 @@ impl GpuModel {
             workspace_bytes,
             blaslt,
             capturing: std::cell::Cell::new(false),
+            logits_ready: 0,
             fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").is_ok_and(|v| v == "1"),
             mtp,
         };
@@ -663,6 +667,7 @@ impl GpuModel {
         sampling: Option<&[DeviceSampling]>,
     ) -> Result<StepOutput> {
         let r = seqs.iter().filter(|s| s.sample).count();
+        self.logits_ready = 0;
         if let Some(sp) = sampling {
             if sp.len() != r {
                 return Err(ModelError::Input(format!(
@@ -705,7 +710,9 @@ impl GpuModel {
                 .0
                 .launch()
                 .map_err(dev_err("graph launch"))?;
-            return self.read_tokens(seqs.len());
+            let out = self.read_tokens(seqs.len())?;
+            self.logits_ready = seqs.len();
+            return Ok(out);
         }
         let hb = self.host_batch(seqs, None)?;
         let t = hb.tokens.len();
@@ -716,7 +723,9 @@ impl GpuModel {
                 self.upload_sampling(sp, r)?;
                 self.sample(r)?;
                 self.mark("sampling")?;
-                self.read_tokens(r)
+                let out = self.read_tokens(r)?;
+                self.logits_ready = r;
+                Ok(out)
             }
             _ => self.read_logits(r),
         }
@@ -729,8 +738,26 @@ impl GpuModel {
             return Ok(StepOutput::Nothing);
         }
         let mut data = vec![0f32; r * self.config.vocab_size];
-        self.g.download(self.ws.logits.p(), &mut data)?;
+        self.g.download_f32(self.ws.logits.p(), &mut data)?;
         Ok(StepOutput::Logits { data, rows: r })
+    }
+
+    /// Rows `rows` (indices among the sampled rows) of the logits of the last [`GpuModel::step`]
+    /// that drew on the device, `[rows.len(), vocab]` f32: a batch whose other rows were drawn
+    /// here brings only these to the host.
+    pub fn last_logits(&self, rows: &[usize]) -> Result<Vec<f32>> {
+        let v = self.config.vocab_size;
+        if let Some(bad) = rows.iter().find(|&&r| r >= self.logits_ready) {
+            return Err(ModelError::Input(format!(
+                "logits row {bad} of the last step's {}",
+                self.logits_ready
+            )));
+        }
+        let mut data = vec![0f32; rows.len() * v];
+        for (out, &r) in data.chunks_mut(v).zip(rows) {
+            self.g.download_f32(self.ws.logits.at(r * v * 4), out)?;
+        }
+        Ok(data)
     }
 
     fn read_tokens(&self, n: usize) -> Result<StepOutput> {

@@ -616,23 +616,79 @@ impl EngineCore {
         }
     }
 
+    /// Runs the step and samples each sampled row: on the device where the runner can and the
+    /// row allows it, on the host otherwise. A batch that mixes the two brings only the host
+    /// rows' logits back ([`Runner::execute_mixed`]), so one request with logprobs or top-p does
+    /// not move a whole batch's logits across the bus.
     fn execute_and_sample(&mut self, out: &SchedulerOutput) -> Result<StepTokens, String> {
-        if let Some(result) = self.execute_on_device(out) {
-            return result;
-        }
-        let mut logits = self.runner.execute(out).map_err(|e| e.to_string())?;
-        logits.check_shape().map_err(|e| e.to_string())?;
         let ids: Vec<u64> = out.sampling_seqs().map(|s| s.id).collect();
-        if logits.rows != ids.len() {
+        let device = self.runner.samples_on_device();
+        let mut specs = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let spec = match self.seqs.get_mut(id) {
+                Some(s) if device && s.sampler.device_eligible() => {
+                    s.pending_logprobs.clear();
+                    Some(s.sampler.device_sampling())
+                }
+                _ => None,
+            };
+            specs.push(spec);
+        }
+        let vocab = self.runner.vocab_size();
+        let valid = self.valid_vocab;
+        let host_rows = specs.iter().filter(|s| s.is_none()).count();
+        let (drawn, mut logits) = if host_rows == 0 {
+            let all: Vec<_> = specs.iter().flatten().copied().collect();
+            let drawn = self.runner.execute_sampled(out, &all, valid);
+            (drawn, Logits::zeros(0, vocab))
+        } else if host_rows < ids.len() {
+            let (drawn, logits) = self
+                .runner
+                .execute_mixed(out, &specs, valid)
+                .map_err(|e| e.to_string())?;
+            (Ok(drawn), logits)
+        } else {
+            let logits = self.runner.execute(out).map_err(|e| e.to_string())?;
+            (Ok(vec![0; ids.len()]), logits)
+        };
+        let drawn = drawn.map_err(|e| e.to_string())?;
+        if drawn.len() != ids.len() {
             return Err(format!(
-                "runner returned {} logits rows for {} sampling sequences",
-                logits.rows,
+                "runner sampled {} tokens for {} sequences",
+                drawn.len(),
                 ids.len()
             ));
         }
-        // Take the sampled sequences out of the map for the batch and put them back after.
-        // A row without state cannot happen (aborts are applied between steps); it would be
-        // sampled greedily with throwaway state so the rows stay aligned.
+        logits.check_shape().map_err(|e| e.to_string())?;
+        if logits.rows != host_rows {
+            return Err(format!(
+                "runner returned {} logits rows for {host_rows} sequences sampled on the host",
+                logits.rows
+            ));
+        }
+        let on_host: Vec<u64> = ids
+            .iter()
+            .zip(&specs)
+            .filter(|(_, s)| s.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        let mut host = self.sample_on_host(&on_host, &mut logits).into_iter();
+        Ok(ids
+            .into_iter()
+            .zip(specs.iter().zip(drawn))
+            .map(|(id, (spec, token))| match spec {
+                Some(_) => (id, vec![token]),
+                None => (id, vec![host.next().unwrap_or(token)]),
+            })
+            .collect())
+    }
+
+    /// Samples row `i` of `logits` with the sampler of sequence `ids[i]`, keeping its logprobs
+    /// for the next delta.
+    fn sample_on_host(&mut self, ids: &[u64], logits: &mut Logits) -> Vec<u32> {
+        // Take the sequences out of the map for the batch and put them back after. A row
+        // without state cannot happen (aborts are applied between steps); it would be sampled
+        // greedily with throwaway state so the rows stay aligned.
         let mut taken: Vec<Option<SeqState>> = ids.iter().map(|id| self.seqs.remove(id)).collect();
         let greedy = SamplingParams {
             temperature: 0.0,
@@ -652,60 +708,17 @@ impl EngineCore {
                     None => states.extend(orphan_iter.next()),
                 }
             }
-            sample_batch(&mut logits, &mut states, self.valid_vocab)
+            sample_batch(logits, &mut states, self.valid_vocab)
         };
-        let mut result = Vec::with_capacity(samples.len());
-        for ((id, state), sample) in ids.into_iter().zip(taken).zip(samples) {
+        let mut tokens = Vec::with_capacity(samples.len());
+        for ((&id, state), sample) in ids.iter().zip(taken).zip(samples) {
             if let Some(mut seq) = state {
                 seq.pending_logprobs = sample.logprobs.into_iter().collect();
                 self.seqs.insert(id, seq);
             }
-            result.push((id, vec![sample.token]));
+            tokens.push(sample.token);
         }
-        Ok(result)
-    }
-
-    /// Runs the step with sampling on the device when the runner can and every sampled row allows
-    /// it; `None` leaves the step to the host sampler.
-    fn execute_on_device(&mut self, out: &SchedulerOutput) -> Option<Result<StepTokens, String>> {
-        if !self.runner.samples_on_device() {
-            return None;
-        }
-        let ids: Vec<u64> = out.sampling_seqs().map(|s| s.id).collect();
-        let eligible = ids.iter().all(|id| {
-            self.seqs
-                .get(id)
-                .is_some_and(|s| s.sampler.device_eligible())
-        });
-        if !eligible {
-            return None;
-        }
-        let mut specs = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(s) = self.seqs.get_mut(id) {
-                s.pending_logprobs.clear();
-                specs.push(s.sampler.device_sampling());
-            }
-        }
-        Some(
-            self.runner
-                .execute_sampled(out, &specs, self.valid_vocab)
-                .map_err(|e| e.to_string())
-                .and_then(|tokens| {
-                    if tokens.len() != ids.len() {
-                        return Err(format!(
-                            "runner sampled {} tokens for {} sequences",
-                            tokens.len(),
-                            ids.len()
-                        ));
-                    }
-                    Ok(ids
-                        .into_iter()
-                        .zip(tokens)
-                        .map(|(id, t)| (id, vec![t]))
-                        .collect())
-                }),
-        )
+        tokens
     }
 
     /// The model step failed: every request in the batch fails (the replica keeps serving).

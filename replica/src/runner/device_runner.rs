@@ -31,6 +31,9 @@ pub trait DeviceEngine: Send + 'static {
         seqs: &[SeqInput<'_>],
         sampling: Option<&[DeviceSampling]>,
     ) -> model::Result<StepOutput>;
+    /// Rows `rows` (indices among the sampled rows) of the logits of the last [`Self::step`]
+    /// that drew on the device, `[rows.len(), vocab]`: the host-sampled rows of a mixed batch.
+    fn last_logits(&mut self, rows: &[usize]) -> model::Result<Vec<f32>>;
     /// Whether the MTP layer is loaded.
     fn has_mtp(&self) -> bool;
     /// Slots of the kept pool of hidden rows.
@@ -144,6 +147,29 @@ impl<E: DeviceEngine> Runner for DeviceRunner<E> {
             .step(&super::seq_inputs(batch), Some(specs))
             .map_err(exec_err)?;
         ids(out)
+    }
+
+    fn execute_mixed(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[Option<DeviceSampling>],
+        valid_vocab: usize,
+    ) -> Result<(Vec<u32>, Logits), RunnerError> {
+        let vocab = self.model.vocab_size();
+        if batch.seqs.is_empty() {
+            return Ok((Vec::new(), Logits::zeros(0, vocab)));
+        }
+        // Host rows are drawn greedily too (cheap, and the graph's batch stays whole); their
+        // ids are dropped and their logits read back.
+        let draws: Vec<DeviceSampling> = specs
+            .iter()
+            .map(|s| s.unwrap_or(DeviceSampling::GREEDY))
+            .collect();
+        let host: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].is_none()).collect();
+        let ids = self.execute_sampled(batch, &draws, valid_vocab)?;
+        let data = self.model.last_logits(&host).map_err(exec_err)?;
+        let rows = host.len();
+        Ok((ids, Logits { data, rows, vocab }))
     }
 
     fn supports_drafting(&self) -> bool {

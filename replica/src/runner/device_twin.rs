@@ -24,6 +24,8 @@ pub struct CpuDeviceEngine {
     mtp_out: Option<Tensor<B, 2>>,
     /// The kept pool: `[1, H]` rows.
     kept: Vec<Option<Tensor<B, 2>>>,
+    /// Logits rows of the last step that drew on the device (for `last_logits`).
+    last_logits: Vec<f32>,
 }
 
 impl CpuDeviceEngine {
@@ -44,6 +46,7 @@ impl CpuDeviceEngine {
             verified: None,
             mtp_out: None,
             kept: vec![None; slots],
+            last_logits: Vec::new(),
         })
     }
 
@@ -111,11 +114,32 @@ impl DeviceEngine for CpuDeviceEngine {
                 sp.len()
             )));
         }
+        self.last_logits.clear();
         let out = self.model.forward_rows(seqs, &rows, &mut self.kv)?;
         match sampling {
-            Some(sp) => self.rows_out(out.logits, Some(&|i| sp[i])),
+            Some(sp) => {
+                if let Some(l) = &out.logits {
+                    self.last_logits = floats(l.clone())?;
+                }
+                self.rows_out(out.logits, Some(&|i| sp[i]))
+            }
             None => self.rows_out(out.logits, None),
         }
+    }
+
+    fn last_logits(&mut self, rows: &[usize]) -> model::Result<Vec<f32>> {
+        let v = self.model.config.vocab_size;
+        let ready = self.last_logits.len() / v;
+        let mut data = Vec::with_capacity(rows.len() * v);
+        for &r in rows {
+            if r >= ready {
+                return Err(ModelError::Input(format!(
+                    "logits row {r} of the last step's {ready}"
+                )));
+            }
+            data.extend_from_slice(&self.last_logits[r * v..(r + 1) * v]);
+        }
+        Ok(data)
     }
 
     fn has_mtp(&self) -> bool {
@@ -132,6 +156,7 @@ impl DeviceEngine for CpuDeviceEngine {
         logit_rows: &[usize],
         greedy: bool,
     ) -> model::Result<StepOutput> {
+        self.last_logits.clear();
         let out = self.model.forward_rows(seqs, logit_rows, &mut self.kv)?;
         self.verified = Some(out.hidden);
         self.rows_out(out.logits, greedy_draw(greedy))
@@ -144,6 +169,7 @@ impl DeviceEngine for CpuDeviceEngine {
         logit_rows: &[usize],
         greedy: bool,
     ) -> model::Result<StepOutput> {
+        self.last_logits.clear();
         let rows = hidden
             .iter()
             .map(|h| {

@@ -24,6 +24,9 @@ impl DeviceEngine for GpuModel {
     ) -> model::Result<StepOutput> {
         GpuModel::step(self, seqs, sampling)
     }
+    fn last_logits(&mut self, rows: &[usize]) -> model::Result<Vec<f32>> {
+        GpuModel::last_logits(self, rows)
+    }
     fn has_mtp(&self) -> bool {
         GpuModel::has_mtp(self)
     }

@@ -156,6 +156,39 @@ pub trait Runner: Send + 'static {
         Ok(host_draws(&logits, valid_vocab, |i| specs[i]))
     }
 
+    /// A step whose sampled rows are only partly drawable on the device: `specs[i]` is `Some`
+    /// for rows drawn there (as [`Runner::execute_sampled`]) and `None` for rows the host samples.
+    /// Returns one id per sampled row (meaningless at host rows) and the host rows' logits, in
+    /// order; only those cross to the host. The default computes every row on the host.
+    fn execute_mixed(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[Option<DeviceSampling>],
+        valid_vocab: usize,
+    ) -> Result<(Vec<u32>, Logits), RunnerError> {
+        let logits = self.execute(batch)?;
+        logits.check_shape()?;
+        if logits.rows != specs.len() {
+            return Err(RunnerError::Shape(format!(
+                "{} logits rows for {} sampled sequences",
+                logits.rows,
+                specs.len()
+            )));
+        }
+        let valid = valid_vocab.min(logits.vocab);
+        let ids = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.map_or(0, |sp| model::sample::sample_host(logits.row(i), valid, sp)))
+            .collect();
+        let mut host = Logits::zeros(0, logits.vocab);
+        for (i, _) in specs.iter().enumerate().filter(|(_, s)| s.is_none()) {
+            host.data.extend_from_slice(logits.row(i));
+            host.rows += 1;
+        }
+        Ok((ids, host))
+    }
+
     /// Whether this runner has a draft model for speculative decoding (GLM's MTP layer). The
     /// engine then runs every step through [`Runner::execute_verify`], followed by
     /// [`Runner::draft`] (and [`Runner::draft_next`] for further draft tokens).
@@ -276,6 +309,14 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
         valid_vocab: usize,
     ) -> Result<Vec<u32>, RunnerError> {
         (**self).execute_sampled(batch, specs, valid_vocab)
+    }
+    fn execute_mixed(
+        &mut self,
+        batch: &SchedulerOutput,
+        specs: &[Option<DeviceSampling>],
+        valid_vocab: usize,
+    ) -> Result<(Vec<u32>, Logits), RunnerError> {
+        (**self).execute_mixed(batch, specs, valid_vocab)
     }
     fn supports_drafting(&self) -> bool {
         (**self).supports_drafting()

@@ -134,6 +134,7 @@ impl GpuModel {
         logit_rows: &[usize],
         greedy: bool,
     ) -> Result<StepOutput> {
+        self.logits_ready = 0;
         if logit_rows.len() != seqs.len() {
             return Err(ModelError::Input(format!(
                 "{} logit row counts for {} sequences",
@@ -182,6 +183,7 @@ impl GpuModel {
         logit_rows: &[usize],
         greedy: bool,
     ) -> Result<StepOutput> {
+        self.logits_ready = 0;
         let mtp = self
             .mtp
             .as_ref()
