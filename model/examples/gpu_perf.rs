@@ -249,7 +249,52 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             );
         }
     }
+    sampling_bench(g, c, &mut rows)?;
     Ok(Value::Array(rows))
+}
+
+/// The sampling kernels over full vocabulary rows: temperature only, and truncated
+/// (temperature 0.6, top-p 0.95, top-k 50: `sample_thresh` first).
+fn sampling_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig, rows: &mut Vec<Value>) -> Res<()> {
+    let v = c.vocab_size;
+    println!("\n| sampling, rows × {v} | µs, temperature | µs, + top-k 50, top-p 0.95 (`sample_thresh`) |");
+    println!("|---|---|---|");
+    for b in [1usize, 64, 256] {
+        let logits = DevBuf::zeros(g, b * v * 4)?;
+        model::launch!(g, fill_f32_rand, (1024, 1, 1), (256, 1, 1), 0;
+            logits.p(), (b * v) as u64, 11u64, 8f32)?;
+        let temps = DevBuf::from_host(g, &vec![0.6f32; b])?;
+        let seeds = DevBuf::from_host(g, &(0..b as u64).collect::<Vec<_>>())?;
+        let top_k = DevBuf::from_host(g, &vec![50i32; b])?;
+        let top_p = DevBuf::from_host(g, &vec![0.95f32; b])?;
+        let min_p = DevBuf::zeros(g, b * 4)?;
+        let part = DevBuf::zeros(g, model::gpu::sample_part_bytes(b))?;
+        let out = DevBuf::zeros(g, b * 4)?;
+        let mut us = [0f64; 2];
+        for (i, trunc) in [None, Some([top_k.p(), top_p.p(), min_p.p()])]
+            .into_iter()
+            .enumerate()
+        {
+            let spec = model::gpu::SampleSpecs {
+                temps: temps.p(),
+                seeds: seeds.p(),
+                trunc,
+            };
+            us[i] = time_us(g, 3, 20, || {
+                Ok(model::gpu::sample_launch(
+                    g,
+                    (logits.p(), v, v),
+                    spec,
+                    part.p(),
+                    out.p(),
+                    b,
+                )?)
+            })?;
+        }
+        println!("| {b} | {:.1} | {:.1} |", us[0], us[1]);
+        rows.push(json!({"sampling_rows": b, "us": us[0], "us_truncated": us[1]}));
+    }
+    Ok(())
 }
 
 /// Weight bytes one decode step reads at batch `b` (experts touched in expectation).
@@ -377,13 +422,7 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
                 sample: true,
             })
             .collect();
-        let sp = vec![
-            DeviceSampling {
-                temperature: 0.0,
-                seed: 0
-            };
-            nseq
-        ];
+        let sp = vec![DeviceSampling::GREEDY; nseq];
         expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
         let iters = 3;
         let t = Instant::now();
@@ -589,13 +628,7 @@ impl DecodeBatch {
     }
 
     fn sampling(&self) -> Vec<DeviceSampling> {
-        vec![
-            DeviceSampling {
-                temperature: 0.0,
-                seed: 0
-            };
-            self.toks.len()
-        ]
+        vec![DeviceSampling::GREEDY; self.toks.len()]
     }
 }
 

@@ -15,10 +15,11 @@ use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
     gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, BlasLt, DevBuf,
-    Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, StepOutput, ROUTER_GEMM_MIN_TOKENS,
+    Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput,
+    ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
-use model::sample::{sample_host, DeviceSampling};
+use model::sample::{sample_host, truncation_threshold, DeviceSampling};
 use model::{CpuBackend, Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
 use rand::{Rng, SeedableRng};
 
@@ -439,43 +440,104 @@ fn router_logits_match_host_products() {
     }
 }
 
+/// The sampling kernels against their host twin: greedy and temperature rows, and rows truncated
+/// by top-k, top-p, min-p and their combinations (the thresholds of `sample_thresh` against
+/// `truncation_threshold`, then the drawn ids), over a vocabulary with padded columns.
 #[test]
 fn sampling_kernel_matches_host_twin() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let (r, v) = (9usize, 1000usize);
-    let logits: Vec<f32> = (0..r * v).map(|_| rng.gen_range(-5.0..5.0)).collect();
-    let specs: Vec<DeviceSampling> = (0..r)
-        .map(|i| DeviceSampling {
-            temperature: if i % 3 == 0 {
-                0.0
+    let v = 1000usize;
+    let trunc: [(u32, f32, f32); 10] = [
+        (0, 1.0, 0.0),
+        (1, 1.0, 0.0),
+        (40, 1.0, 0.0),
+        (0, 0.95, 0.0),
+        (0, 0.3, 0.0),
+        (0, 1.0, 0.05),
+        (50, 0.9, 0.0),
+        (7, 0.5, 0.01),
+        (2000, 0.99, 0.0),
+        (0, 0.8, 0.2),
+    ];
+    let mut specs: Vec<DeviceSampling> = Vec::new();
+    for (i, &(top_k, top_p, min_p)) in trunc.iter().enumerate() {
+        for temperature in [0.0, 0.3 + i as f32 * 0.15, 1.7] {
+            specs.push(DeviceSampling {
+                temperature,
+                seed: rng.gen(),
+                top_k,
+                top_p,
+                min_p,
+            });
+        }
+    }
+    let r = specs.len();
+    // peaked rows (a few large logits) and flat ones
+    let logits: Vec<f32> = (0..r * v)
+        .map(|i| {
+            let x: f32 = rng.gen_range(-5.0..5.0);
+            if (i / v).is_multiple_of(2) && rng.gen_range(0..50) == 0 {
+                x + 8.0
             } else {
-                0.3 + i as f32 * 0.2
-            },
-            seed: rng.gen(),
+                x
+            }
         })
         .collect();
+    let col = |f: fn(&DeviceSampling) -> f32| specs.iter().map(f).collect::<Vec<f32>>();
     let lb = DevBuf::from_host(&g, &logits).unwrap();
-    let tb =
-        DevBuf::from_host(&g, &specs.iter().map(|s| s.temperature).collect::<Vec<_>>()).unwrap();
+    let tb = DevBuf::from_host(&g, &col(|s| s.temperature)).unwrap();
     let sb = DevBuf::from_host(&g, &specs.iter().map(|s| s.seed).collect::<Vec<_>>()).unwrap();
+    let kb = DevBuf::from_host(
+        &g,
+        &specs.iter().map(|s| s.top_k as i32).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let pb = DevBuf::from_host(&g, &col(|s| s.top_p)).unwrap();
+    let mb = DevBuf::from_host(&g, &col(|s| s.min_p)).unwrap();
     let out = DevBuf::zeros(&g, r * 4).unwrap();
     let part = DevBuf::zeros(&g, sample_part_bytes(r)).unwrap();
     let valid = v - 10;
-    sample_launch(
-        &g,
-        (lb.p(), v, valid),
-        (tb.p(), sb.p()),
-        part.p(),
-        out.p(),
-        r,
-    )
-    .unwrap();
-    let mut got = vec![0i32; r];
-    g.download(out.p(), &mut got).unwrap();
-    for i in 0..r {
-        let want = sample_host(&logits[i * v..(i + 1) * v], valid, specs[i]);
-        assert_eq!(got[i] as u32, want, "row {i} ({:?})", specs[i]);
+    for truncate in [false, true] {
+        sample_launch(
+            &g,
+            (lb.p(), v, valid),
+            SampleSpecs {
+                temps: tb.p(),
+                seeds: sb.p(),
+                trunc: truncate.then(|| [kb.p(), pb.p(), mb.p()]),
+            },
+            part.p(),
+            out.p(),
+            r,
+        )
+        .unwrap();
+        let mut got = vec![0i32; r];
+        g.download(out.p(), &mut got).unwrap();
+        let mut thr = vec![0f32; r];
+        if truncate {
+            g.download(part.at(sample_part_bytes(r) - r * 4), &mut thr)
+                .unwrap();
+        }
+        for i in 0..r {
+            let row = &logits[i * v..(i + 1) * v];
+            let s = if truncate {
+                specs[i]
+            } else {
+                DeviceSampling {
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    ..specs[i]
+                }
+            };
+            if truncate {
+                let want = truncation_threshold(row, valid, s);
+                assert_eq!(thr[i], want, "row {i} threshold ({s:?})");
+            }
+            let want = sample_host(row, valid, s);
+            assert_eq!(got[i] as u32, want, "row {i} ({s:?})");
+        }
     }
 }
 
@@ -705,6 +767,7 @@ fn graph_replay_equals_eager() {
             .map(|i| DeviceSampling {
                 temperature: if i == 1 { 0.8 } else { 0.0 },
                 seed: 99,
+                ..DeviceSampling::GREEDY
             })
             .collect();
         // prefill all three in one mixed step

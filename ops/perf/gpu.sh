@@ -8,7 +8,9 @@
 #   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
 #   against one server start (--max-model-len 9216)
 #   sampling: 1000/200 all greedy (drawn on the device), all top-p (every row sampled on the host),
-#   and mixed (7 in 8 greedy, 1 in 8 with logprobs, two clients at once) against one server start
+#   and mixed (7 in 8 greedy, 1 in 8 with logprobs, two clients at once) against one server start,
+#   then top-p drawn on the device against a second (GLMFLEET_DEVICE_TRUNCATION=1; SAMPLING_TRUNCATION=0
+#   skips it)
 #   fleet: one replica per GPU behind the router against N × one replica served directly
 #   (fleet-scaling.sh, 1000/1000 at FLEET_CONC 128 per replica); routing: prefix-hash against round
 #   robin on prefix-repetition traffic over all GPUs (routing-compare.sh). Both need 2 or more GPUs.
@@ -116,15 +118,18 @@ if has sampling; then
   # SAMPLING_MODEL / SAMPLING_SERVE_ARGS replace the full-size defaults (a dry run: demo, "")
   MODEL=${SAMPLING_MODEL:-ops/perf/glm-4.5-air-fp8-dummy}
   tok=$MODEL; [ "$MODEL" = demo ] && tok=model/demo
-  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --port 8013 ${SAMPLING_SERVE_ARGS-"--load-format dummy \
-    --gpu-memory-utilization 0.93 --max-model-len 4096 --max-num-seqs 256 --max-num-batched-tokens 8192 \
-    --kv-cache-dtype fp8 ${EXTRA_SERVE_ARGS:-}"} > "$LOG/serve-sampling.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 240); do
-    curl -sf http://127.0.0.1:8013/health > /dev/null && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 1
-  done
+  serve_sampling() {  # $1: GLMFLEET_DEVICE_TRUNCATION
+    GLMFLEET_DEVICE_TRUNCATION=$1 RUST_LOG=info "$B"/glmfleet serve "$MODEL" --port 8013 \
+      ${SAMPLING_SERVE_ARGS-"--load-format dummy --gpu-memory-utilization 0.93 --max-model-len 4096 \
+      --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-cache-dtype fp8 ${EXTRA_SERVE_ARGS:-}"} \
+      > "$LOG/serve-sampling-$1.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 240); do
+      curl -sf http://127.0.0.1:8013/health > /dev/null && break
+      kill -0 $pid 2>/dev/null || break
+      sleep 1
+    done
+  }
   n=${SAMPLING_PROMPTS:-128} c=${SAMPLING_CONC:-64} out_len=${SAMPLING_OUT_LEN:-200}
   sb() {
     local name=$1 len=$2; shift 2
@@ -134,6 +139,7 @@ if has sampling; then
       > "$LOG/sampling-$name.log" 2>&1
     echo "-- $name"; grep -E 'Successful|Output token throughput|Median TPOT' "$LOG/sampling-$name.log"
   }
+  serve_sampling 0
   sb warmup 8 --num-prompts "$c" --max-concurrency "$c"
   sb greedy "$out_len" --num-prompts "$n" --max-concurrency "$c"
   sb top-p "$out_len" --num-prompts "$n" --max-concurrency "$c" --temperature 0.6 --top-p 0.95
@@ -141,8 +147,14 @@ if has sampling; then
   mg=$!
   sb mixed-logprobs "$out_len" --num-prompts $((n / 8)) --max-concurrency $((c / 8)) --logprobs 5
   wait $mg
-  curl -s http://127.0.0.1:8013/metrics | grep -E '^vllm:(generation_tokens|num_preemptions)' > "$LOG/metrics-sampling.txt"
   kill $pid; wait $pid 2>/dev/null
+  if [ "${SAMPLING_TRUNCATION:-1}" = 1 ]; then
+    echo "-- top-p drawn on the device (GLMFLEET_DEVICE_TRUNCATION=1)"
+    serve_sampling 1
+    sb warmup-truncation 8 --num-prompts "$c" --max-concurrency "$c" --temperature 0.6 --top-p 0.95
+    sb top-p-device "$out_len" --num-prompts "$n" --max-concurrency "$c" --temperature 0.6 --top-p 0.95
+    kill $pid; wait $pid 2>/dev/null
+  fi
 fi
 # the GPUs of this host as 0,1,...; the fleet stages start one replica per GPU. FLEET_MODEL,
 # FLEET_SERVE_ARGS and FLEET_IN_LEN / FLEET_OUT_LEN replace the full-size defaults (a dry run of the

@@ -767,11 +767,14 @@ async fn greedy_speculation_on_a_device_runner_is_not_limited() {
     spec.shutdown().await;
 }
 
+/// Steps by how the engine asked for them: (all rows drawn on the device, mixed device and host
+/// rows, all rows on the host).
+type Calls = Arc<Mutex<(usize, usize, usize)>>;
+
 /// The device runner over the CPU twin, counting how the engine asked for each step.
 struct Counted {
     inner: DeviceRunner<CpuDeviceEngine>,
-    /// (all rows drawn on the device, mixed device and host rows, all rows on the host).
-    calls: Arc<Mutex<(usize, usize, usize)>>,
+    calls: Calls,
 }
 
 impl Runner for Counted {
@@ -787,6 +790,9 @@ impl Runner for Counted {
     }
     fn samples_on_device(&self) -> bool {
         true
+    }
+    fn truncates_on_device(&self) -> bool {
+        self.inner.truncates_on_device()
     }
     fn execute_sampled(
         &mut self,
@@ -806,6 +812,28 @@ impl Runner for Counted {
         self.calls.lock().unwrap().1 += 1;
         self.inner.execute_mixed(batch, specs, valid_vocab)
     }
+}
+
+/// A replica (no speculation) on the device runner over the CPU twin, drawing truncated rows
+/// on the device when `truncation`, with the runner's call counts.
+fn counted_twin(f: Fixture, truncation: bool) -> (Replica, Calls) {
+    let calls = Arc::new(Mutex::new((0, 0, 0)));
+    let (p, _) = parts(f, f.load(false), 512, false);
+    let mut engine = CpuDeviceEngine::new(f.load(false), 512, BLOCK_SIZE, 32).expect("KV cache");
+    engine.set_truncation(truncation);
+    let runner = Counted {
+        inner: DeviceRunner::new(engine),
+        calls: calls.clone(),
+    };
+    let replica = Replica::start(
+        &config(0, 256, 512),
+        ReplicaParts {
+            runner: Box::new(runner),
+            ..p
+        },
+    )
+    .expect("start replica");
+    (replica, calls)
 }
 
 /// Without speculation, a batch that mixes rows the device can draw (greedy, plain temperature)
@@ -861,21 +889,7 @@ async fn mixed_batches_sample_each_row_where_it_can_be() {
     let want_host = run_together(cpu.engine(), &pick(false)).await;
     cpu.shutdown().await;
 
-    let calls = Arc::new(Mutex::new((0, 0, 0)));
-    let (p, _) = parts(f, f.load(false), 512, false);
-    let engine = CpuDeviceEngine::new(f.load(false), 512, BLOCK_SIZE, 32).expect("KV cache");
-    let runner = Counted {
-        inner: DeviceRunner::new(engine),
-        calls: calls.clone(),
-    };
-    let mixed = Replica::start(
-        &config(0, 256, 512),
-        ReplicaParts {
-            runner: Box::new(runner),
-            ..p
-        },
-    )
-    .expect("start replica");
+    let (mixed, calls) = counted_twin(f, false);
     let got = run_together(mixed.engine(), &reqs).await;
     mixed.shutdown().await;
     let (mut dev, mut host) = (want_device.iter(), want_host.iter());
@@ -895,6 +909,52 @@ async fn mixed_batches_sample_each_row_where_it_can_be() {
         "no mixed step: {:?}",
         calls.lock().unwrap()
     );
+}
+
+/// A device that truncates draws top-k, top-p and min-p rows itself: every step goes through
+/// `execute_sampled`, and a seeded request gets the same tokens alone and batched. Without device
+/// truncation the same requests are host rows.
+#[tokio::test]
+async fn truncated_rows_draw_on_a_truncating_device() {
+    let f = Fixture::Demo;
+    let lens: Vec<usize> = (0..9).map(|i| 3 + 11 * i).collect();
+    let reqs: Vec<EngineRequest> = prompts(f, 0x7c0d, &lens)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (top_k, top_p, min_p) = [(20, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.1)][i % 3];
+            request(
+                p,
+                8 + i,
+                SamplingParams {
+                    temperature: 1.1,
+                    top_k,
+                    top_p,
+                    min_p,
+                    seed: Some(90 + i as u64),
+                    ..SamplingParams::default()
+                },
+            )
+        })
+        .collect();
+    let (alone, _) = counted_twin(f, true);
+    let want = run_alone(alone.engine(), &reqs).await;
+    alone.shutdown().await;
+    let (dev, calls) = counted_twin(f, true);
+    let got = run_together(dev.engine(), &reqs).await;
+    dev.shutdown().await;
+    assert_same(&got, &want, "truncated rows, batched against alone");
+    let (sampled, mixed, host) = *calls.lock().unwrap();
+    assert!(
+        sampled > 0 && mixed == 0 && host == 0,
+        "{:?}",
+        (sampled, mixed, host)
+    );
+    let (plain, calls) = counted_twin(f, false);
+    run_together(plain.engine(), &reqs).await;
+    plain.shutdown().await;
+    let (_, mixed, host) = *calls.lock().unwrap();
+    assert!(mixed + host > 0, "no host rows without device truncation");
 }
 
 /// `--speculative-config` on a model without an MTP layer fails at startup, clearly.

@@ -59,6 +59,7 @@ funcs!(
     moe_combine,
     sample_part,
     sample_rows,
+    sample_thresh,
     fill_fp8,
     fill_bf16,
     fill_f32,

@@ -130,6 +130,8 @@ struct Workspace {
     attn_part: DevBuf,
     temps: DevBuf,
     seeds: DevBuf,
+    /// Truncation parameters per row: top-k (i32), top-p, min-p (f32), `r_cap` each.
+    trunc: DevBuf,
     sampled: DevBuf,
     /// Per-slice (value, id) of the sampling kernels: [`sample_part_bytes`].
     sample_part: DevBuf,
@@ -162,6 +164,12 @@ struct Workspace {
 }
 
 impl Workspace {
+    /// The top-k, top-p and min-p arrays of [`Workspace::trunc`].
+    fn trunc_params(&self) -> [u64; 3] {
+        let r = (self.r_cap * 4) as u64;
+        [self.trunc.p(), self.trunc.p() + r, self.trunc.p() + 2 * r]
+    }
+
     fn meta_at(&self, field: Meta) -> u64 {
         let (t, r) = (self.t_cap, self.r_cap);
         let off = match field {
@@ -252,7 +260,8 @@ pub struct GpuModel {
     kv: Vec<(DevBuf, DevBuf)>,
     num_blocks: usize,
     ws: Workspace,
-    graphs: HashMap<usize, Graph>,
+    /// Captured decode steps by (batch bucket, whether the sampling truncates).
+    graphs: HashMap<(usize, bool), Graph>,
     valid_vocab: usize,
     /// Events recorded after each phase while [`GpuModel::profile_step`] runs.
     prof: Option<std::cell::RefCell<Vec<(&'static str, cudarc::driver::CudaEvent)>>>,
@@ -265,6 +274,9 @@ pub struct GpuModel {
     /// Attention over an FP8 cache widens it to f16 (`attn_f8h_*`) rather than bf16
     /// (`GLMFLEET_FP8_ATTN_F16=1`; off until measured on a GPU).
     fp8_attn_f16: bool,
+    /// Whether top-k / top-p / min-p rows are drawn here (`GLMFLEET_DEVICE_TRUNCATION=1`; off
+    /// until `sample_thresh` is measured on a GPU): the replica samples them on the host otherwise.
+    truncation: bool,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
     /// Rows of the logits buffer that [`GpuModel::step`] left readable by
@@ -476,6 +488,7 @@ impl GpuModel {
             capturing: std::cell::Cell::new(false),
             logits_ready: 0,
             fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").is_ok_and(|v| v == "1"),
+            truncation: std::env::var("GLMFLEET_DEVICE_TRUNCATION").is_ok_and(|v| v == "1"),
             mtp,
         };
         m.g.sync()?;
@@ -582,6 +595,18 @@ impl GpuModel {
         }
     }
 
+    /// Whether [`GpuModel::step`] draws rows with top-k / top-p / min-p truncation (a
+    /// [`DeviceSampling`] that [`DeviceSampling::truncates`]); the replica asks before it sends
+    /// them.
+    pub fn truncates_on_device(&self) -> bool {
+        self.truncation
+    }
+
+    /// Sets [`GpuModel::truncates_on_device`].
+    pub fn set_truncation(&mut self, on: bool) {
+        self.truncation = on;
+    }
+
     /// Whether attention over an FP8 KV cache widens it to f16 (`attn_f8h_*`) instead of bf16.
     pub fn set_fp8_attn_f16(&mut self, on: bool) {
         if on != self.fp8_attn_f16 {
@@ -609,8 +634,9 @@ impl GpuModel {
 
     /// Graphs captured so far (batch-size buckets).
     pub fn graph_buckets(&self) -> Vec<usize> {
-        let mut b: Vec<usize> = self.graphs.keys().copied().collect();
+        let mut b: Vec<usize> = self.graphs.keys().map(|k| k.0).collect();
         b.sort_unstable();
+        b.dedup();
         b
     }
 
@@ -686,8 +712,9 @@ impl GpuModel {
             let hb = self.host_batch(seqs, Some(bucket))?;
             self.upload_batch(&hb)?;
             let sp = sampling.unwrap_or_default();
-            self.upload_sampling(sp, bucket)?;
-            if !self.graphs.contains_key(&bucket) {
+            let trunc = self.upload_sampling(sp, bucket)?;
+            let key = (bucket, trunc);
+            if !self.graphs.contains_key(&key) {
                 self.g
                     .stream
                     .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -695,7 +722,7 @@ impl GpuModel {
                 self.capturing.set(true);
                 let run = self
                     .forward(bucket, bucket, bucket)
-                    .and_then(|_| self.sample(bucket));
+                    .and_then(|_| self.sample(bucket, trunc));
                 self.capturing.set(false);
                 let graph = self
                     .g
@@ -704,9 +731,9 @@ impl GpuModel {
                     .map_err(dev_err("end graph capture"))?;
                 run?;
                 let graph = graph.ok_or_else(|| ModelError::Device("empty graph".into()))?;
-                self.graphs.insert(bucket, Graph(graph));
+                self.graphs.insert(key, Graph(graph));
             }
-            self.graphs[&bucket]
+            self.graphs[&key]
                 .0
                 .launch()
                 .map_err(dev_err("graph launch"))?;
@@ -720,8 +747,8 @@ impl GpuModel {
         self.forward(t, hb.attn_tiles.len() / 2, r)?;
         match sampling {
             Some(sp) if r > 0 => {
-                self.upload_sampling(sp, r)?;
-                self.sample(r)?;
+                let trunc = self.upload_sampling(sp, r)?;
+                self.sample(r, trunc)?;
                 self.mark("sampling")?;
                 let out = self.read_tokens(r)?;
                 self.logits_ready = r;
@@ -895,21 +922,39 @@ impl GpuModel {
         (64 / (self.config.num_attention_heads / self.config.num_key_value_heads)).max(1)
     }
 
-    fn upload_sampling(&self, sp: &[DeviceSampling], n: usize) -> Result<()> {
-        let mut temps: Vec<f32> = sp.iter().map(|s| s.temperature).collect();
-        let mut seeds: Vec<u64> = sp.iter().map(|s| s.seed).collect();
-        temps.resize(n, 0.0);
-        seeds.resize(n, 0);
+    /// Uploads `n` rows of sampling parameters (`sp`, then greedy rows); true when some row
+    /// truncates (top-k / top-p / min-p), whose parameters then go up too.
+    fn upload_sampling(&self, sp: &[DeviceSampling], n: usize) -> Result<bool> {
+        let row = |i: usize| sp.get(i).copied().unwrap_or(DeviceSampling::GREEDY);
+        let temps: Vec<f32> = (0..n).map(|i| row(i).temperature).collect();
+        let seeds: Vec<u64> = (0..n).map(|i| row(i).seed).collect();
         self.g.upload(self.ws.temps.p(), &temps)?;
-        self.g.upload(self.ws.seeds.p(), &seeds)
+        self.g.upload(self.ws.seeds.p(), &seeds)?;
+        if !sp.iter().any(DeviceSampling::truncates) {
+            return Ok(false);
+        }
+        let top_k: Vec<i32> = (0..n)
+            .map(|i| row(i).top_k.min(i32::MAX as u32) as i32)
+            .collect();
+        let top_p: Vec<f32> = (0..n).map(|i| row(i).top_p).collect();
+        let min_p: Vec<f32> = (0..n).map(|i| row(i).min_p).collect();
+        let [k, p, m] = self.ws.trunc_params();
+        self.g.upload(k, &top_k)?;
+        self.g.upload(p, &top_p)?;
+        self.g.upload(m, &min_p)?;
+        Ok(true)
     }
 
-    fn sample(&self, r: usize) -> Result<()> {
+    fn sample(&self, r: usize, trunc: bool) -> Result<()> {
         let ws = &self.ws;
         sample_launch(
             &self.g,
             (ws.logits.p(), self.config.vocab_size, self.valid_vocab),
-            (ws.temps.p(), ws.seeds.p()),
+            SampleSpecs {
+                temps: ws.temps.p(),
+                seeds: ws.seeds.p(),
+                trunc: trunc.then(|| ws.trunc_params()),
+            },
             ws.sample_part.p(),
             ws.sampled.p(),
             r,
@@ -1278,28 +1323,48 @@ pub fn router_launch(
 /// Vocabulary slices per row of the sampling kernels (`SAMPLE_SPLITS` in kernels.cu).
 pub const SAMPLE_SPLITS: usize = 64;
 
-/// Bytes of the sampling kernels' per-slice results for `rows` rows.
+/// Bytes of the sampling kernels' per-slice results for `rows` rows, then their truncation
+/// thresholds.
 pub const fn sample_part_bytes(rows: usize) -> usize {
-    rows * SAMPLE_SPLITS * 8
+    rows * SAMPLE_SPLITS * 8 + rows * 4
 }
 
-/// Draws one id per row of `logits` (`(buffer, row length, valid ids)`) with `(temperatures, seeds)`
-/// into `out`: each vocabulary slice's best, then the row's (`part`: [`sample_part_bytes`]).
+/// Per-row sampling parameters on the device: temperatures (f32) and seeds (u64), and when some
+/// row truncates, its top-k (i32), top-p and min-p (f32) arrays.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleSpecs {
+    pub temps: u64,
+    pub seeds: u64,
+    pub trunc: Option<[u64; 3]>,
+}
+
+/// Draws one id per row of `logits` (`(buffer, row length, valid ids)`) with `spec` into `out`:
+/// with truncation each row's threshold first (`sample_thresh`), then each vocabulary slice's best,
+/// then the row's (`part`: [`sample_part_bytes`]).
 pub fn sample_launch(
     g: &Gpu,
     logits: (u64, usize, usize),
-    spec: (u64, u64),
+    spec: SampleSpecs,
     part: u64,
     out: u64,
     rows: usize,
 ) -> Result<()> {
     let (l, v, valid) = logits;
     let pi = part + (rows * SAMPLE_SPLITS * 4) as u64;
+    let mut thr = 0u64;
+    if let Some([k, p, m]) = spec.trunc {
+        thr = part + (rows * SAMPLE_SPLITS * 8) as u64;
+        launch!(g, sample_thresh, (rows as u32, 1, 1), (THRESH_THREADS, 1, 1), 0;
+            l, v as i32, valid as i32, spec.temps, k, p, m, thr)?;
+    }
     launch!(g, sample_part, (rows as u32, SAMPLE_SPLITS as u32, 1), (256, 1, 1), 0;
-        l, v as i32, valid as i32, spec.0, spec.1, part, pi)?;
+        l, v as i32, valid as i32, spec.temps, spec.seeds, thr, part, pi)?;
     launch!(g, sample_rows, (rows as u32, 1, 1), (32, 1, 1), 0;
         part, pi, valid as i32, out)
 }
+
+/// Threads of `sample_thresh` (`THR_THREADS` in kernels.cu).
+const THRESH_THREADS: u32 = 512;
 
 /// Launches the GEMM for `w` on activations `a` (+ scales `sa`). Grouped: `(bm, max_tiles, tiles,
 /// ntiles, offsets)`. Dense launches with few tiles split K (f32 outputs only).
@@ -1452,6 +1517,7 @@ impl Workspace {
             attn_part: z(ATTN_PART_ITEMS * 64 * (c.head_dim + 2) * 4)?,
             temps: z(r_cap * 4)?,
             seeds: z(r_cap * 8)?,
+            trunc: z(r_cap * 12)?,
             sampled: z(r_cap * 4)?,
             sample_part: z(sample_part_bytes(r_cap))?,
             // the cuBLASLt path's f32 result before a residual add (N = hidden for those GEMMs)

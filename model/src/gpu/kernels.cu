@@ -1189,7 +1189,7 @@ extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, 
 // write their best (value, id); sample_rows merges a row's slices with one warp.
 #define SAMPLE_SPLITS 64
 extern "C" __global__ void sample_part(const float* logits, int V, int valid, const float* temps,
-                                       const u64* seeds, float* pv, int* pi) {
+                                       const u64* seeds, const float* thr, float* pv, int* pi) {
   __shared__ float sv[32];
   __shared__ int si[32];
   int r = blockIdx.x, sp = blockIdx.y;
@@ -1198,11 +1198,13 @@ extern "C" __global__ void sample_part(const float* logits, int V, int valid, co
   const float* lr = logits + (size_t)r * V;
   float tmp = temps[r];
   u64 seed = seeds[r];
+  float th = thr ? thr[r] : NEG_INF;
   float bv = NEG_INF;
   int bi = 0x7fffffff;
 #pragma unroll 4
   for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
     float v = lr[j];
+    if (!(v >= th)) continue;  // truncated (NaN never qualifies)
     if (tmp > 0.f) v = v / tmp - logf(-logf(uniform01(seed, (u64)j)));
     if (v > bv || (v == bv && j < bi)) {
       bv = v;
@@ -1226,6 +1228,121 @@ extern "C" __global__ void sample_part(const float* logits, int V, int valid, co
       pi[r * SAMPLE_SPLITS + sp] = bi;
     }
   }
+}
+
+// Truncation (top-k, top-p, min-p) as one logit threshold per row, for sample_part: its candidates
+// are the logits >= thr[r]. One block of THR_THREADS per row; rows that do not truncate get -inf.
+// min-p keeps x >= max + T ln(min_p); top-k the k largest of those (ties with the k-th kept); top-p,
+// of those, the fewest largest whose weights exp((x - max) / T) reach top_p of their sum (less a
+// 1e-6 slack, as the host sampler). The k-th value and the top-p crossing are found by radix
+// selection over order-preserving 32-bit keys of the logits, 8 bits a pass, with per-warp
+// histograms in shared memory (the first passes put most logits in a few bins). Twin:
+// sample::truncation_threshold.
+#define THR_THREADS 512
+#define THR_WARPS (THR_THREADS / 32)
+
+__device__ __forceinline__ u32 order_key(float x) {
+  u32 b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float key_float(u32 k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Finds the largest key K such that the candidates (lo <= x, finite) with key >= K hold at least
+// `need` (count, or weight when `mass`): four passes over the row, each fixing 8 more bits of K.
+// Returns its logit. Every thread gets the result.
+__device__ float radix_select(const float* lr, int valid, float lo, float mx, float inv_t, bool mass,
+                              float need, float (*hist)[256], float* total, int* pick,
+                              float* rest) {
+  int w = threadIdx.x >> 5;
+  u32 prefix = 0, mask = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < THR_WARPS * 256; i += THR_THREADS) (&hist[0][0])[i] = 0.f;
+    __syncthreads();
+    for (int j = threadIdx.x; j < valid; j += THR_THREADS) {
+      float x = lr[j];
+      if (!(x >= lo) || x == NEG_INF) continue;
+      u32 k = order_key(x);
+      if ((k & mask) != prefix) continue;
+      atomicAdd(&hist[w][(k >> shift) & 255], mass ? expf((x - mx) * inv_t) : 1.f);
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b < 256; b += THR_THREADS) {
+      float t = 0.f;
+      for (int i = 0; i < THR_WARPS; i++) t += hist[i][b];
+      total[b] = t;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // from the top bin down: the bin where the running amount reaches `need` (or, short of
+      // it by rounding, the lowest non-empty bin)
+      float cum = 0.f;
+      int b = 255, last = -1;
+      for (; b >= 0; b--) {
+        if (total[b] > 0.f) last = b;
+        if (total[b] > 0.f && cum + total[b] >= need) break;
+        cum += total[b];
+      }
+      if (b < 0) b = last < 0 ? 0 : last;
+      *pick = b;
+      *rest = need - cum;
+    }
+    __syncthreads();
+    prefix |= (u32)*pick << shift;
+    mask |= 255u << shift;
+    need = *rest;
+    __syncthreads();
+  }
+  return key_float(prefix);
+}
+
+extern "C" __global__ void sample_thresh(const float* logits, int V, int valid, const float* temps,
+                                         const int* top_k, const float* top_p, const float* min_p,
+                                         float* thr) {
+  __shared__ float hist[THR_WARPS][256];
+  __shared__ float total[256];
+  __shared__ float red[32];
+  __shared__ int pick;
+  __shared__ float rest;
+  int r = blockIdx.x;
+  float t = temps[r], p = top_p[r], mp = min_p[r];
+  int k = top_k[r];
+  if (!(t > 0.f) || (k <= 0 && !(p < 1.f) && !(mp > 0.f))) {
+    if (threadIdx.x == 0) thr[r] = NEG_INF;
+    return;
+  }
+  const float* lr = logits + (size_t)r * V;
+  float m = NEG_INF;
+  for (int j = threadIdx.x; j < valid; j += THR_THREADS) m = fmaxf(m, lr[j]);
+  float mx = block_max(m, red);
+  float inv_t = 1.f / t;
+  float lo = (mp > 0.f && mx > NEG_INF) ? mx + t * logf(mp) : NEG_INF;
+  if (mx == NEG_INF) {
+    if (threadIdx.x == 0) thr[r] = NEG_INF;
+    return;
+  }
+  if (k > 0) {
+    float c = 0.f;
+    for (int j = threadIdx.x; j < valid; j += THR_THREADS) {
+      float x = lr[j];
+      c += (x >= lo && x != NEG_INF) ? 1.f : 0.f;
+    }
+    float n = block_sum(c, red);
+    if ((float)k < n) lo = radix_select(lr, valid, lo, mx, inv_t, false, (float)k, hist, total, &pick, &rest);
+  }
+  if (p < 1.f) {
+    float s = 0.f;
+    for (int j = threadIdx.x; j < valid; j += THR_THREADS) {
+      float x = lr[j];
+      if (x >= lo && x != NEG_INF) s += expf((x - mx) * inv_t);
+    }
+    float sum = block_sum(s, red);
+    float need = (float)((double)p * (double)sum * (1.0 - 1e-6));
+    lo = fmaxf(lo, radix_select(lr, valid, lo, mx, inv_t, true, need, hist, total, &pick, &rest));
+  }
+  if (threadIdx.x == 0) thr[r] = lo;
 }
 
 extern "C" __global__ void sample_rows(const float* pv, const int* pi, int valid, int* out) {

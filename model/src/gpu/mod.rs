@@ -24,5 +24,5 @@ pub use blaslt::BlasLt;
 pub use device::{DevBuf, Gpu};
 pub use engine::{
     gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, GpuModel,
-    GpuOptions, HiddenRow, KeepFrom, StepOutput, ROUTER_GEMM_MIN_TOKENS,
+    GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };

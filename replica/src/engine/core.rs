@@ -449,9 +449,9 @@ impl EngineCore {
     fn greedy_on_device(&self, mut ids: impl Iterator<Item = u64>) -> bool {
         self.runner.samples_on_device()
             && ids.all(|id| {
-                self.seqs
-                    .get(&id)
-                    .is_some_and(|s| s.sampler.device_eligible() && s.sampler.params().is_greedy())
+                self.seqs.get(&id).is_some_and(|s| {
+                    s.sampler.device_eligible(false) && s.sampler.params().is_greedy()
+                })
             })
     }
 
@@ -623,10 +623,11 @@ impl EngineCore {
     fn execute_and_sample(&mut self, out: &SchedulerOutput) -> Result<StepTokens, String> {
         let ids: Vec<u64> = out.sampling_seqs().map(|s| s.id).collect();
         let device = self.runner.samples_on_device();
+        let truncates = self.runner.truncates_on_device();
         let mut specs = Vec::with_capacity(ids.len());
         for id in &ids {
             let spec = match self.seqs.get_mut(id) {
-                Some(s) if device && s.sampler.device_eligible() => {
+                Some(s) if device && s.sampler.device_eligible(truncates) => {
                     s.pending_logprobs.clear();
                     Some(s.sampler.device_sampling())
                 }

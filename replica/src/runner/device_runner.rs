@@ -34,6 +34,8 @@ pub trait DeviceEngine: Send + 'static {
     /// Rows `rows` (indices among the sampled rows) of the logits of the last [`Self::step`]
     /// that drew on the device, `[rows.len(), vocab]`: the host-sampled rows of a mixed batch.
     fn last_logits(&mut self, rows: &[usize]) -> model::Result<Vec<f32>>;
+    /// Whether sampled steps draw rows truncated by top-k / top-p / min-p.
+    fn truncates_on_device(&self) -> bool;
     /// Whether the MTP layer is loaded.
     fn has_mtp(&self) -> bool;
     /// Slots of the kept pool of hidden rows.
@@ -130,6 +132,10 @@ impl<E: DeviceEngine> Runner for DeviceRunner<E> {
 
     fn samples_on_device(&self) -> bool {
         true
+    }
+
+    fn truncates_on_device(&self) -> bool {
+        self.model.truncates_on_device()
     }
 
     fn execute_sampled(

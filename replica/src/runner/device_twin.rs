@@ -26,6 +26,8 @@ pub struct CpuDeviceEngine {
     kept: Vec<Option<Tensor<B, 2>>>,
     /// Logits rows of the last step that drew on the device (for `last_logits`).
     last_logits: Vec<f32>,
+    /// Whether it draws truncated rows (off, as the GPU engine's default).
+    truncation: bool,
 }
 
 impl CpuDeviceEngine {
@@ -47,7 +49,14 @@ impl CpuDeviceEngine {
             mtp_out: None,
             kept: vec![None; slots],
             last_logits: Vec::new(),
+            truncation: false,
         })
+    }
+
+    /// Draws rows truncated by top-k / top-p / min-p too (the GPU engine's
+    /// `GLMFLEET_DEVICE_TRUNCATION=1`).
+    pub fn set_truncation(&mut self, on: bool) {
+        self.truncation = on;
     }
 
     /// Logits rows as the engine hands them back: logits, or with `draw` one id per row, row
@@ -140,6 +149,10 @@ impl DeviceEngine for CpuDeviceEngine {
             data.extend_from_slice(&self.last_logits[r * v..(r + 1) * v]);
         }
         Ok(data)
+    }
+
+    fn truncates_on_device(&self) -> bool {
+        self.truncation
     }
 
     fn has_mtp(&self) -> bool {

@@ -136,6 +136,12 @@ pub trait Runner: Send + 'static {
         false
     }
 
+    /// Whether [`Runner::execute_sampled`] also draws rows truncated by top-k / top-p / min-p
+    /// (else the engine samples those on the host).
+    fn truncates_on_device(&self) -> bool {
+        false
+    }
+
     /// Runs the step and draws one token per sampled sequence (`specs` in batch order), never
     /// an id at or above `valid_vocab`. The default is the host twin of the device kernel.
     fn execute_sampled(
@@ -301,6 +307,9 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn samples_on_device(&self) -> bool {
         (**self).samples_on_device()
+    }
+    fn truncates_on_device(&self) -> bool {
+        (**self).truncates_on_device()
     }
     fn execute_sampled(
         &mut self,

@@ -214,24 +214,30 @@ impl SeqSampler {
     }
 
     /// Whether this step's draw can happen on the device ([`model::sample::DeviceSampling`]):
-    /// greedy or plain temperature sampling, with no logprobs, bias, penalties, truncation or
-    /// pending `min_tokens` mask.
-    pub fn device_eligible(&self) -> bool {
+    /// greedy or temperature sampling, with no logprobs, bias, penalties or pending `min_tokens`
+    /// mask, and no top-k / top-p / min-p truncation unless the device `truncates` too.
+    pub fn device_eligible(&self, truncates: bool) -> bool {
         let p = &self.params;
         p.logprobs.is_none()
             && p.logit_bias.is_empty()
             && !p.has_penalties()
             && self.num_generated >= p.min_tokens
-            && (p.is_greedy() || (p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0))
+            && (p.is_greedy() || truncates || (p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0))
     }
 
-    /// The device draw for this step: greedy, or temperature with a seed from this sequence's RNG
-    /// (so a request seed still fixes the tokens).
+    /// The device draw for this step: greedy, or temperature (and truncation) with a seed from
+    /// this sequence's RNG (so a request seed still fixes the tokens).
     pub fn device_sampling(&mut self) -> model::sample::DeviceSampling {
         let p = &self.params;
+        if p.is_greedy() {
+            return model::sample::DeviceSampling::GREEDY;
+        }
         model::sample::DeviceSampling {
-            temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+            temperature: p.temperature,
             seed: self.rng.gen(),
+            top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+            top_p: p.top_p,
+            min_p: p.min_p.max(0.0),
         }
     }
 

@@ -283,7 +283,7 @@ impl GpuModel {
             return self.read_logits(r);
         }
         self.upload_sampling(&[], r)?;
-        self.sample(r)?;
+        self.sample(r, false)?;
         self.read_tokens(r)
     }
 
