@@ -163,6 +163,15 @@ fn gpu_runner(
         model.block_size(),
         t0.elapsed().as_secs_f64()
     );
+    if model.truncates_on_device() {
+        tracing::info!(
+            "GPU sampling: greedy, temperature and top-k/top-p/min-p rows on the device"
+        );
+    } else {
+        tracing::info!(
+            "GPU sampling: greedy and temperature rows on the device; top-k/top-p/min-p rows on the host (GLMFLEET_DEVICE_TRUNCATION=1 draws them on the device)"
+        );
+    }
     let n = model.num_blocks();
     Ok((Box::new(replica::runner::GpuRunner::new(model)), n))
 }
