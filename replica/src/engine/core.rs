@@ -638,21 +638,19 @@ impl EngineCore {
         let vocab = self.runner.vocab_size();
         let valid = self.valid_vocab;
         let host_rows = specs.iter().filter(|s| s.is_none()).count();
-        let (drawn, mut logits) = if host_rows == 0 {
+        let step = if host_rows == 0 {
             let all: Vec<_> = specs.iter().flatten().copied().collect();
-            let drawn = self.runner.execute_sampled(out, &all, valid);
-            (drawn, Logits::zeros(0, vocab))
+            self.runner
+                .execute_sampled(out, &all, valid)
+                .map(|drawn| (drawn, Logits::zeros(0, vocab)))
         } else if host_rows < ids.len() {
-            let (drawn, logits) = self
-                .runner
-                .execute_mixed(out, &specs, valid)
-                .map_err(|e| e.to_string())?;
-            (Ok(drawn), logits)
+            self.runner.execute_mixed(out, &specs, valid)
         } else {
-            let logits = self.runner.execute(out).map_err(|e| e.to_string())?;
-            (Ok(vec![0; ids.len()]), logits)
+            self.runner
+                .execute(out)
+                .map(|logits| (vec![0; ids.len()], logits))
         };
-        let drawn = drawn.map_err(|e| e.to_string())?;
+        let (drawn, mut logits) = step.map_err(|e| e.to_string())?;
         if drawn.len() != ids.len() {
             return Err(format!(
                 "runner sampled {} tokens for {} sequences",

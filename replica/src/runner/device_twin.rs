@@ -60,11 +60,13 @@ impl CpuDeviceEngine {
     }
 
     /// Logits rows as the engine hands them back: logits, or with `draw` one id per row, row
-    /// `i` drawn with `draw(i)` by the host twin of the device draw.
+    /// `i` drawn with `draw(i)` by the host twin of the device draw. With `keep`, drawn rows stay
+    /// readable through `last_logits`.
     fn rows_out(
-        &self,
+        &mut self,
         logits: Option<Tensor<B, 2>>,
         draw: Option<&dyn Fn(usize) -> DeviceSampling>,
+        keep: bool,
     ) -> model::Result<StepOutput> {
         let Some(logits) = logits.filter(|l| l.dims()[0] > 0) else {
             return Ok(StepOutput::Nothing);
@@ -76,11 +78,11 @@ impl CpuDeviceEngine {
         };
         let vocab = self.model.config.vocab_size;
         let logits = Logits { data, rows, vocab };
-        Ok(StepOutput::Tokens(host_draws(
-            &logits,
-            self.valid_vocab,
-            draw,
-        )))
+        let ids = host_draws(&logits, self.valid_vocab, draw);
+        if keep {
+            self.last_logits = logits.data;
+        }
+        Ok(StepOutput::Tokens(ids))
     }
 }
 
@@ -126,13 +128,8 @@ impl DeviceEngine for CpuDeviceEngine {
         self.last_logits.clear();
         let out = self.model.forward_rows(seqs, &rows, &mut self.kv)?;
         match sampling {
-            Some(sp) => {
-                if let Some(l) = &out.logits {
-                    self.last_logits = floats(l.clone())?;
-                }
-                self.rows_out(out.logits, Some(&|i| sp[i]))
-            }
-            None => self.rows_out(out.logits, None),
+            Some(sp) => self.rows_out(out.logits, Some(&|i| sp[i]), true),
+            None => self.rows_out(out.logits, None, false),
         }
     }
 
@@ -172,7 +169,7 @@ impl DeviceEngine for CpuDeviceEngine {
         self.last_logits.clear();
         let out = self.model.forward_rows(seqs, logit_rows, &mut self.kv)?;
         self.verified = Some(out.hidden);
-        self.rows_out(out.logits, greedy_draw(greedy))
+        self.rows_out(out.logits, greedy_draw(greedy), false)
     }
 
     fn mtp_step(
@@ -204,7 +201,7 @@ impl DeviceEngine for CpuDeviceEngine {
             self.model
                 .mtp_forward_rows(seqs, Tensor::cat(rows, 0), logit_rows, &mut self.kv)?;
         self.mtp_out = Some(y);
-        self.rows_out(Some(logits), greedy_draw(greedy))
+        self.rows_out(Some(logits), greedy_draw(greedy), false)
     }
 
     fn keep_rows(&mut self, from: KeepFrom, rows: &[(usize, usize)]) -> model::Result<()> {

@@ -150,16 +150,8 @@ pub trait Runner: Send + 'static {
         specs: &[DeviceSampling],
         valid_vocab: usize,
     ) -> Result<Vec<u32>, RunnerError> {
-        let logits = self.execute(batch)?;
-        logits.check_shape()?;
-        if logits.rows != specs.len() {
-            return Err(RunnerError::Shape(format!(
-                "{} logits rows for {} sampled sequences",
-                logits.rows,
-                specs.len()
-            )));
-        }
-        Ok(host_draws(&logits, valid_vocab, |i| specs[i]))
+        let all: Vec<Option<DeviceSampling>> = specs.iter().copied().map(Some).collect();
+        Ok(self.execute_mixed(batch, &all, valid_vocab)?.0)
     }
 
     /// A step whose sampled rows are only partly drawable on the device: `specs[i]` is `Some`
