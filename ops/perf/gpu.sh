@@ -33,6 +33,15 @@ lt=$(ls /usr/local/cuda/lib64/libcublasLt.so.* 2>/dev/null | head -1)
 [ -n "$lt" ] && export LD_LIBRARY_PATH=$(dirname "$lt")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "cuBLASLt: ${lt:-not found}"
 
+# Waits up to 240 s for the server on port $1 (process $2) to answer /health, or for it to exit.
+wait_healthy() {
+  for _ in $(seq 1 240); do
+    curl -sf "http://127.0.0.1:$1/health" > /dev/null && return
+    kill -0 "$2" 2>/dev/null || return
+    sleep 1
+  done
+}
+
 if has tests; then
   echo "== parity tests"
   timeout 300 "$B"/gpu-tests --test-threads=1 --nocapture 2>&1 | tee "$LOG/tests.log" | grep -Ev '^\s*$'
@@ -76,11 +85,7 @@ if has bench; then
     --gpu-memory-utilization 0.93 --max-model-len "${MAX_LEN:-4096}" --max-num-seqs 256 \
     --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 240); do
-    curl -sf http://127.0.0.1:8011/health > /dev/null && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 1
-  done
+  wait_healthy 8011 $pid
   grep -m3 -E 'GPU engine|error|Error' "$LOG/serve.log"
   timeout 480 "$B"/glmfleet bench serve --port 8011 --tokenizer "$MODEL" --dataset-name random \
     --random-input-len "${IN_LEN:-1000}" --random-output-len "${OUT_LEN:-1000}" \
@@ -97,11 +102,7 @@ if has guide; then
     --gpu-memory-utilization 0.93 --max-model-len 9216 --max-num-seqs 256 \
     --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve-guide.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 240); do
-    curl -sf http://127.0.0.1:8012/health > /dev/null && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 1
-  done
+  wait_healthy 8012 $pid
   n=${GUIDE_PROMPTS:-16}
   for shape in "8000 1000 prompt-heavy" "1000 8000 decode-heavy"; do
     read -r in out name <<< "$shape"
@@ -124,11 +125,7 @@ if has sampling; then
       --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-cache-dtype fp8 ${EXTRA_SERVE_ARGS:-}"} \
       > "$LOG/serve-sampling-$1.log" 2>&1 &
     pid=$!
-    for _ in $(seq 1 240); do
-      curl -sf http://127.0.0.1:8013/health > /dev/null && break
-      kill -0 $pid 2>/dev/null || break
-      sleep 1
-    done
+    wait_healthy 8013 $pid
   }
   n=${SAMPLING_PROMPTS:-128} c=${SAMPLING_CONC:-64} out_len=${SAMPLING_OUT_LEN:-200}
   sb() {
