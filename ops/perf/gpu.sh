@@ -15,13 +15,14 @@
 #   (fleet-scaling.sh, 1000/1000 at FLEET_CONC 128 per replica); routing: prefix-hash against round
 #   robin on prefix-repetition traffic over all GPUs (routing-compare.sh). Both need 2 or more GPUs.
 #   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS,
-#   BENCH_ARGS (more `bench serve` flags, e.g. --temperature 0)
+#   BENCH_ARGS (more `bench serve` flags, e.g. --temperature 0), PORT (bench 8011, guide 8012, sampling 8013)
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
 set -uo pipefail
 LOG=${LOG:-/tmp/glmfleet-gpu}
 mkdir -p "$LOG"
 B=.gpu
-for f in "$B"/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
+# unpacked once: two runs of this script can share a host, one per GPU (CUDA_VISIBLE_DEVICES)
+for f in "$B"/*.xz; do [ -e "${f%.xz}" ] && [ ! "$f" -nt "${f%.xz}" ] || xz -dkf "$f"; done
 chmod +x "$B"/gpu-tests "$B"/gpu_perf "$B"/glmfleet 2>/dev/null
 stages=${*:-tests perf torch bench}
 has() { [[ " $stages " == *" $1 "* ]]; }
@@ -81,33 +82,33 @@ fi
 if has bench; then
   echo "== bench serve against one replica"
   MODEL=ops/perf/glm-4.5-air-fp8-dummy
-  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port 8011 \
+  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port "${PORT:-8011}" \
     --gpu-memory-utilization 0.93 --max-model-len "${MAX_LEN:-4096}" --max-num-seqs 256 \
     --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve.log" 2>&1 &
   pid=$!
-  wait_healthy 8011 $pid
+  wait_healthy "${PORT:-8011}" $pid
   grep -m3 -E 'GPU engine|error|Error' "$LOG/serve.log"
-  timeout 480 "$B"/glmfleet bench serve --port 8011 --tokenizer "$MODEL" --dataset-name random \
+  timeout 480 "$B"/glmfleet bench serve --port "${PORT:-8011}" --tokenizer "$MODEL" --dataset-name random \
     --random-input-len "${IN_LEN:-1000}" --random-output-len "${OUT_LEN:-1000}" \
     --num-prompts "${NUM_PROMPTS:-256}" --max-concurrency "${CONC:-64}" --ignore-eos ${BENCH_ARGS:-} \
     --save-result --result-dir "$LOG" 2>&1 | tee "$LOG/bench.log"
-  curl -s http://127.0.0.1:8011/metrics | grep -E '^vllm:(num_preemptions|prompt_tokens|generation_tokens|gpu_cache_usage|spec_decode)' > "$LOG/metrics.txt"
+  curl -s http://127.0.0.1:${PORT:-8011}/metrics | grep -E '^vllm:(num_preemptions|prompt_tokens|generation_tokens|gpu_cache_usage|spec_decode)' > "$LOG/metrics.txt"
   kill $pid; wait $pid 2>/dev/null
   tail -5 "$LOG/serve.log"
 fi
 if has guide; then
   echo "== guide workloads: prompt-heavy 8000/1000 and decode-heavy 1000/8000 against one replica"
   MODEL=ops/perf/glm-4.5-air-fp8-dummy
-  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port 8012 \
+  RUST_LOG=info "$B"/glmfleet serve "$MODEL" --load-format dummy --port "${PORT:-8012}" \
     --gpu-memory-utilization 0.93 --max-model-len 9216 --max-num-seqs 256 \
     --max-num-batched-tokens 8192 ${EXTRA_SERVE_ARGS:-} > "$LOG/serve-guide.log" 2>&1 &
   pid=$!
-  wait_healthy 8012 $pid
+  wait_healthy "${PORT:-8012}" $pid
   n=${GUIDE_PROMPTS:-16}
   for shape in "8000 1000 prompt-heavy" "1000 8000 decode-heavy"; do
     read -r in out name <<< "$shape"
     echo "-- $name: $in in, $out out, $n prompts at concurrency $n"
-    timeout 420 "$B"/glmfleet bench serve --port 8012 --tokenizer "$MODEL" --dataset-name random \
+    timeout 420 "$B"/glmfleet bench serve --port "${PORT:-8012}" --tokenizer "$MODEL" --dataset-name random \
       --random-input-len "$in" --random-output-len "$out" --num-prompts "$n" --max-concurrency "$n" \
       --ignore-eos --save-result --result-dir "$LOG" --result-filename "guide-$name.json" 2>&1 \
       | tee "$LOG/guide-$name.log"
@@ -120,17 +121,17 @@ if has sampling; then
   MODEL=${SAMPLING_MODEL:-ops/perf/glm-4.5-air-fp8-dummy}
   tok=$MODEL; [ "$MODEL" = demo ] && tok=model/demo
   serve_sampling() {  # $1: GLMFLEET_DEVICE_TRUNCATION
-    GLMFLEET_DEVICE_TRUNCATION=$1 RUST_LOG=info "$B"/glmfleet serve "$MODEL" --port 8013 \
+    GLMFLEET_DEVICE_TRUNCATION=$1 RUST_LOG=info "$B"/glmfleet serve "$MODEL" --port "${PORT:-8013}" \
       ${SAMPLING_SERVE_ARGS-"--load-format dummy --gpu-memory-utilization 0.93 --max-model-len 4096 \
       --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-cache-dtype fp8 ${EXTRA_SERVE_ARGS:-}"} \
       > "$LOG/serve-sampling-$1.log" 2>&1 &
     pid=$!
-    wait_healthy 8013 $pid
+    wait_healthy "${PORT:-8013}" $pid
   }
   n=${SAMPLING_PROMPTS:-128} c=${SAMPLING_CONC:-64} out_len=${SAMPLING_OUT_LEN:-200}
   sb() {
     local name=$1 len=$2; shift 2
-    timeout 200 "$B"/glmfleet bench serve --port 8013 --tokenizer "$tok" --dataset-name random \
+    timeout 200 "$B"/glmfleet bench serve --port "${PORT:-8013}" --tokenizer "$tok" --dataset-name random \
       --random-input-len "${SAMPLING_IN_LEN:-1000}" --random-output-len "$len" --ignore-eos \
       --save-result --result-dir "$LOG" --result-filename "sampling-$name.json" "$@" \
       > "$LOG/sampling-$name.log" 2>&1
