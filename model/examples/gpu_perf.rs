@@ -253,12 +253,13 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
     Ok(Value::Array(rows))
 }
 
-/// The sampling kernels over full vocabulary rows: temperature only, and truncated
-/// (temperature 0.6, top-p 0.95, top-k 50: `sample_thresh` first).
+/// The sampling kernels over full vocabulary rows: temperature only, and truncated (temperature
+/// 0.6, top-p 0.95 with and without top-k 50: `sample_thresh` first). Top-p alone over flat
+/// logits is the threshold kernel's worst case: most of the row is in the kept mass.
 fn sampling_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig, rows: &mut Vec<Value>) -> Res<()> {
     let v = c.vocab_size;
-    println!("\n| sampling, rows × {v} | µs, temperature | µs, + top-k 50, top-p 0.95 (`sample_thresh`) |");
-    println!("|---|---|---|");
+    println!("\n| sampling, rows × {v} | µs, temperature | µs, + top-k 50, top-p 0.95 (`sample_thresh`) | µs, + top-p 0.95 |");
+    println!("|---|---|---|---|");
     for b in [1usize, 64, 256] {
         let logits = DevBuf::zeros(g, b * v * 4)?;
         model::launch!(g, fill_f32_rand, (1024, 1, 1), (256, 1, 1), 0;
@@ -266,14 +267,19 @@ fn sampling_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig, rows: &mut Vec<Value>) -> Res
         let temps = DevBuf::from_host(g, &vec![0.6f32; b])?;
         let seeds = DevBuf::from_host(g, &(0..b as u64).collect::<Vec<_>>())?;
         let top_k = DevBuf::from_host(g, &vec![50i32; b])?;
+        let no_top_k = DevBuf::zeros(g, b * 4)?;
         let top_p = DevBuf::from_host(g, &vec![0.95f32; b])?;
-        let min_p = DevBuf::zeros(g, b * 4)?;
+        let min_p = DevBuf::from_host(g, &vec![model::sample::min_p_log(0.0); b])?;
         let part = DevBuf::zeros(g, model::gpu::sample_part_bytes(b))?;
         let out = DevBuf::zeros(g, b * 4)?;
-        let mut us = [0f64; 2];
-        for (i, trunc) in [None, Some([top_k.p(), top_p.p(), min_p.p()])]
-            .into_iter()
-            .enumerate()
+        let mut us = [0f64; 3];
+        for (i, trunc) in [
+            None,
+            Some([top_k.p(), top_p.p(), min_p.p()]),
+            Some([no_top_k.p(), top_p.p(), min_p.p()]),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let spec = model::gpu::SampleSpecs {
                 temps: temps.p(),
@@ -291,8 +297,10 @@ fn sampling_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig, rows: &mut Vec<Value>) -> Res
                 )?)
             })?;
         }
-        println!("| {b} | {:.1} | {:.1} |", us[0], us[1]);
-        rows.push(json!({"sampling_rows": b, "us": us[0], "us_truncated": us[1]}));
+        println!("| {b} | {:.1} | {:.1} | {:.1} |", us[0], us[1], us[2]);
+        rows.push(
+            json!({"sampling_rows": b, "us": us[0], "us_truncated": us[1], "us_top_p": us[2]}),
+        );
     }
     Ok(())
 }
@@ -403,7 +411,7 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
         );
     }
     println!(
-        "\n| prefill | tokens | ms | tokens/s | ms, experts one cuBLASLt GEMM each | tokens/s |"
+        "\n| prefill | tokens | ms, grouped expert kernel | tokens/s | ms, experts one cuBLASLt GEMM each (default) | tokens/s |"
     );
     println!("|---|---|---|---|---|---|");
     for &(nseq, len) in &[(1usize, 8192usize), (4, 2048), (8, 1000)] {
@@ -423,6 +431,8 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
             })
             .collect();
         let sp = vec![DeviceSampling::GREEDY; nseq];
+        // first with every expert GEMM on the grouped kernel
+        let has_lt = m.set_cublaslt_experts(None);
         expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
         let iters = 3;
         let t = Instant::now();
@@ -441,14 +451,14 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
             "<!-- prefill {nseq} x {len} by phase: {} -->",
             parts.join(", ")
         );
-        // the same prefill with the routed experts as one cuBLASLt GEMM each (from 4,096 rows)
-        let lt_ms = if m.set_cublaslt_experts(Some(4096)) {
+        // the same prefill as served: the routed experts as one cuBLASLt GEMM each
+        let lt_ms = if has_lt {
+            m.set_cublaslt_experts(Some(model::gpu::blaslt::EXPERTS_MIN_ROWS));
             expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
             let t = Instant::now();
             for _ in 0..iters {
                 expect_tokens(m.step(&seqs, Some(&sp))?, nseq)?;
             }
-            m.set_cublaslt_experts(None);
             Some(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
         } else {
             None

@@ -55,7 +55,7 @@ pub fn truncation_threshold(row: &[f32], valid: usize, s: DeviceSampling) -> f32
         return f32::NEG_INFINITY;
     }
     let mut lo = if s.min_p > 0.0 {
-        mx + s.temperature * s.min_p.ln()
+        s.temperature.mul_add(min_p_log(s.min_p), mx)
     } else {
         f32::NEG_INFINITY
     };
@@ -85,6 +85,17 @@ pub fn truncation_threshold(row: &[f32], valid: usize, s: DeviceSampling) -> f32
         }
     }
     lo
+}
+
+/// `ln(min_p)` as the device kernel takes it (`-inf`: off). It is computed once, here, so that the
+/// kernel and [`truncation_threshold`] form the same bound `max + T ln(min_p)` (one fused
+/// multiply-add on both sides).
+pub fn min_p_log(min_p: f32) -> f32 {
+    if min_p > 0.0 {
+        min_p.ln()
+    } else {
+        f32::NEG_INFINITY
+    }
 }
 
 /// SplitMix64 finaliser (the same constants as the kernel).

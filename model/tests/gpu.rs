@@ -19,7 +19,7 @@ use model::gpu::{
     ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
-use model::sample::{sample_host, truncation_threshold, DeviceSampling};
+use model::sample::{min_p_log, sample_host, truncation_threshold, DeviceSampling};
 use model::{CpuBackend, Fp8Activations, Glm4Moe, LoadOptions, SeqInput};
 use rand::{Rng, SeedableRng};
 
@@ -494,7 +494,7 @@ fn sampling_kernel_matches_host_twin() {
     )
     .unwrap();
     let pb = DevBuf::from_host(&g, &col(|s| s.top_p)).unwrap();
-    let mb = DevBuf::from_host(&g, &col(|s| s.min_p)).unwrap();
+    let mb = DevBuf::from_host(&g, &col(|s| min_p_log(s.min_p))).unwrap();
     let out = DevBuf::zeros(&g, r * 4).unwrap();
     let part = DevBuf::zeros(&g, sample_part_bytes(r)).unwrap();
     let valid = v - 10;

@@ -13,7 +13,8 @@
 #   skips it)
 #   fleet: one replica per GPU behind the router against N × one replica served directly
 #   (fleet-scaling.sh, 1000/1000 at FLEET_CONC 128 per replica); routing: prefix-hash against round
-#   robin on prefix-repetition traffic over all GPUs (routing-compare.sh). Both need 2 or more GPUs.
+#   robin on prefix-repetition traffic over all GPUs (routing-compare.sh; ROUTING_PREFIXES, ROUTING_CONC and
+#   ROUTING_SERVE_ARGS, e.g. --num-gpu-blocks-override, set the cache pressure). Both need 2 or more GPUs.
 #   env: NUM_PROMPTS IN_LEN OUT_LEN CONC MAX_LEN (bench: 256 / 1000 / 1000 / 64 / 4096), EXTRA_SERVE_ARGS,
 #   BENCH_ARGS (more `bench serve` flags, e.g. --temperature 0), PORT (bench 8011, guide 8012, sampling 8013)
 # Logs and JSON land in $LOG, packed into $OUT/gpu-<stages>.tgz when $OUT is set (the device tool).
@@ -120,11 +121,12 @@ if has sampling; then
   # SAMPLING_MODEL / SAMPLING_SERVE_ARGS replace the full-size defaults (a dry run: demo, "")
   MODEL=${SAMPLING_MODEL:-ops/perf/glm-4.5-air-fp8-dummy}
   tok=$MODEL; [ "$MODEL" = demo ] && tok=model/demo
+  # (a variable: a quoted default inside ${...-...} would reach serve as one argument)
+  sampling_serve=${SAMPLING_SERVE_ARGS-"--load-format dummy --gpu-memory-utilization 0.93 --max-model-len 4096 \
+    --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-cache-dtype fp8 ${EXTRA_SERVE_ARGS:-}"}
   serve_sampling() {  # $1: GLMFLEET_DEVICE_TRUNCATION
     GLMFLEET_DEVICE_TRUNCATION=$1 RUST_LOG=info "$B"/glmfleet serve "$MODEL" --port "${PORT:-8013}" \
-      ${SAMPLING_SERVE_ARGS-"--load-format dummy --gpu-memory-utilization 0.93 --max-model-len 4096 \
-      --max-num-seqs 256 --max-num-batched-tokens 8192 --kv-cache-dtype fp8 ${EXTRA_SERVE_ARGS:-}"} \
-      > "$LOG/serve-sampling-$1.log" 2>&1 &
+      $sampling_serve > "$LOG/serve-sampling-$1.log" 2>&1 &
     pid=$!
     wait_healthy "${PORT:-8013}" $pid
   }
@@ -174,8 +176,9 @@ fi
 if has routing; then
   echo "== prefix-hash against round robin, prefix-repetition traffic over $ngpu replicas"
   LOG=$LOG/routing GPUS=$gpus REPLICAS=$ngpu MODEL=$fleet_model TOKENIZER=$fleet_tok \
-    NUM_PROMPTS=${ROUTING_PROMPTS:-512} CONC=$((64 * ngpu)) PREFIX_LEN=2048 SUFFIX_LEN=128 NUM_PREFIXES=16 \
-    OUT_LEN=128 SERVE_ARGS="$fleet_serve" timeout 560 ops/perf/routing-compare.sh "$B"/glmfleet 2>&1 \
+    NUM_PROMPTS=${ROUTING_PROMPTS:-512} CONC=${ROUTING_CONC:-$((64 * ngpu))} PREFIX_LEN=2048 SUFFIX_LEN=128 \
+    NUM_PREFIXES=${ROUTING_PREFIXES:-16} OUT_LEN=128 SERVE_ARGS="$fleet_serve ${ROUTING_SERVE_ARGS:-}" \
+    timeout 560 ops/perf/routing-compare.sh "$B"/glmfleet 2>&1 \
     | tee "$LOG/routing.log"
 fi
 ls -la "$LOG"

@@ -9,7 +9,8 @@
 #   env: REPLICAS (2) NUM_PROMPTS (96) CONC (8) PREFIX_LEN (1024) SUFFIX_LEN (32) NUM_PREFIXES (8)
 #        OUT_LEN (16) PORT (18300) MODEL (the embedded demo model) TOKENIZER (MODEL or model/demo)
 #        SERVE_ARGS (extra replica flags) GPUS (one per replica, e.g. 0,1: `up --gpus`)
-#        POLICIES ("prefix-hash round-robin") DATASET (prefix-repetition, or random: no shared
+#        POLICIES ("prefix-hash round-robin") DATASET (prefix-repetition, which sends NUM_PROMPTS rounded
+#        down to a multiple of NUM_PREFIXES, as vLLM's does; or random: no shared
 #        prefixes, IN_LEN (512) tokens in, OUT_LEN out; BURSTINESS (1.0) with REQUEST_RATE (inf))
 #        LOG (/tmp/glmfleet-routing)
 # Loopback only; every loop below is bounded.
@@ -65,7 +66,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 pol, q0, q1, h0, h1 = sys.argv[2], *map(float, sys.argv[3:])
 hit = (h1 - h0) / (q1 - q0) if q1 > q0 else float("nan")
-print(f"| {pol} | {r['completed']}/{r['num_prompts']} | {r['output_throughput']:.1f} | "
+print(f"| {pol} | {r['completed']}/{r['completed'] + r['failed']} | {r['output_throughput']:.1f} | "
       f"{r['total_token_throughput']:.1f} | {r['mean_ttft_ms']:.1f} | {r['median_ttft_ms']:.1f} | "
       f"{r['p99_ttft_ms']:.1f} | {100 * hit:.1f}% ({int(h1 - h0)} of {int(q1 - q0)} tokens) |")
 EOF

@@ -23,6 +23,12 @@ use crate::launch;
 /// cuBLASLt workspace (the size NVIDIA recommends for Hopper).
 const WORKSPACE: usize = 32 << 20;
 
+/// Default routed rows from which the experts run through cuBLASLt. Measured on the H200 (run 26,
+/// ops/perf/2026-11-29-gpu-mtp.md): at 256 tokens (2,048 rows) one GEMM per expert takes 2.2–4.4×
+/// the grouped kernel's time, at 2,048 tokens 0.5–0.75×, at 8,192 tokens 0.25–0.37×; an 8 × 1,000
+/// prefill went from 1,179 to 661 ms. 8,192 rows (1,024 tokens) sits past the crossover.
+pub const EXPERTS_MIN_ROWS: usize = 8192;
+
 /// A handle, its workspace and one matmul plan per shape.
 pub struct BlasLt {
     /// Fewest rows a GEMM needs to run here (`GLMFLEET_CUBLASLT_MIN_ROWS`, default 1). On the H200,
@@ -31,9 +37,8 @@ pub struct BlasLt {
     /// the batch-256 step went from 104 to 80 ms (ops/perf/2026-11-29-gpu-mtp.md, runs 19 and 20).
     pub min_rows: usize,
     /// Routed rows (tokens × top-k) from which a step's experts run here, one GEMM per expert
-    /// (`GLMFLEET_CUBLASLT_EXPERTS=ROWS`, e.g. 4096; unset: never, until measured on a GPU, see
-    /// ops/perf/2026-11-29-gpu-mtp.md). Our grouped kernel reaches 120–140 TFLOP/s at prefill
-    /// sizes, where cuBLASLt FP8 reaches 900–1,200 on dense shapes.
+    /// (`GLMFLEET_CUBLASLT_EXPERTS=ROWS`, default [`EXPERTS_MIN_ROWS`]; 0: never). Our grouped
+    /// kernel reaches 120–140 TFLOP/s at prefill sizes, cuBLASLt 330–580 on Air's expert shapes.
     pub experts_min_rows: Option<usize>,
     handle: sys::cublasLtHandle_t,
     workspace: DevBuf,
@@ -76,7 +81,8 @@ impl BlasLt {
         let experts_min_rows = std::env::var("GLMFLEET_CUBLASLT_EXPERTS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0);
+            .unwrap_or(EXPERTS_MIN_ROWS);
+        let experts_min_rows = Some(experts_min_rows).filter(|&n| n > 0);
         Some(Self {
             min_rows,
             experts_min_rows,

@@ -1232,7 +1232,7 @@ extern "C" __global__ void sample_part(const float* logits, int V, int valid, co
 
 // Truncation (top-k, top-p, min-p) as one logit threshold per row, for sample_part: its candidates
 // are the logits >= thr[r]. One block of THR_THREADS per row; rows that do not truncate get -inf.
-// min-p keeps x >= max + T ln(min_p); top-k the k largest of those (ties with the k-th kept); top-p,
+// min-p keeps x >= max + T ln(min_p) (the host passes ln(min_p): sample::min_p_log); top-k the k largest of those (ties with the k-th kept); top-p,
 // of those, the fewest largest whose weights exp((x - max) / T) reach top_p of their sum (less a
 // 1e-6 slack, as the host sampler). The k-th value and the top-p crossing are found by radix
 // selection over order-preserving 32-bit keys of the logits, 8 bits a pass, with per-warp
@@ -1240,6 +1240,26 @@ extern "C" __global__ void sample_part(const float* logits, int V, int valid, co
 // sample::truncation_threshold.
 #define THR_THREADS 512
 #define THR_WARPS (THR_THREADS / 32)
+
+// Calls f(x) on each of the first `valid` logits of a row, this thread's share. One block per row
+// makes every pass latency-bound, so each thread keeps two 16-byte loads in flight (rows that
+// are not 16-byte aligned go one logit at a time).
+template <typename F>
+__device__ __forceinline__ void row_scan(const float* __restrict__ lr, int valid, F f) {
+  int n4 = (reinterpret_cast<size_t>(lr) & 15) == 0 ? valid >> 2 : 0;
+  const float4* l4 = reinterpret_cast<const float4*>(lr);
+  int j = threadIdx.x;
+  for (; j + THR_THREADS < n4; j += 2 * THR_THREADS) {
+    float4 a = __ldg(l4 + j), b = __ldg(l4 + j + THR_THREADS);
+    f(a.x); f(a.y); f(a.z); f(a.w);
+    f(b.x); f(b.y); f(b.z); f(b.w);
+  }
+  if (j < n4) {
+    float4 a = __ldg(l4 + j);
+    f(a.x); f(a.y); f(a.z); f(a.w);
+  }
+  for (int t = n4 * 4 + threadIdx.x; t < valid; t += THR_THREADS) f(__ldg(lr + t));
+}
 
 __device__ __forceinline__ u32 order_key(float x) {
   u32 b = __float_as_uint(x);
@@ -1261,13 +1281,19 @@ __device__ float radix_select(const float* lr, int valid, float lo, float mx, fl
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < THR_WARPS * 256; i += THR_THREADS) (&hist[0][0])[i] = 0.f;
     __syncthreads();
-    for (int j = threadIdx.x; j < valid; j += THR_THREADS) {
-      float x = lr[j];
-      if (!(x >= lo) || x == NEG_INF) continue;
+    row_scan(lr, valid, [&](float x) {
+      if (!(x >= lo) || x == NEG_INF) return;
       u32 k = order_key(x);
-      if ((k & mask) != prefix) continue;
-      atomicAdd(&hist[w][(k >> shift) & 255], mass ? expf((x - mx) * inv_t) : 1.f);
-    }
+      if ((k & mask) != prefix) return;
+      u32 bin = (k >> shift) & 255;
+      if (mass) {
+        atomicAdd(&hist[w][bin], expf((x - mx) * inv_t));
+      } else {
+        // counts: one atomic per bin and warp (the early passes put most logits in a few bins)
+        u32 act = __activemask(), same = __match_any_sync(act, bin);
+        if ((threadIdx.x & 31) == __ffs(same) - 1) atomicAdd(&hist[w][bin], (float)__popc(same));
+      }
+    });
     __syncthreads();
     for (int b = threadIdx.x; b < 256; b += THR_THREADS) {
       float t = 0.f;
@@ -1299,45 +1325,41 @@ __device__ float radix_select(const float* lr, int valid, float lo, float mx, fl
 }
 
 extern "C" __global__ void sample_thresh(const float* logits, int V, int valid, const float* temps,
-                                         const int* top_k, const float* top_p, const float* min_p,
-                                         float* thr) {
+                                         const int* top_k, const float* top_p,
+                                         const float* min_p_log, float* thr) {
   __shared__ float hist[THR_WARPS][256];
   __shared__ float total[256];
   __shared__ float red[32];
   __shared__ int pick;
   __shared__ float rest;
   int r = blockIdx.x;
-  float t = temps[r], p = top_p[r], mp = min_p[r];
+  float t = temps[r], p = top_p[r], mpl = min_p_log[r];
   int k = top_k[r];
-  if (!(t > 0.f) || (k <= 0 && !(p < 1.f) && !(mp > 0.f))) {
+  if (!(t > 0.f) || (k <= 0 && !(p < 1.f) && !(mpl > NEG_INF))) {
     if (threadIdx.x == 0) thr[r] = NEG_INF;
     return;
   }
   const float* lr = logits + (size_t)r * V;
   float m = NEG_INF;
-  for (int j = threadIdx.x; j < valid; j += THR_THREADS) m = fmaxf(m, lr[j]);
+  row_scan(lr, valid, [&](float x) { m = fmaxf(m, x); });
   float mx = block_max(m, red);
   float inv_t = 1.f / t;
-  float lo = (mp > 0.f && mx > NEG_INF) ? mx + t * logf(mp) : NEG_INF;
+  float lo = (mpl > NEG_INF && mx > NEG_INF) ? fmaf(t, mpl, mx) : NEG_INF;
   if (mx == NEG_INF) {
     if (threadIdx.x == 0) thr[r] = NEG_INF;
     return;
   }
   if (k > 0) {
     float c = 0.f;
-    for (int j = threadIdx.x; j < valid; j += THR_THREADS) {
-      float x = lr[j];
-      c += (x >= lo && x != NEG_INF) ? 1.f : 0.f;
-    }
+    row_scan(lr, valid, [&](float x) { c += (x >= lo && x != NEG_INF) ? 1.f : 0.f; });
     float n = block_sum(c, red);
     if ((float)k < n) lo = radix_select(lr, valid, lo, mx, inv_t, false, (float)k, hist, total, &pick, &rest);
   }
   if (p < 1.f) {
     float s = 0.f;
-    for (int j = threadIdx.x; j < valid; j += THR_THREADS) {
-      float x = lr[j];
+    row_scan(lr, valid, [&](float x) {
       if (x >= lo && x != NEG_INF) s += expf((x - mx) * inv_t);
-    }
+    });
     float sum = block_sum(s, red);
     float need = (float)((double)p * (double)sum * (1.0 - 1e-6));
     lo = fmaxf(lo, radix_select(lr, valid, lo, mx, inv_t, true, need, hist, total, &pick, &rest));

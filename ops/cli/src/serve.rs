@@ -169,7 +169,7 @@ fn gpu_runner(
         );
     } else {
         tracing::info!(
-            "GPU sampling: greedy and temperature rows on the device; top-k/top-p/min-p rows on the host (GLMFLEET_DEVICE_TRUNCATION=1 draws them on the device)"
+            "GPU sampling: greedy and temperature rows on the device; top-k/top-p/min-p rows on the host (GLMFLEET_DEVICE_TRUNCATION=0)"
         );
     }
     let n = model.num_blocks();

@@ -54,7 +54,7 @@ impl CpuDeviceEngine {
     }
 
     /// Draws rows truncated by top-k / top-p / min-p too (the GPU engine's
-    /// `GLMFLEET_DEVICE_TRUNCATION=1`).
+    /// default, `GLMFLEET_DEVICE_TRUNCATION` not `0`).
     pub fn set_truncation(&mut self, on: bool) {
         self.truncation = on;
     }
