@@ -250,6 +250,7 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
         }
     }
     sampling_bench(g, c, &mut rows)?;
+    host_copy_bench(g, c, &mut rows)?;
     Ok(Value::Array(rows))
 }
 
@@ -300,6 +301,55 @@ fn sampling_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig, rows: &mut Vec<Value>) -> Res
         println!("| {b} | {:.1} | {:.1} | {:.1} |", us[0], us[1], us[2]);
         rows.push(
             json!({"sampling_rows": b, "us": us[0], "us_truncated": us[1], "us_top_p": us[2]}),
+        );
+    }
+    Ok(())
+}
+
+/// Logits rows to the host (64 and 128 rows: a sampled batch, and an MTP verify of 64 sequences):
+/// pageable copies into fresh memory, pinned staging into fresh memory (what a step did before
+/// logits buffers were recycled), and pinned staging into a reused buffer (`GpuModel::recycle_host`).
+fn host_copy_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig, rows: &mut Vec<Value>) -> Res<()> {
+    let v = c.vocab_size;
+    println!("\n| logits to the host, rows × {v} | MB | pageable, fresh ms | pinned, fresh ms | pinned, reused ms | GB/s (reused) |");
+    println!("|---|---|---|---|---|---|");
+    for r in [64usize, 128] {
+        let n = r * v;
+        let dev = DevBuf::zeros(g, n * 4)?;
+        let iters = 5;
+        let mut ms = [0f64; 3];
+        let mut reused = vec![0f32; n];
+        for i in 0..iters + 1 {
+            let t = Instant::now();
+            let mut fresh = vec![0f32; n];
+            g.download(dev.p(), &mut fresh)?;
+            let pageable = t.elapsed().as_secs_f64() * 1e3;
+            drop(fresh);
+            let t = Instant::now();
+            let mut fresh = vec![0f32; n];
+            g.download_f32(dev.p(), &mut fresh)?;
+            let pinned = t.elapsed().as_secs_f64() * 1e3;
+            drop(fresh);
+            let t = Instant::now();
+            g.download_f32(dev.p(), &mut reused)?;
+            let again = t.elapsed().as_secs_f64() * 1e3;
+            if i > 0 {
+                for (m, x) in ms.iter_mut().zip([pageable, pinned, again]) {
+                    *m += x / iters as f64;
+                }
+            }
+        }
+        let mb = (n * 4) as f64 / 1e6;
+        println!(
+            "| {r} | {mb:.1} | {:.2} | {:.2} | {:.2} | {:.1} |",
+            ms[0],
+            ms[1],
+            ms[2],
+            mb / ms[2]
+        );
+        rows.push(
+            json!({"host_copy_rows": r, "mb": mb, "pageable_fresh_ms": ms[0],
+            "pinned_fresh_ms": ms[1], "pinned_reused_ms": ms[2]}),
         );
     }
     Ok(())

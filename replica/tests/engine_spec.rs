@@ -83,6 +83,9 @@ struct RunLog {
     greedy_verifies: usize,
     /// Per step: (sequences, draft tokens carried).
     batches: Vec<(usize, usize)>,
+    /// Logits buffers with rows handed to the engine, and handed back ([`Runner::recycle`]).
+    logits_out: usize,
+    logits_back: usize,
 }
 
 /// `ModelRunner` plus a [`RunLog`], forwarding the drafting methods. With `device` it claims to
@@ -105,18 +108,31 @@ impl Recording {
                 .push((batch.seqs.len(), batch.num_draft_tokens()));
         }
     }
+
+    fn hand_out(&self, logits: Result<Logits, RunnerError>) -> Result<Logits, RunnerError> {
+        if logits.as_ref().is_ok_and(|l| l.rows > 0) {
+            self.log.lock().unwrap().logits_out += 1;
+        }
+        logits
+    }
 }
 
 impl Runner for Recording {
     fn execute(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
         self.record(batch);
-        self.inner.execute(batch)
+        let logits = self.inner.execute(batch);
+        self.hand_out(logits)
     }
     fn vocab_size(&self) -> usize {
         self.inner.vocab_size()
     }
     fn release(&mut self, ids: &[u64]) {
         self.inner.release(ids)
+    }
+    fn recycle(&mut self, logits: Logits) {
+        if logits.rows > 0 {
+            self.log.lock().unwrap().logits_back += 1;
+        }
     }
     fn samples_on_device(&self) -> bool {
         self.device
@@ -126,7 +142,8 @@ impl Runner for Recording {
     }
     fn execute_verify(&mut self, batch: &SchedulerOutput) -> Result<Logits, RunnerError> {
         self.record(batch);
-        self.inner.execute_verify(batch)
+        let logits = self.inner.execute_verify(batch);
+        self.hand_out(logits)
     }
     fn execute_verify_greedy(
         &mut self,
@@ -138,10 +155,12 @@ impl Runner for Recording {
         self.inner.execute_verify_greedy(batch, valid_vocab)
     }
     fn draft(&mut self, batch: &SchedulerOutput, seqs: &[DraftSeq]) -> Result<Logits, RunnerError> {
-        self.inner.draft(batch, seqs)
+        let logits = self.inner.draft(batch, seqs);
+        self.hand_out(logits)
     }
     fn draft_next(&mut self, tokens: &[(u64, u32)]) -> Result<Logits, RunnerError> {
-        self.inner.draft_next(tokens)
+        let logits = self.inner.draft_next(tokens);
+        self.hand_out(logits)
     }
 }
 
@@ -605,6 +624,33 @@ async fn sampled_and_greedy_requests_speculate_together() {
     spec.shutdown().await;
 }
 
+/// The engine hands every logits buffer back to the runner once it is done with it (plain,
+/// verify and draft steps), so the GPU runner can reuse the host pages of its logits copies.
+#[tokio::test]
+async fn every_logits_buffer_goes_back_to_the_runner() {
+    let f = Fixture::Demo;
+    let ps = prompts(f, 11, &[20, 33, 9]);
+    let reqs = vec![
+        greedy(ps[0].clone(), 12),
+        seeded(ps[1].clone(), 12, 3),
+        seeded(ps[2].clone(), 12, 4),
+    ];
+    let (spec, log) = start(f, config(2, 256, 512), 256);
+    let got = run_together(spec.engine(), &reqs).await;
+    assert!(got.iter().all(|c| c.tokens.len() == 12));
+    spec.shutdown().await;
+    let log = log.lock().unwrap();
+    assert!(log.steps_with_drafts > 0, "the run speculated");
+    assert!(
+        log.logits_out > log.steps,
+        "verify and draft logits were handed out too"
+    );
+    assert_eq!(
+        log.logits_back, log.logits_out,
+        "logits buffers handed back"
+    );
+}
+
 /// Speculating requests preempted under a tiny KV cache recompute and still produce the greedy
 /// output; every block is free afterwards.
 #[tokio::test]
@@ -692,23 +738,31 @@ async fn speculation_stops_above_the_batch_size_limit() {
 }
 
 /// The engine's limit for speculative batches verified through host logits on a device runner.
-const HOST_VERIFY_LIMIT: usize = 16;
+const HOST_VERIFY_LIMIT: usize = 32;
+
+/// [`config`] with room for more than [`HOST_VERIFY_LIMIT`] sequences at once.
+fn wide_config(k: usize) -> ServeConfig {
+    ServeConfig {
+        max_num_seqs: 48,
+        ..config(k, 512, 512)
+    }
+}
 
 /// On a runner that samples on the device, sampled requests verify through host logits: a step
-/// after one of more than 16 such sequences carries no drafts, smaller ones do, and every request
+/// after one of more than 32 such sequences carries no drafts, smaller ones do, and every request
 /// runs to its length.
 #[tokio::test]
-async fn sampled_speculation_on_a_device_runner_stops_above_16_sequences() {
+async fn sampled_speculation_on_a_device_runner_stops_above_32_sequences() {
     let f = Fixture::Demo;
-    let lens: Vec<usize> = (0..24).map(|i| 5 + 3 * i).collect();
+    let lens: Vec<usize> = (0..44).map(|i| 5 + 2 * i).collect();
     let reqs: Vec<EngineRequest> = prompts(f, 0x5a3d, &lens)
         .into_iter()
         .enumerate()
         .map(|(i, p)| seeded(p, 10 + i, 100 + i as u64))
         .collect();
-    let (spec, log) = start_on(f, config(1, 512, 512), 512, true);
+    let (spec, log) = start_on(f, wide_config(1), 512, true);
     let got = run_together(spec.engine(), &reqs).await;
-    // Long enough that more than 16 share steps however the submissions interleave with steps.
+    // Long enough that more than 32 share steps however the submissions interleave with steps.
     for (c, want) in got.iter().zip(10..) {
         assert_eq!((c.finish, c.tokens.len()), (FinishReason::Length, want));
     }
@@ -724,7 +778,13 @@ async fn sampled_speculation_on_a_device_runner_stops_above_16_sequences() {
         batches.iter().any(|&(seqs, _)| seqs > HOST_VERIFY_LIMIT),
         "{batches:?}"
     );
-    assert!(batches.iter().any(|&(_, drafts)| drafts > 0), "{batches:?}");
+    // and drafts up to the limit: steps after ones of 17 to 32 sequences (as requests finish)
+    assert!(
+        batches
+            .windows(2)
+            .any(|p| (17..=HOST_VERIFY_LIMIT).contains(&p[0].0) && p[1].1 > 0),
+        "no drafts after a step of 17 to {HOST_VERIFY_LIMIT} sequences: {batches:?}"
+    );
     let st = spec.engine().stats();
     assert!(
         st.spec_num_accepted_tokens <= st.spec_num_draft_tokens,
@@ -733,19 +793,19 @@ async fn sampled_speculation_on_a_device_runner_stops_above_16_sequences() {
     spec.shutdown().await;
 }
 
-/// The 16-sequence rule is for batches verified through host logits only: greedy requests on a
-/// device runner keep drafting above 16 sequences, also in the steps after one where some of them
+/// The 32-sequence rule is for batches verified through host logits only: greedy requests on a
+/// device runner keep drafting above 32 sequences, also in the steps after one where some of them
 /// finished.
 #[tokio::test]
 async fn greedy_speculation_on_a_device_runner_is_not_limited() {
     let f = Fixture::Demo;
-    let lens: Vec<usize> = (0..24).map(|i| 5 + 3 * i).collect();
+    let lens: Vec<usize> = (0..44).map(|i| 5 + 2 * i).collect();
     let reqs: Vec<EngineRequest> = prompts(f, 0x6a3d, &lens)
         .into_iter()
         .enumerate()
         .map(|(i, p)| greedy(p, 8 + i / 4))
         .collect();
-    let (spec, log) = start_on(f, config(1, 512, 512), 512, true);
+    let (spec, log) = start_on(f, wide_config(1), 512, true);
     let got = run_together(spec.engine(), &reqs).await;
     assert_counters_add_up(spec.engine(), &got, "greedy on the device runner");
     let batches = log.lock().unwrap().batches.clone();

@@ -259,10 +259,27 @@ impl Gpu {
             unsafe { result::memcpy_dtoh_async(bytes, at, self.stream.cu_stream()) }
                 .map_err(dev_err("device-to-host copy"))?;
             self.sync()?;
-            bytemuck::cast_slice_mut::<f32, u8>(chunk).copy_from_slice(bytes);
+            copy_parallel(bytemuck::cast_slice_mut::<f32, u8>(chunk), bytes);
         }
         Ok(())
     }
+}
+
+/// `dst.copy_from_slice(src)`, over several threads when large: a first write into fresh host
+/// memory takes a page fault per 4 KiB, and faults on different threads proceed in parallel.
+fn copy_parallel(dst: &mut [u8], src: &[u8]) {
+    const PART: usize = 2 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || dst.len() < 2 * PART {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let per = dst.len().div_ceil(threads).max(PART);
+    std::thread::scope(|s| {
+        for (d, c) in dst.chunks_mut(per).zip(src.chunks(per)) {
+            s.spawn(move || d.copy_from_slice(c));
+        }
+    });
 }
 
 /// An owned device allocation.

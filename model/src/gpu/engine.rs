@@ -271,6 +271,9 @@ pub struct GpuModel {
     blaslt: Option<BlasLt>,
     /// Set while a decode step is being captured as a graph.
     capturing: std::cell::Cell<bool>,
+    /// A logits buffer handed back by the replica ([`GpuModel::recycle_host`]), reused for the
+    /// next logits copy.
+    spare_host: std::cell::Cell<Vec<f32>>,
     /// Attention over an FP8 cache widens it to f16 (`attn_f8h_*`) rather than bf16
     /// (`GLMFLEET_FP8_ATTN_F16=0` turns it off). On the H200 (run 26) it cut the FP8-cache decode
     /// step at batch 256 from 95.4 to 80.1 ms, and was closer to the BF16 cache (rel L2 3.50e-2
@@ -489,6 +492,7 @@ impl GpuModel {
             workspace_bytes,
             blaslt,
             capturing: std::cell::Cell::new(false),
+            spare_host: std::cell::Cell::new(Vec::new()),
             logits_ready: 0,
             fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").map_or(true, |v| v != "0"),
             truncation: std::env::var("GLMFLEET_DEVICE_TRUNCATION").map_or(true, |v| v != "0"),
@@ -767,7 +771,7 @@ impl GpuModel {
             self.g.sync()?;
             return Ok(StepOutput::Nothing);
         }
-        let mut data = vec![0f32; r * self.config.vocab_size];
+        let mut data = self.host_rows(r * self.config.vocab_size);
         self.g.download_f32(self.ws.logits.p(), &mut data)?;
         Ok(StepOutput::Logits { data, rows: r })
     }
@@ -783,11 +787,34 @@ impl GpuModel {
                 self.logits_ready
             )));
         }
-        let mut data = vec![0f32; rows.len() * v];
+        let mut data = self.host_rows(rows.len() * v);
         for (out, &r) in data.chunks_mut(v).zip(rows) {
             self.g.download_f32(self.ws.logits.at(r * v * 4), out)?;
         }
         Ok(data)
+    }
+
+    /// A host buffer of `n` floats for logits, the recycled one when it is large enough: its
+    /// pages are already mapped, where fresh memory takes a page fault per 4 KiB on first write
+    /// (the contents are overwritten by the copy).
+    fn host_rows(&self, n: usize) -> Vec<f32> {
+        let mut v = self.spare_host.take();
+        if v.capacity() < n {
+            return vec![0f32; n];
+        }
+        v.resize(n, 0.0);
+        v
+    }
+
+    /// Takes back a logits buffer this engine handed out, for [`GpuModel::host_rows`] to reuse
+    /// (the largest one is kept).
+    pub fn recycle_host(&self, data: Vec<f32>) {
+        let spare = self.spare_host.take();
+        self.spare_host.set(if data.capacity() > spare.capacity() {
+            data
+        } else {
+            spare
+        });
     }
 
     fn read_tokens(&self, n: usize) -> Result<StepOutput> {
@@ -1070,7 +1097,8 @@ impl GpuModel {
             (_, true, true) => attn!(attn_f8h_d128)?,
         }
         if splits > 1 {
-            launch!(g, attn_combine, (tiles as u32, nkv as u32, 1), (256, 1, 1), 0;
+            // a tile holds at most 64 (row, head) pairs: 8 blocks of 8 warps (COMBINE_Z)
+            launch!(g, attn_combine, (tiles as u32, nkv as u32, 8), (256, 1, 1), 0;
                 part, ws.meta_at(Meta::AttnTiles), ws.meta_at(Meta::AttnTileCount),
                 ws.meta_at(Meta::RowSeq), splits as i32, ws.o.p(), nh as i32, nkv as i32, d as i32)?;
         }

@@ -927,6 +927,8 @@ ATTN_KERNELS(128)
 
 // Merges the key splits of attn_*: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s. A warp per
 // (row, head) pair: its lanes first hold the splits' (m, l) (nsplit <= 32), then the head dims.
+// Grid (tiles, kv heads, 8): the z blocks of a (tile, kv head) share its pairs, so that a
+// decode tile (one row, G pairs) spreads over G warps of several blocks rather than looping in 8.
 extern "C" __global__ void attn_combine(const float* part, const int* tiles, const int* ntiles,
                                         const int* row_seq, int nsplit, float* out, int nh,
                                         int nkv, int D) {
@@ -937,7 +939,7 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
   int G = nh / nkv;
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
-  for (int m = warp; m < nrows * G; m += nw) {
+  for (int m = blockIdx.z * nw + warp; m < nrows * G; m += nw * gridDim.z) {
     const float* e = pb + ((size_t)lane * 64 + m) * (D + 2);
     float ms = lane < nsplit ? e[D] : NEG_INF;
     float ls = lane < nsplit ? e[D + 1] : 0.f;
@@ -947,7 +949,7 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
     float* o = out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
     for (int dim = lane; dim < D; dim += 32) {
       float a = 0.f;
-#pragma unroll 4
+#pragma unroll 8
       for (int sp = 0; sp < nsplit; sp++)
         a += __shfl_sync(0xffffffffu, f, sp) * pb[((size_t)sp * 64 + m) * (D + 2) + dim];
       o[dim] = L > 0.f ? a / L : 0.f;

@@ -81,9 +81,11 @@ const STALL_WAIT: Duration = Duration::from_millis(5);
 
 /// On a runner that samples on the device, a speculative step whose sequences are not all plain
 /// greedy brings every verified position's logits to the host (rows × vocabulary floats). On the
-/// H200 (GLM-4.5-Air, one draft token) that pays at 16 sequences (break-even at 32% acceptance)
-/// and never at 64 (196%; ops/perf/2026-11-29-gpu-mtp.md), so such steps draft only up to here.
-const HOST_VERIFY_MAX_SEQS: usize = 16;
+/// H200 (GLM-4.5-Air, one draft token; ops/perf/2026-11-29-gpu-fleet-x2.md, run 33) that breaks
+/// even at 32% acceptance for 16 sequences and 77% for 64 (196% before logits copies ran on
+/// several threads into reused buffers), so such steps draft only up to here, where MTP's
+/// acceptance (near 90% greedy, per the vLLM recipe) still pays.
+const HOST_VERIFY_MAX_SEQS: usize = 32;
 
 /// Everything the engine thread needs besides its channels.
 pub(crate) struct EngineParts {
@@ -439,6 +441,7 @@ impl EngineCore {
             }
             result.push((s.id, tokens));
         }
+        self.runner.recycle(logits);
         Ok(result)
     }
 
@@ -598,14 +601,20 @@ impl EngineCore {
             } else {
                 self.runner.draft_next(&next).map(DraftRows::Logits)
             };
-            rows = match further {
-                Ok(r) => r,
+            let used = match further {
+                Ok(r) => std::mem::replace(&mut rows, r),
                 Err(e) => {
                     tracing::warn!("draft model failed after {} draft tokens: {e}", j + 1);
                     break;
                 }
             };
+            if let DraftRows::Logits(l) = used {
+                self.runner.recycle(l);
+            }
             active = next_active;
+        }
+        if let DraftRows::Logits(l) = rows {
+            self.runner.recycle(l);
         }
         for ((d, mut p), tokens) in seqs.iter().zip(probs).zip(drafts) {
             let kept = self.scheduler.set_draft_tokens(d.id, &tokens);
@@ -672,6 +681,7 @@ impl EngineCore {
             .map(|(&id, _)| id)
             .collect();
         let mut host = self.sample_on_host(&on_host, &mut logits).into_iter();
+        self.runner.recycle(logits);
         Ok(ids
             .into_iter()
             .zip(specs.iter().zip(drawn))

@@ -34,6 +34,9 @@ pub trait DeviceEngine: Send + 'static {
     /// Rows `rows` (indices among the sampled rows) of the logits of the last [`Self::step`]
     /// that drew on the device, `[rows.len(), vocab]`: the host-sampled rows of a mixed batch.
     fn last_logits(&mut self, rows: &[usize]) -> model::Result<Vec<f32>>;
+    /// Takes back a logits buffer that came from this engine ([`Runner::recycle`]); the default
+    /// drops it.
+    fn recycle(&mut self, _data: Vec<f32>) {}
     /// Whether sampled steps draw rows truncated by top-k / top-p / min-p.
     fn truncates_on_device(&self) -> bool;
     /// Whether the MTP layer is loaded.
@@ -124,6 +127,10 @@ impl<E: DeviceEngine> Runner for DeviceRunner<E> {
             self.free_pending(id);
             self.chains.remove(&id);
         }
+    }
+
+    fn recycle(&mut self, logits: Logits) {
+        self.model.recycle(logits.data);
     }
 
     fn vocab_size(&self) -> usize {

@@ -27,6 +27,9 @@ impl DeviceEngine for GpuModel {
     fn last_logits(&mut self, rows: &[usize]) -> model::Result<Vec<f32>> {
         GpuModel::last_logits(self, rows)
     }
+    fn recycle(&mut self, data: Vec<f32>) {
+        GpuModel::recycle_host(self, data)
+    }
     fn truncates_on_device(&self) -> bool {
         GpuModel::truncates_on_device(self)
     }

@@ -130,6 +130,11 @@ pub trait Runner: Send + 'static {
     /// per-sequence state it keeps. The default keeps none.
     fn release(&mut self, _ids: &[u64]) {}
 
+    /// Takes back a logits buffer the engine is done with. A runner that copies logits from a
+    /// device reuses its pages for the next copy: fresh host memory takes a page fault per 4 KiB
+    /// on first write, which can cost more than the copy itself. The default drops it.
+    fn recycle(&mut self, _logits: Logits) {}
+
     /// Whether [`Runner::execute_sampled`] draws on the device; the engine then uses it for every
     /// step whose rows all allow it (greedy or plain temperature sampling).
     fn samples_on_device(&self) -> bool {
@@ -296,6 +301,9 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn release(&mut self, ids: &[u64]) {
         (**self).release(ids)
+    }
+    fn recycle(&mut self, logits: Logits) {
+        (**self).recycle(logits)
     }
     fn samples_on_device(&self) -> bool {
         (**self).samples_on_device()
