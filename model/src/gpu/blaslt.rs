@@ -78,14 +78,13 @@ impl BlasLt {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
-        let experts_min_rows = std::env::var("GLMFLEET_CUBLASLT_EXPERTS")
+        let experts_min_rows: usize = std::env::var("GLMFLEET_CUBLASLT_EXPERTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(EXPERTS_MIN_ROWS);
-        let experts_min_rows = Some(experts_min_rows).filter(|&n| n > 0);
         Some(Self {
             min_rows,
-            experts_min_rows,
+            experts_min_rows: (experts_min_rows > 0).then_some(experts_min_rows),
             handle,
             workspace,
             plans: Mutex::new(HashMap::new()),

@@ -1097,7 +1097,7 @@ impl GpuModel {
             (_, true, true) => attn!(attn_f8h_d128)?,
         }
         if splits > 1 {
-            // a tile holds at most 64 (row, head) pairs: 8 blocks of 8 warps (COMBINE_Z)
+            // a tile holds at most 64 (row, head) pairs: 8 blocks of 8 warps
             launch!(g, attn_combine, (tiles as u32, nkv as u32, 8), (256, 1, 1), 0;
                 part, ws.meta_at(Meta::AttnTiles), ws.meta_at(Meta::AttnTileCount),
                 ws.meta_at(Meta::RowSeq), splits as i32, ws.o.p(), nh as i32, nkv as i32, d as i32)?;

@@ -1234,12 +1234,12 @@ extern "C" __global__ void sample_part(const float* logits, int V, int valid, co
 
 // Truncation (top-k, top-p, min-p) as one logit threshold per row, for sample_part: its candidates
 // are the logits >= thr[r]. One block of THR_THREADS per row; rows that do not truncate get -inf.
-// min-p keeps x >= max + T ln(min_p) (the host passes ln(min_p): sample::min_p_log); top-k the k largest of those (ties with the k-th kept); top-p,
-// of those, the fewest largest whose weights exp((x - max) / T) reach top_p of their sum (less a
-// 1e-6 slack, as the host sampler). The k-th value and the top-p crossing are found by radix
-// selection over order-preserving 32-bit keys of the logits, 8 bits a pass, with per-warp
-// histograms in shared memory (the first passes put most logits in a few bins). Twin:
-// sample::truncation_threshold.
+// min-p keeps x >= max + T ln(min_p) (the host passes ln(min_p): sample::min_p_log); top-k the k
+// largest of those (ties with the k-th kept); top-p, of those, the fewest largest whose weights
+// exp((x - max) / T) reach top_p of their sum (less a 1e-6 slack, as the host sampler). The k-th
+// value and the top-p crossing are found by radix selection over order-preserving 32-bit keys of
+// the logits, 8 bits a pass, with per-warp histograms in shared memory (the first passes put most
+// logits in a few bins). Twin: sample::truncation_threshold.
 #define THR_THREADS 512
 #define THR_WARPS (THR_THREADS / 32)
 
