@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
 use model::gpu::weights::{GpuLinear, WeightFormat};
-use model::gpu::{gemm_launch, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, StepOutput};
+use model::gpu::{
+    gemm_launch, gemv_launch, ActRows, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom,
+    MoeGemv, StepOutput,
+};
 use model::sample::DeviceSampling;
 use model::{Glm4MoeConfig, SeqInput};
 use rand::{Rng, SeedableRng};
@@ -82,6 +85,8 @@ fn time_us(g: &Gpu, warm: usize, iters: usize, mut f: impl FnMut() -> Res<()>) -
 struct Act {
     act: DevBuf,
     scales: DevBuf,
+    /// The f32 rows they were made from (the GEMV's input).
+    x: DevBuf,
 }
 
 /// Random activations for `lin`, quantized by the prep kernel.
@@ -96,7 +101,7 @@ fn activations(g: &Gpu, lin: &GpuLinear, rows: usize) -> Res<Act> {
     model::launch!(g, prep_rows, (rows as u32, 1, 1), (model::gpu::prep_threads(rows), 1, 1), 0;
         x.p(), lin.k as i32, 0u64, lin.k as i32, 0i32, 0u64, 1e-5f32, 0i32, fmt, act.p(),
         lin.kp as i32, scales.p(), group as i32)?;
-    Ok(Act { act, scales })
+    Ok(Act { act, scales, x })
 }
 
 fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
@@ -110,15 +115,15 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
         ("dense down", fp8, vec![h], c.intermediate_size),
         ("lm_head (bf16)", WeightFormat::Bf16, vec![c.vocab_size], h),
     ];
-    let ms = [1usize, 16, 64, 256, 2048, 8192];
+    let ms = [1usize, 2, 4, 8, 16, 64, 256, 2048, 8192];
     let mut rows = vec![];
     let lt = model::gpu::BlasLt::new(g);
     println!(
         "cuBLASLt: {}",
         if lt.is_some() { "loaded" } else { "absent" }
     );
-    println!("\n| GEMM (N×K) | M | µs | weight TB/s | TFLOP/s | roofline µs | cuBLASLt µs (same shape; the engine's path from GLMFLEET_CUBLASLT_MIN_ROWS rows) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| GEMM (N×K) | M | µs | weight TB/s | TFLOP/s | roofline µs | cuBLASLt µs (same shape; the engine's path from GLMFLEET_CUBLASLT_MIN_ROWS rows) | GEMV µs, norm+quant fused (weight TB/s) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, fmt, parts, k) in &dense {
         let lin = GpuLinear::dummy(g, *fmt, parts, *k, 1, false, 7)?;
         let maxm = if name.starts_with("lm_head") {
@@ -148,8 +153,25 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             let lt_col = lt_us.map_or("—".to_string(), |u| {
                 format!("{u:.1} ({:.0} TFLOP/s)", flops / u / 1e6)
             });
+            // the decode GEMV (the engine's path up to GLMFLEET_GEMV_ROWS rows), from f32 rows:
+            // it includes the quantization the GEMM's column leaves to prep_rows
+            // (none where it does not apply, e.g. rows too long for shared memory)
+            let rows_in = ActRows::plain(a.x.p(), lin.k, m, lin.k);
+            let gemv_us = if m <= model::gpu::gemv_max_rows(&lin)
+                && gemv_launch(g, &lin, &rows_in, out.p(), lin.n, 0)?
+            {
+                Some(time_us(g, 3, iters, || {
+                    gemv_launch(g, &lin, &rows_in, out.p(), lin.n, 0)?;
+                    Ok(())
+                })?)
+            } else {
+                None
+            };
+            let gemv_col = gemv_us.map_or("—".to_string(), |u| {
+                format!("{u:.1} ({:.2})", wbytes / u / 1e6)
+            });
             println!(
-                "| {name} {}×{} | {m} | {us:.1} | {:.2} | {:.1} | {roof:.1} | {lt_col} |",
+                "| {name} {}×{} | {m} | {us:.1} | {:.2} | {:.1} | {roof:.1} | {lt_col} | {gemv_col} |",
                 lin.n,
                 lin.k,
                 wbytes / us / 1e6,
@@ -158,7 +180,7 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             rows.push(
                 json!({"gemm": name, "n": lin.n, "k": lin.k, "m": m, "us": us,
                 "weight_tbs": wbytes / us / 1e6, "tflops": flops / us / 1e6, "roofline_us": roof,
-                "cublaslt_us": lt_us}),
+                "cublaslt_us": lt_us, "gemv_us": gemv_us}),
             );
         }
     }
@@ -249,9 +271,79 @@ fn kernel_bench(g: &Arc<Gpu>, c: &Glm4MoeConfig) -> Res<Value> {
             );
         }
     }
+    moe_gemv_bench(g, c, &gu, &down, &mut rows)?;
     sampling_bench(g, c, &mut rows)?;
     host_copy_bench(g, c, &mut rows)?;
     Ok(Value::Array(rows))
+}
+
+/// A MoE layer's experts for decode-size batches as the two GEMV launches (`MoeGemv`: routed
+/// experts and the shared one, SiLU·up and the combine fused) against the grouped path's kernels
+/// (`prep_rows` gather+quant, gate|up GEMM, SiLU·up+quant, down GEMM, the shared expert's four,
+/// `moe_combine`; without `moe_plan` and the routing, which both paths share).
+fn moe_gemv_bench(
+    g: &Arc<Gpu>,
+    c: &Glm4MoeConfig,
+    gu: &GpuLinear,
+    down: &GpuLinear,
+    rows: &mut Vec<Value>,
+) -> Res<()> {
+    let (h, e, k, inter) = (
+        c.hidden_size,
+        c.n_routed_experts,
+        c.num_experts_per_tok,
+        c.moe_intermediate_size,
+    );
+    let fp8 = WeightFormat::Fp8Channel;
+    let sgu = GpuLinear::dummy(g, fp8, &[inter, inter], h, 1, false, 11)?;
+    let sdn = GpuLinear::dummy(g, fp8, &[h], inter, 1, false, 12)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    println!("\n| MoE experts by GEMV (routed + shared, combine fused) | tokens | experts read | µs | weight TB/s | roofline µs |");
+    println!("|---|---|---|---|---|---|");
+    for t in [1usize, 2, 4, 8] {
+        let mut ids = vec![];
+        for _ in 0..t {
+            let mut chosen = std::collections::HashSet::new();
+            while chosen.len() < k {
+                chosen.insert(rng.gen_range(0..e) as i32);
+            }
+            ids.extend(chosen);
+        }
+        let wts = vec![1.0f32 / k as f32; t * k];
+        let (idb, wtb) = (DevBuf::from_host(g, &ids)?, DevBuf::from_host(g, &wts)?);
+        let xn = DevBuf::zeros(g, t * h * 4)?;
+        let n = (t * h) as u64;
+        model::launch!(g, fill_f32_rand, (((n / 256).clamp(1, 65_535)) as u32, 1, 1), (256, 1, 1), 0;
+            xn.p(), n, 99u64, 2.0f32)?;
+        let x = DevBuf::zeros(g, t * h * 4)?;
+        let f1 = DevBuf::zeros(g, t * (k + 1) * gu.n * 4)?;
+        let moe = MoeGemv {
+            gate_up: gu,
+            down,
+            shared: Some((&sgu, &sdn)),
+            inter,
+            k,
+            ids: idb.p(),
+            wts: wtb.p(),
+        };
+        let us = time_us(g, 3, 50, || {
+            moe.launch(g, t, xn.p(), h, f1.p(), x.p())?;
+            Ok(())
+        })?;
+        let touched = ids.iter().collect::<std::collections::HashSet<_>>().len();
+        let read = (t * k + t) as f64 * 3.0 * (h * inter) as f64;
+        let roof = (touched + 1) as f64 * 3.0 * (h * inter) as f64 / (HBM_TBS * 1e6);
+        println!(
+            "| {h}×{inter}, {e} experts, top-{k} | {t} | {} (+1 shared) | {us:.1} | {:.2} | {roof:.1} |",
+            t * k,
+            read / us / 1e6
+        );
+        rows.push(
+            json!({"moe_gemv_tokens": t, "us": us, "weight_tbs": read / us / 1e6,
+            "roofline_us": roof}),
+        );
+    }
+    Ok(())
 }
 
 /// The sampling kernels over full vocabulary rows: temperature only, and truncated (temperature
@@ -426,9 +518,9 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
     let kv_token_bytes =
         2.0 * (c.num_key_value_heads * c.head_dim * 2 * c.num_hidden_layers) as f64;
     let mut rows = vec![];
-    println!("\n| decode batch | context | eager ms | graph ms | tok/s (graph) | roofline ms | graph / roofline |");
-    println!("|---|---|---|---|---|---|---|");
-    for &b in &[1usize, 16, 64, 256] {
+    println!("\n| decode batch | context | eager ms | graph ms | tok/s (graph) | roofline ms | graph / roofline | graph ms without the GEMVs | graph ms, dense GEMVs only |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &b in &[1usize, 2, 4, 8, 16, 64, 256] {
         let batch = DecodeBatch::new(b, per_seq, nb);
         let (seqs, sp) = (batch.seqs(ctx), batch.sampling());
         let run = |m: &mut GpuModel, graphs: bool, warm: usize, iters: usize| -> Res<f64> {
@@ -447,15 +539,32 @@ fn model_bench(c: &Glm4MoeConfig) -> Res<Value> {
             parts.join(", ")
         );
         let graph = run(&mut m, true, 2, 20)?;
+        // the same step without the decode GEMVs (GLMFLEET_GEMV_ROWS=0 GLMFLEET_MOE_GEMV_TOKENS=0)
+        // and with the dense GEMVs only (GLMFLEET_MOE_GEMV_TOKENS=0)
+        let (graph_no_gemv, graph_dense_gemv) = if b <= 8 {
+            let (rows, tokens) = m.gemv();
+            m.set_gemv(0, 0);
+            let none = run(&mut m, true, 2, 20)?;
+            m.set_gemv(rows.max(b), 0);
+            let dense = run(&mut m, true, 2, 20)?;
+            m.set_gemv(rows, tokens);
+            (Some(none), Some(dense))
+        } else {
+            (None, None)
+        };
         let bytes = decode_weight_bytes(c, b) + b as f64 * ctx as f64 * kv_token_bytes;
         let roof = bytes / (HBM_TBS * 1e9);
         println!(
-            "| {b} | {ctx} | {eager:.2} | {graph:.2} | {:.0} | {roof:.2} | {:.2}× |",
+            "| {b} | {ctx} | {eager:.2} | {graph:.2} | {:.0} | {roof:.2} | {:.2}× | {} | {} |",
             b as f64 / graph * 1e3,
-            graph / roof
+            graph / roof,
+            graph_no_gemv.map_or("—".into(), |x| format!("{x:.2}")),
+            graph_dense_gemv.map_or("—".into(), |x| format!("{x:.2}"))
         );
         rows.push(
             json!({"decode_batch": b, "context": ctx, "eager_ms": eager, "graph_ms": graph,
+            "graph_ms_without_gemv": graph_no_gemv,
+            "graph_ms_dense_gemv_only": graph_dense_gemv,
             "tokens_per_s": b as f64 / graph * 1e3, "roofline_ms": roof,
             "phases_ms": prof.iter().map(|(l, ms)| json!([l, ms])).collect::<Vec<_>>()}),
         );

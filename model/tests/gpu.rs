@@ -14,9 +14,9 @@ use common::{fixture, floats, ids, prompt_seqs, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
-    gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, BlasLt, DevBuf,
-    Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput,
-    ROUTER_GEMM_MIN_TOKENS,
+    gemm_launch, gemv_launch, prep_threads, router_launch, sample_launch, sample_part_bytes,
+    ActRows, BlasLt, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv, SampleSpecs,
+    StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{min_p_log, sample_host, truncation_threshold, DeviceSampling};
@@ -353,6 +353,186 @@ fn gemm_kernels_match_reference() {
             "grouped gemm {name}: {} experts, {m} rows match",
             counts.len()
         );
+    }
+}
+
+/// The decode GEMV (norm and quant fused) against the same f64 reference as the GEMM, for 1..=4
+/// rows (BF16) and up to 8 (FP8) on every weight format it takes: plain rows, RMSNorm'd rows
+/// gathered through row indices, and a residual add with bias. FP8 blocks under 64 columns are
+/// refused (the GEMM takes them).
+#[test]
+fn gemv_kernels_match_reference() {
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let kinds = [
+        ("bf16", Kind::Bf16),
+        ("fp8-channel", Kind::Channel),
+        ("fp8-block-128", Kind::Block(128, 128)),
+        ("fp8-block-32", Kind::Block(32, 32)),
+    ];
+    for (name, kind) in &kinds {
+        for &(n, k) in &[(136, 64), (300, 1024), (520, 512), (96, 200)] {
+            if matches!(kind, Kind::Block(128, _)) && k % 128 != 0 && k > 128 {
+                continue;
+            }
+            let mut w = random_linear(&mut rng, kind, n, k);
+            let bias: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            if matches!(kind, Kind::Block(32, _)) {
+                // K blocks shorter than the FP8 kernel's 64-byte steps: the GEMM path takes them
+                let lin = GpuLinear::upload(&g, &[vec![&w]]).unwrap();
+                let x = DevBuf::zeros(&g, k * 4).unwrap();
+                let a = ActRows::plain(x.p(), k, 1, k);
+                assert!(!gemv_launch(&g, &lin, &a, x.p(), lin.n, 0).unwrap());
+                continue;
+            }
+            let row_counts: &[usize] = match kind {
+                Kind::Bf16 => &[1, 2, 3, 4],
+                _ => &[1, 2, 3, 4, 8],
+            };
+            for &m in row_counts {
+                // 20 source rows, the kernel reads rows picked in reverse; RMSNorm with weights
+                let src: Vec<f32> = (0..20 * k).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let nw: Vec<f32> = (0..k).map(|_| rng.gen_range(0.5..1.5)).collect();
+                let picks: Vec<i32> = (0..m as i32).map(|i| 19 - i).collect();
+                let mut x = vec![0f32; m * k];
+                for (r, &p) in picks.iter().enumerate() {
+                    let row = &src[p as usize * k..(p as usize + 1) * k];
+                    let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / k as f32;
+                    let rs = 1.0 / (ss + 1e-5).sqrt();
+                    for j in 0..k {
+                        x[r * k + j] = row[j] * rs * nw[j];
+                    }
+                }
+                let plain = src[..m * k].to_vec();
+                w.bias = None;
+                let lin = GpuLinear::upload(&g, &[vec![&w]]).unwrap();
+                let srcb = DevBuf::from_host(&g, &src).unwrap();
+                let nwb = DevBuf::from_host(&g, &nw).unwrap();
+                let pb = DevBuf::from_host(&g, &picks).unwrap();
+                let out = DevBuf::zeros(&g, m * lin.n * 4).unwrap();
+                // plain rows, stored
+                let a = ActRows::plain(srcb.p(), k, m, k);
+                assert!(gemv_launch(&g, &lin, &a, out.p(), lin.n, 0).unwrap());
+                let mut y = vec![0f32; m * lin.n];
+                g.download(out.p(), &mut y).unwrap();
+                let err = rel_l2(&unpad(&y, lin.n, n), &reference_gemm(&plain, m, &w));
+                assert!(err < 2e-5, "gemv {name} m={m} n={n} k={k}: rel L2 {err:e}");
+                // normed, gathered rows added to y, with a bias
+                w.bias = Some(Tensor::from_data(
+                    TensorData::new(bias.clone(), [n]),
+                    &Default::default(),
+                ));
+                let linb = GpuLinear::upload(&g, &[vec![&w]]).unwrap();
+                w.bias = None;
+                let a = ActRows::plain(srcb.p(), k, m, k)
+                    .gathered(pb.p())
+                    .normed(nwb.p(), 1e-5);
+                assert!(gemv_launch(&g, &linb, &a, out.p(), linb.n, 1).unwrap());
+                let mut y2 = vec![0f32; m * linb.n];
+                g.download(out.p(), &mut y2).unwrap();
+                let normed = reference_gemm(&x, m, &w);
+                let want: Vec<f32> = (0..m * n)
+                    .map(|i| y[(i / n) * lin.n + i % n] + normed[i] + bias[i % n])
+                    .collect();
+                // the device's norm sums in another order: a last-bit difference can flip the
+                // rounding of an element (a bf16 step is 2^-8 of it, an e4m3 step 2^-4)
+                let err = rel_l2(&unpad(&y2, linb.n, n), &want);
+                assert!(
+                    err < 5e-3,
+                    "gemv {name} normed m={m} n={n} k={k}: rel L2 {err:e}"
+                );
+            }
+            eprintln!("gemv {name} n={n} k={k}: rows {row_counts:?} match");
+        }
+    }
+}
+
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+/// The decode MoE GEMVs (routed experts and the shared one, combine fused) against the host:
+/// per token and slot, gate|up and down by the f64 reference GEMM, SiLU·up between, summed with
+/// the routing weights into the residual.
+#[test]
+fn moe_gemv_matches_reference() {
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let kinds = [
+        ("bf16", Kind::Bf16),
+        ("fp8-channel", Kind::Channel),
+        ("fp8-block-128", Kind::Block(128, 128)),
+    ];
+    let (h, inter, e, k) = (256, 128, 6, 3);
+    for (name, kind) in &kinds {
+        let mk = |rng: &mut rand::rngs::StdRng| {
+            (
+                random_linear(rng, kind, inter, h),
+                random_linear(rng, kind, inter, h),
+                random_linear(rng, kind, h, inter),
+            )
+        };
+        let experts: Vec<_> = (0..e).map(|_| mk(&mut rng)).collect();
+        let shared = mk(&mut rng);
+        let gu = GpuLinear::upload(
+            &g,
+            &experts.iter().map(|x| vec![&x.0, &x.1]).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let dn =
+            GpuLinear::upload(&g, &experts.iter().map(|x| vec![&x.2]).collect::<Vec<_>>()).unwrap();
+        let sgu = GpuLinear::upload(&g, &[vec![&shared.0, &shared.1]]).unwrap();
+        let sdn = GpuLinear::upload(&g, &[vec![&shared.2]]).unwrap();
+        for t in 1..=4usize {
+            let xn: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let x0: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let ids: Vec<i32> = (0..t * k).map(|i| ((i * 5 + t) % e) as i32).collect();
+            let wts: Vec<f32> = (0..t * k).map(|_| rng.gen_range(0.1..0.5)).collect();
+            let (xnb, xb) = (
+                DevBuf::from_host(&g, &xn).unwrap(),
+                DevBuf::from_host(&g, &x0).unwrap(),
+            );
+            let (idb, wtb) = (
+                DevBuf::from_host(&g, &ids).unwrap(),
+                DevBuf::from_host(&g, &wts).unwrap(),
+            );
+            let f1 = DevBuf::zeros(&g, t * (k + 1) * gu.n * 4).unwrap();
+            let moe = MoeGemv {
+                gate_up: &gu,
+                down: &dn,
+                shared: Some((&sgu, &sdn)),
+                inter,
+                k,
+                ids: idb.p(),
+                wts: wtb.p(),
+            };
+            assert!(
+                moe.launch(&g, t, xnb.p(), h, f1.p(), xb.p()).unwrap(),
+                "{name}: applies"
+            );
+            let mut got = vec![0f32; t * h];
+            g.download(xb.p(), &mut got).unwrap();
+            let mut want = x0.clone();
+            for tok in 0..t {
+                let row = &xn[tok * h..(tok + 1) * h];
+                let slots = (0..k)
+                    .map(|j| (&experts[ids[tok * k + j] as usize], wts[tok * k + j]))
+                    .chain(std::iter::once((&shared, 1.0)));
+                for (ex, wt) in slots {
+                    let gate = reference_gemm(row, 1, &ex.0);
+                    let up = reference_gemm(row, 1, &ex.1);
+                    let mid: Vec<f32> = gate.iter().zip(&up).map(|(a, b)| silu(*a) * b).collect();
+                    let y = reference_gemm(&mid, 1, &ex.2);
+                    for c in 0..h {
+                        want[tok * h + c] += wt * y[c];
+                    }
+                }
+            }
+            // e4m3 rounding of SiLU·up can flip a step where the f32 and f64 gate|up differ
+            let err = rel_l2(&got, &want);
+            eprintln!("moe gemv {name} t={t}: rel L2 {err:.2e}");
+            assert!(err < 1e-3, "moe gemv {name} t={t}: rel L2 {err:e}");
+        }
     }
 }
 

@@ -57,6 +57,13 @@ funcs!(
     moe_topk,
     moe_plan,
     moe_combine,
+    gemv_fp8,
+    gemv_bf16_1,
+    gemv_bf16_2,
+    gemv_bf16_3,
+    gemv_bf16_4,
+    moe_gemv_fp8,
+    moe_gemv_bf16,
     sample_part,
     sample_rows,
     sample_thresh,
@@ -89,6 +96,15 @@ pub struct Gpu {
     pub f: Funcs,
     pub name: String,
     pub sm_count: usize,
+    /// Dynamic shared memory the GEMV kernels may use per block (bytes).
+    pub gemv_smem: usize,
+    /// Kernels are launched with programmatic dependent launch (sm_90 and newer; see `PDL_ENTRY`
+    /// in kernels.cu): a kernel is scheduled while the previous one finishes. Off unless
+    /// `GLMFLEET_PDL=1`: on the H200 (runs 40/41, same machine) it made eager steps faster (MTP
+    /// verify at batch 1: 10.1 against 10.9 ms; eager decode at batch 8: 21.0 against 22.1) and
+    /// replayed graphs slower (decode at batch 1: 7.65 against 7.35 ms), and decode runs from
+    /// graphs.
+    pub pdl: bool,
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
     /// first use; `None` inside when the allocation failed (copies then go pageable).
     staging: Mutex<Option<Option<PinnedHostSlice<u8>>>>,
@@ -182,6 +198,29 @@ impl Gpu {
             )
             .map_err(dev_err("raising the attention shared-memory limit"))?;
         }
+        // the GEMV kernels stage their input rows in shared memory: as much as the device allows
+        // beside their static shared memory (under 8 KiB)
+        let smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(dev_err("reading the shared-memory limit"))? as usize;
+        let gemv_smem = smem_optin.saturating_sub(8192);
+        for func in [
+            &f.gemv_fp8,
+            &f.gemv_bf16_1,
+            &f.gemv_bf16_2,
+            &f.gemv_bf16_3,
+            &f.gemv_bf16_4,
+            &f.moe_gemv_fp8,
+            &f.moe_gemv_bf16,
+        ] {
+            func.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                gemv_smem as i32,
+            )
+            .map_err(dev_err("raising the GEMV shared-memory limit"))?;
+        }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -192,8 +231,52 @@ impl Gpu {
             f,
             name,
             sm_count,
+            gemv_smem,
+            pdl: major >= 9 && std::env::var("GLMFLEET_PDL").is_ok_and(|v| v == "1"),
             staging: Mutex::new(None),
         }))
+    }
+
+    /// Launches `f` on our stream with `params` (pointers to each argument's value), with the
+    /// programmatic-dependent-launch attribute when [`Gpu::pdl`] (use [`launch!`]).
+    ///
+    /// # Safety
+    /// `params` must match the kernel's parameters in number, order and types.
+    pub unsafe fn launch_raw(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: a plain C struct (id, padding, value union) for which zero is valid
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        // SAFETY: the caller vouches for `params`; the config outlives the call
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
     }
 
     /// (free, total) device memory in bytes.
@@ -328,17 +411,15 @@ impl DevBuf {
 #[macro_export]
 macro_rules! launch {
     ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {{
-        use cudarc::driver::PushKernelArg;
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: $grid,
-            block_dim: $block,
-            shared_mem_bytes: ($smem) as u32,
-        };
         let g: &$crate::gpu::Gpu = &$g;
-        let mut b = g.stream.launch_builder(&g.f.$f);
-        $( let a = $arg; b.arg(&a); )*
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
+        let (grid, block, smem): ((u32, u32, u32), (u32, u32, u32), u32) =
+            ($grid, $block, ($smem) as u32);
+        // each argument stays in its own local (shadowed, not dropped) until the launch read it
+        let mut params: Vec<*mut ::core::ffi::c_void> = Vec::new();
+        $( let a = $arg; params.push(&a as *const _ as *mut ::core::ffi::c_void); )*
+        let f = &g.f.$f;
+        // SAFETY: the kernel's parameters are these values in this order (kernels.cu)
+        unsafe { g.launch_raw(f, grid, block, smem, &mut params) }
             .map_err($crate::gpu::device::dev_err(stringify!($f)))
     }};
 }

@@ -4,7 +4,9 @@
 //! fused QKV GEMM, QK-norm+RoPE+KV write, paged attention, quant, O GEMM added into the residual,
 //! then the dense MLP or the MoE: f32 router, top-k, expert plan, grouped gate|up GEMM,
 //! SiLU·up+quant, grouped down GEMM, shared expert, weighted combine), final norm of the sampled rows,
-//! LM head, and sampling. The only host synchronisation is reading the sampled ids (or the logits,
+//! LM head, and sampling. Decode-size steps fuse more ([`crate::gpu::gemv`]): a one-row linear
+//! layer is one GEMV launch with its norm and quantization, and up to four tokens run their experts
+//! (shared one and combine included) as two launches without the plan. The only host synchronisation is reading the sampled ids (or the logits,
 //! when the host sampler needs them). Shapes depend only on (tokens, sampled rows), so a decode step
 //! of a given batch-size bucket is captured once as a CUDA graph and replayed after copying in that
 //! step's ids, positions, slots and block tables.
@@ -23,6 +25,7 @@ use crate::config::{Glm4MoeConfig, Quantization};
 use crate::error::{ModelError, Result};
 use crate::gpu::blaslt::BlasLt;
 use crate::gpu::device::{attn_smem, dev_err, gemm_smem, DevBuf, Gpu};
+use crate::gpu::gemv::{gemv_launch, ActRows, MoeGemv, GEMV_MAX_ROWS};
 use crate::gpu::weights::{fill_const, GpuLinear, WeightFormat, FMT_F32};
 use crate::launch;
 use crate::loader::{ParamSource, WeightLoader};
@@ -283,6 +286,15 @@ pub struct GpuModel {
     /// them to the host sampler). On the H200 (run 28) top-p 0.95 at concurrency 64 ran at 46.8 ms
     /// TPOT this way, 69.1 on the host, 46.6 greedy.
     truncation: bool,
+    /// Linear layers over at most this many rows run as one GEMV launch each, norm and quant
+    /// fused ([`crate::gpu::gemv`]; `GLMFLEET_GEMV_ROWS`, 0 off, at most [`GEMV_MAX_ROWS`]).
+    /// Default 1: from two rows the GEMV's row-by-row staging made the step slower than
+    /// `prep_rows` and the GEMM (run 38: 11.65 against 11.03 ms at batch 2).
+    gemv_rows: usize,
+    /// Steps of at most this many tokens run the MoE experts as two GEMV launches (no plan, no
+    /// gathered copy, the combine fused; `GLMFLEET_MOE_GEMV_TOKENS`, 0 off). Default 4: at 8
+    /// tokens the grouped GEMM reads each shared expert once and is as fast (run 38).
+    moe_gemv_tokens: usize,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
     /// Rows of the logits buffer that [`GpuModel::step`] left readable by
@@ -295,6 +307,18 @@ pub struct GpuModel {
 struct Graph(CudaGraph);
 // SAFETY: see above — no concurrent access is possible without `&mut GpuModel`.
 unsafe impl Send for Graph {}
+
+/// Defaults of `GpuModel::gemv_rows` and `GpuModel::moe_gemv_tokens` (see their docs).
+const DEFAULT_GEMV_ROWS: usize = 1;
+const DEFAULT_MOE_GEMV_TOKENS: usize = 4;
+
+/// A count from the environment (`default` when unset or unreadable).
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
 
 /// Decode batches up to this many sequences are replayed from graphs (buckets: powers of two).
 const MAX_GRAPH_BATCH: usize = 256;
@@ -496,6 +520,8 @@ impl GpuModel {
             logits_ready: 0,
             fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").map_or(true, |v| v != "0"),
             truncation: std::env::var("GLMFLEET_DEVICE_TRUNCATION").map_or(true, |v| v != "0"),
+            gemv_rows: env_usize("GLMFLEET_GEMV_ROWS", DEFAULT_GEMV_ROWS).min(GEMV_MAX_ROWS),
+            moe_gemv_tokens: env_usize("GLMFLEET_MOE_GEMV_TOKENS", DEFAULT_MOE_GEMV_TOKENS),
             mtp,
         };
         m.g.sync()?;
@@ -632,6 +658,21 @@ impl GpuModel {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Rows up to which linear layers run as GEMVs, and tokens up to which the MoE experts do.
+    pub fn gemv(&self) -> (usize, usize) {
+        (self.gemv_rows, self.moe_gemv_tokens)
+    }
+
+    /// Sets [`GpuModel::gemv`] (0: never); see the fields' docs.
+    pub fn set_gemv(&mut self, rows: usize, moe_tokens: usize) {
+        let rows = rows.min(GEMV_MAX_ROWS);
+        if (rows, moe_tokens) != (self.gemv_rows, self.moe_gemv_tokens) {
+            // captured graphs baked the old kernels in
+            self.graphs.clear();
+            (self.gemv_rows, self.moe_gemv_tokens) = (rows, moe_tokens);
         }
     }
 
@@ -1003,21 +1044,10 @@ impl GpuModel {
             self.decoder_layer(li, layer, t, tiles)?;
         }
         if r > 0 {
-            let lm = &self.lm_head;
-            self.prep_for(
-                lm,
-                ws.x.p(),
-                h,
-                ws.meta_at(Meta::SampleRows),
-                r,
-                h,
-                1,
-                self.norm.p(),
-                0,
-            )?;
-            self.mark("norm/quant")?;
-            self.gemm(lm, r, None, ws.logits.p(), c.vocab_size, 0)?;
-            self.mark("LM head")?;
+            let a = ActRows::plain(ws.x.p(), h, r, h)
+                .gathered(ws.meta_at(Meta::SampleRows))
+                .normed(self.norm.p(), c.rms_norm_eps);
+            self.linear(&self.lm_head, a, ws.logits.p(), c.vocab_size, 0, "LM head")?;
         }
         Ok(())
     }
@@ -1031,12 +1061,13 @@ impl GpuModel {
                 down,
                 inter,
             } => {
+                let (h, eps) = (self.config.hidden_size, self.config.rms_norm_eps);
                 let x = self.ws.x.p();
                 self.swiglu(
                     gate_up,
                     down,
                     *inter,
-                    (x, 0, t, layer.post_norm.p()),
+                    ActRows::plain(x, h, t, h).normed(layer.post_norm.p(), eps),
                     None,
                     (x, 1),
                     "dense MLP GEMMs",
@@ -1056,10 +1087,8 @@ impl GpuModel {
             c.head_dim,
         );
         let qkv = &layer.qkv;
-        self.prep_for(qkv, ws.x.p(), h, 0, t, h, 1, layer.in_norm.p(), 0)?;
-        self.mark("norm/quant")?;
-        self.gemm(qkv, t, None, ws.f1.p(), qkv.n, 0)?;
-        self.mark("QKV GEMM")?;
+        let a = ActRows::plain(ws.x.p(), h, t, h).normed(layer.in_norm.p(), c.rms_norm_eps);
+        self.linear(qkv, a, ws.f1.p(), qkv.n, 0, "QKV GEMM")?;
         let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
         let heads = nh + 2 * nkv;
         launch!(g, rope_kv, (t as u32, heads.div_ceil(8) as u32, 1), (256, 1, 1), 8 * d * 4;
@@ -1102,12 +1131,9 @@ impl GpuModel {
                 part, ws.meta_at(Meta::AttnTiles), ws.meta_at(Meta::AttnTileCount),
                 ws.meta_at(Meta::RowSeq), splits as i32, ws.o.p(), nh as i32, nkv as i32, d as i32)?;
         }
-        let o = &layer.o;
         self.mark("attention")?;
-        self.prep_for(o, ws.o.p(), nh * d, 0, t, nh * d, 0, 0, 0)?;
-        self.mark("norm/quant")?;
-        self.gemm(o, t, None, ws.x.p(), h, 1)?;
-        self.mark("O GEMM")
+        let a = ActRows::plain(ws.o.p(), nh * d, t, nh * d);
+        self.linear(&layer.o, a, ws.x.p(), h, 1, "O GEMM")
     }
 
     fn moe(&self, layer: &GpuLayer, t: usize) -> Result<()> {
@@ -1137,6 +1163,32 @@ impl GpuModel {
             ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
             c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
             ws.ids.p(), ws.wts.p())?;
+        if t <= self.moe_gemv_tokens {
+            // the shared expert runs as one more slot when it is shaped as a routed one
+            let fused = MoeGemv::same_shape(shared_gu, experts_gu)
+                && MoeGemv::same_shape(shared_down, experts_down);
+            let experts = MoeGemv {
+                gate_up: experts_gu,
+                down: experts_down,
+                shared: fused.then_some((shared_gu, shared_down)),
+                inter: *inter,
+                k,
+                ids: ws.ids.p(),
+                wts: ws.wts.p(),
+            };
+            let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
+            self.mark("MoE routing")?;
+            if fits && experts.launch(g, t, ws.xn.p(), h, ws.f1.p(), ws.x.p())? {
+                self.mark("expert GEMMs")?;
+                if !fused {
+                    let a = ActRows::plain(ws.xn.p(), h, t, h);
+                    let out = (ws.x.p(), 1);
+                    let (gu, dn) = (shared_gu, shared_down);
+                    self.swiglu(gu, dn, *shared_inter, a, None, out, "shared expert GEMMs")?;
+                }
+                return Ok(());
+            }
+        }
         let a = t * k;
         let bm = if a >= 32 * e { 64 } else { 16 };
         let max_tiles = a.div_ceil(bm) + e;
@@ -1155,7 +1207,7 @@ impl GpuModel {
             experts_gu,
             experts_down,
             *inter,
-            (xn, ws.perm.p(), a, 0),
+            ActRows::plain(xn, h, a, h).gathered(ws.perm.p()),
             grouped,
             (ws.y.p(), 0),
             "expert GEMMs",
@@ -1164,7 +1216,7 @@ impl GpuModel {
             shared_gu,
             shared_down,
             *shared_inter,
-            (xn, 0, t, 0),
+            ActRows::plain(xn, h, t, h),
             None,
             (ws.x.p(), 1),
             "shared expert GEMMs",
@@ -1201,52 +1253,61 @@ impl GpuModel {
     }
 
     /// gate|up GEMM, SiLU·up with quantization, down GEMM: the dense MLP, the routed experts
-    /// (grouped, rows gathered in expert order) and the shared expert. `input` is (x, gathered rows
-    /// or 0, rows, RMSNorm weight or 0); `output` is (destination, 0 store / 1 add).
+    /// (grouped, rows gathered in expert order) and the shared expert. `output` is (destination,
+    /// 0 store / 1 add).
     #[allow(clippy::too_many_arguments)]
     fn swiglu(
         &self,
         gate_up: &GpuLinear,
         down: &GpuLinear,
         inter: usize,
-        input: (u64, u64, usize, u64),
+        input: ActRows,
         grouped: Option<Grouped<'_>>,
         output: (u64, i32),
         label: &'static str,
     ) -> Result<()> {
-        let (x, rows, n, norm) = input;
-        let (ws, h) = (&self.ws, self.config.hidden_size);
-        let mode = i32::from(norm != 0);
-        self.prep_for(gate_up, x, h, rows, n, h, mode, norm, 0)?;
+        let (ws, h, n) = (&self.ws, self.config.hidden_size, input.n);
+        let mid = ActRows::plain(ws.f1.p(), gate_up.n, n, inter).swiglu(gate_up.parts[1]);
+        if grouped.is_none() {
+            self.linear(gate_up, input, ws.f1.p(), gate_up.n, 0, label)?;
+            return self.linear(down, mid, output.0, h, output.1, label);
+        }
+        self.prep_for(gate_up, &input)?;
         self.mark("norm/quant")?;
         self.gemm(gate_up, n, grouped, ws.f1.p(), gate_up.n, 0)?;
         self.mark(label)?;
-        let up = gate_up.parts[1];
-        self.prep_for(down, ws.f1.p(), gate_up.n, 0, n, inter, 2, 0, up)?;
+        self.prep_for(down, &mid)?;
         self.mark("norm/quant")?;
         self.gemm(down, n, grouped, output.0, h, output.1)?;
         self.mark(label)
     }
 
-    /// Prepares `nrows` rows (gathered through `rows` when non-zero) of `x` as the activations of
-    /// `lin` in the workspace. `mode`: 0 plain, 1 RMSNorm with `w`, 2 SiLU(x)·x[.. + up_off].
-    #[allow(clippy::too_many_arguments)]
-    fn prep_for(
+    /// Prepares rows `a` as the activations of `lin` in the workspace (`prep_rows`).
+    fn prep_for(&self, lin: &GpuLinear, a: &ActRows) -> Result<()> {
+        let (fmt, group) = lin.act_format();
+        launch!(self.g, prep_rows, (a.n as u32, 1, 1), (prep_threads(a.n), 1, 1), 0;
+            a.x, a.ldx as i32, a.rows, a.k as i32, a.mode, a.w, a.eps, a.up_off as i32,
+            fmt, self.ws.act.p(), lin.kp as i32, self.ws.act_scales.p(), group as i32)
+    }
+
+    /// `out (= or += by omode 0 / 1) a · linᵀ`: one GEMV launch for decode-size batches (norm
+    /// and quant fused), otherwise `prep_rows` and a GEMM.
+    fn linear(
         &self,
         lin: &GpuLinear,
-        x: u64,
-        ldx: usize,
-        rows: u64,
-        nrows: usize,
-        k: usize,
-        mode: i32,
-        w: u64,
-        up_off: usize,
+        a: ActRows,
+        out: u64,
+        ldc: usize,
+        omode: i32,
+        label: &'static str,
     ) -> Result<()> {
-        let (fmt, group) = lin.act_format();
-        launch!(self.g, prep_rows, (nrows as u32, 1, 1), (prep_threads(nrows), 1, 1), 0;
-            x, ldx as i32, rows, k as i32, mode, w, self.config.rms_norm_eps, up_off as i32,
-            fmt, self.ws.act.p(), lin.kp as i32, self.ws.act_scales.p(), group as i32)
+        if a.n <= self.gemv_rows && gemv_launch(&self.g, lin, &a, out, ldc, omode)? {
+            return self.mark(label);
+        }
+        self.prep_for(lin, &a)?;
+        self.mark("norm/quant")?;
+        self.gemm(lin, a.n, None, out, ldc, omode)?;
+        self.mark(label)
     }
 
     /// `out = act · Wᵀ` over `rows` rows (`omode` 0 store f32, 1 add f32), dense or grouped by the

@@ -10,6 +10,25 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// Programmatic dependent launch (sm_90): a kernel lets the next one in the stream be scheduled
+// before it finishes (launch_dependents), and waits for the previous one's completion and memory
+// before it touches any data (wait); with the PDL attribute (Gpu::pdl, GLMFLEET_PDL=1) launch
+// latency and a block's start-up overlap the previous kernel's tail. Without the attribute (the
+// default) both are no-ops. Every kernel starts with PDL_ENTRY() (the GEMV reads its constant
+// weights between the two).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define PDL_TRIGGER()
+#define PDL_WAIT()
+#endif
+#define PDL_ENTRY() \
+  do {              \
+    PDL_TRIGGER();  \
+    PDL_WAIT();     \
+  } while (0)
+
 #define FMT_F32 0
 #define FMT_BF16 1
 #define FMT_FP8 2
@@ -106,6 +125,7 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 // ---------------------------------------------------------------------------------------------
 // Embedding: x[t] = table[tokens[t]] (bf16 -> f32).
 extern "C" __global__ void embed_rows(const u16* table, const int* tokens, float* x, int H) {
+  PDL_ENTRY();
   int t = blockIdx.x;
   const u16* row = table + (size_t)tokens[t] * H;
   float* o = x + (size_t)t * H;
@@ -120,6 +140,7 @@ extern "C" __global__ void embed_rows(const u16* table, const int* tokens, float
 extern "C" __global__ void mtp_input(const u16* embed, const int* tokens, const float* verified,
                                      const float* kept, const int* src, const float* enorm,
                                      const float* hnorm, float eps, float* out, int H) {
+  PDL_ENTRY();
   __shared__ float sh[32];
   int t = blockIdx.x;
   const u16* er = embed + (size_t)tokens[t] * H;
@@ -147,6 +168,7 @@ extern "C" __global__ void mtp_input(const u16* embed, const int* tokens, const 
 // b[-src[i] - 1]; one block per row.
 extern "C" __global__ void copy_rows(const float* a, const float* b, const int* src, float* dst,
                                      const int* dst_rows, int H) {
+  PDL_ENTRY();
   int i = blockIdx.x, s = src[i];
   const float* r = s >= 0 ? a + (size_t)s * H : b + (size_t)(-s - 1) * H;
   float* o = dst + (size_t)dst_rows[i] * H;
@@ -162,6 +184,7 @@ extern "C" __global__ void copy_rows(const float* a, const float* b, const int* 
 extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, int K, int in_mode,
                                      const float* w, float eps, int up_off, int fmt, void* out,
                                      int out_ld, float* scales, int group) {
+  PDL_ENTRY();
   __shared__ float sh[32];
   int r = blockIdx.x;
   int src = rows ? rows[r] : r;
@@ -449,6 +472,7 @@ __device__ __forceinline__ void gemm_impl(
 // t [M, N] f32 as cuBLASLt wrote it (unit scales). Grid (M, N / 256). sa == 0: no scales.
 extern "C" __global__ void scale_out(const float* t, int M, int N, const float* sa, const float* sw,
                                      const float* bias, float* out, int ldc, int omode) {
+  PDL_ENTRY();
   int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= N) return;
   float v = t[(size_t)r * N + c];
@@ -471,15 +495,19 @@ extern "C" __global__ void scale_out(const float* t, int M, int N, const float* 
       offsets, M, N, Kb, split_tiles, bias, C, ldc, omode
 
 extern "C" __global__ void __launch_bounds__(256) gemm_fp8_m16(GEMM_ARGS) {
+  PDL_ENTRY();
   gemm_impl<16, true>(GEMM_PASS);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_fp8_m64(GEMM_ARGS) {
+  PDL_ENTRY();
   gemm_impl<64, true>(GEMM_PASS);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_bf16_m16(GEMM_ARGS) {
+  PDL_ENTRY();
   gemm_impl<16, false>(GEMM_PASS);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_bf16_m64(GEMM_ARGS) {
+  PDL_ENTRY();
   gemm_impl<64, false>(GEMM_PASS);
 }
 
@@ -492,6 +520,7 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
                                    const int* slots, const float* qn, const float* kn, float eps,
                                    float* q_out, void* kc, void* vc, int nh, int nkv, int d, int rot,
                                    float theta, int kv_fp8) {
+  PDL_ENTRY();
   extern __shared__ float hbuf[];
   int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int head = blockIdx.y * 8 + warp;
@@ -913,12 +942,15 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #define ATTN_PASS kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, nh, nkv, scale
 #define ATTN_KERNELS(D)                                                                        \
   extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
+    PDL_ENTRY();                                                                                 \
     attn_impl<D, false, false>(ATTN_PASS);                                                     \
   }                                                                                            \
   extern "C" __global__ void __launch_bounds__(128) attn_f8_d##D(ATTN_ARGS) {                  \
+    PDL_ENTRY();                                                                                 \
     attn_impl<D, true, false>(ATTN_PASS);                                                      \
   }                                                                                            \
   extern "C" __global__ void __launch_bounds__(128) attn_f8h_d##D(ATTN_ARGS) {                 \
+    PDL_ENTRY();                                                                                 \
     attn_impl<D, true, true>(ATTN_PASS);                                                       \
   }
 ATTN_KERNELS(32)
@@ -932,6 +964,7 @@ ATTN_KERNELS(128)
 extern "C" __global__ void attn_combine(const float* part, const int* tiles, const int* ntiles,
                                         const int* row_seq, int nsplit, float* out, int nh,
                                         int nkv, int D) {
+  PDL_ENTRY();
   int tile = blockIdx.x, kvh = blockIdx.y;
   if (tile >= *ntiles) return;
   int row0 = tiles[2 * tile], nrows = tiles[2 * tile + 1];
@@ -947,12 +980,21 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
     float f = ms == NEG_INF ? 0.f : __expf(ms - mx);
     float L = warp_sum(ls * f);
     float* o = out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
-    for (int dim = lane; dim < D; dim += 32) {
-      float a = 0.f;
-#pragma unroll 8
-      for (int sp = 0; sp < nsplit; sp++)
-        a += __shfl_sync(0xffffffffu, f, sp) * pb[((size_t)sp * 64 + m) * (D + 2) + dim];
-      o[dim] = L > 0.f ? a / L : 0.f;
+    // 128 dims at a time (4 per lane), every split's loads in flight together (nsplit <= 16)
+    for (int d0 = 0; d0 < D; d0 += 128) {
+      float a[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int sp = 0; sp < 16; sp++) {
+        float fs = __shfl_sync(0xffffffffu, f, sp);
+        if (sp >= nsplit) continue;
+        const float* src = pb + ((size_t)sp * 64 + m) * (D + 2) + d0;
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+          if (d0 + lane + 32 * q < D) a[q] += fs * src[lane + 32 * q];
+      }
+#pragma unroll
+      for (int q = 0; q < 4; q++)
+        if (d0 + lane + 32 * q < D) o[d0 + lane + 32 * q] = L > 0.f ? a[q] / L : 0.f;
     }
   }
 }
@@ -962,6 +1004,7 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
 // the block's threads split the hidden dim, 16 bytes per load (H % 4 == 0), for 8 tokens at once.
 extern "C" __global__ void router_logits(const float* xn, const float* gw, float* out, int T, int E,
                                          int H) {
+  PDL_ENTRY();
   __shared__ float red[4][8];
   int t0 = blockIdx.x * 8, e = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float acc[8];
@@ -996,6 +1039,7 @@ extern "C" __global__ void router_logits(const float* xn, const float* gw, float
 #define RG_K 16
 extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, const float* gw,
                                                               float* out, int T, int E, int H) {
+  PDL_ENTRY();
   __shared__ float xs[RG_K][RG_T + 4];
   __shared__ float ws[RG_K][RG_T + 4];
   int t0 = blockIdx.x * RG_T, e0 = blockIdx.y * RG_T;
@@ -1044,6 +1088,7 @@ extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, c
 // `norm`) times `rscale`. One warp per token; ties go to the lower expert index.
 extern "C" __global__ void moe_topk(const float* logits, const float* bias, int T, int E, int k,
                                     int ng, int tg, int norm, float rscale, int* ids, float* wts) {
+  PDL_ENTRY();
   extern __shared__ float tsh[];
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int t = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -1121,6 +1166,7 @@ extern "C" __global__ void moe_topk(const float* logits, const float* bias, int 
 // position of assignment i, and the GEMM tiles (expert, first row) of BM rows each.
 extern "C" __global__ void moe_plan(const int* ids, int A, int E, int k, int BM, int* offsets,
                                     int* perm_src, int* inv, int* tiles, int* ntiles) {
+  PDL_ENTRY();
   extern __shared__ int psh[];
   int* cnt = psh;
   int* cur = psh + E;
@@ -1175,6 +1221,7 @@ extern "C" __global__ void moe_plan(const int* ids, int A, int E, int k, int BM,
 // x[t] += sum_j wts[t, j] * y[inv[t, j]]. Grid (tokens, H / blockDim): a thread per element.
 extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, const float* wts,
                                        int k, float* x, int H) {
+  PDL_ENTRY();
   int t = blockIdx.x, h = blockIdx.y * blockDim.x + threadIdx.x;
   if (h >= H) return;
   float s = 0.f;
@@ -1185,6 +1232,567 @@ extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// GEMVs for decode-size batches: y[r, c] = sum_k a[r, k] W[c, k] over a few rows. The tensor-core
+// GEMM above stages W tiles through shared memory for 16 or 64 rows and needs a prep_rows launch
+// before it; here each block prepares its input rows itself (prep_rows' modes: RMSNorm, SiLU·up;
+// then rounded as the GEMM's operands are) and streams the weights from global memory straight into
+// registers, so a linear layer is one launch at close to the memory's rate. The numerics are the
+// GEMM's up to the order of f32 sums.
+//   FP8 weights: the rows are quantized to e4m3 exactly as prep_rows does (per row and K group),
+//     held as f16 (e4m3 values are exact in f16), and multiplied on tensor cores by f16 mma
+//     m16n8k16 with the weights as the A operand (16 channels) and the rows as B (8 tokens),
+//     widened e4m3x2 -> f16x2 by one cvt each. A lane (g, t) loads 16 weight bytes of rows c0 + g
+//     and c0 + g + 8, bytes 16t..16t+15 of a 64-byte K step; four mmas take bytes 4j..4j+3 as their
+//     k 2t, 2t+1 | 8+2t, 9+2t, and the token rows' values are picked to match. Products of e4m3
+//     values are exact and summed in f32: the FP8 GEMM's numerics. Up to 8 rows cost the same
+//     weight traffic. (Scalar widening ran at about 2 TB/s, compute-bound (run 34);
+//     so did e4m3 mma.sync, which sm_90 runs as conversions plus f16 mmas (run 36's SASS).)
+//   BF16 weights: f32 FMAs on widened bf16 (a shift) against rows rounded to bf16, up to 4 rows.
+#define GEMV_CH 4  // bf16: channels a warp computes together, sharing each activation load
+#define FP8V_P 4   // fp8: 64-byte K steps a lane has in flight (two weight rows each); MoE: 2
+
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// An e4m3 value as f16 bits (exact).
+__device__ __forceinline__ u16 e4m3_f16(u8 b) {
+  u32 h2;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"((u16)b));
+  return (u16)(h2 & 0xffff);
+}
+
+// One input row prepared by the whole block with one pass over global memory: the row (SiLU·up
+// applied for in_mode 2) and the norm weight (in_mode 1) are read with 16-byte loads, several per
+// thread in flight, into shared scratch xf / wf [K]; the norm, the scales and the rounding then run
+// from shared memory (a loop of dependent global loads per pass cost several µs a row). Output:
+// e4m3 values (as f16 bits) q [kp] and one scale per `group` columns in sc, as prep_rows makes
+// them, when group > 0; else f32 rounded to bf16 in xs [kp] (xs may be xf). K, up_off and the row start are
+// multiples of 4 floats. Ends with a barrier.
+__device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mode,
+                          const float* __restrict__ w, float eps, int up_off, int group, float* xf,
+                          float* wf, u16* q, float* sc, float* xs, float* red) {
+  int tid = threadIdx.x, bd = blockDim.x;
+  const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  float ss = 0.f;
+  for (int base = 0; base < K; base += 16 * bd) {
+    float4 a[4], u[4], wv[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      int j = base + 4 * (i * bd + tid);
+      bool ok = j < K;
+      a[i] = ok ? *(const float4*)(xr + j) : z4;
+      u[i] = (ok && in_mode == 2) ? *(const float4*)(xr + j + up_off) : z4;
+      wv[i] = (ok && in_mode == 1) ? *(const float4*)(w + j) : z4;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      int j = base + 4 * (i * bd + tid);
+      if (j >= K) continue;
+      float4 v = a[i];
+      if (in_mode == 2) {
+        v.x = silu(v.x) * u[i].x;
+        v.y = silu(v.y) * u[i].y;
+        v.z = silu(v.z) * u[i].z;
+        v.w = silu(v.w) * u[i].w;
+      }
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      *(float4*)(xf + j) = v;
+      if (in_mode == 1) *(float4*)(wf + j) = wv[i];
+    }
+  }
+  __syncthreads();
+  float rs = 1.f;
+  if (in_mode == 1) rs = rsqrtf(block_sum(ss, red) / (float)K + eps);
+#define ROW_VAL(j) (in_mode == 1 ? xf[j] * rs * wf[j] : xf[j])
+  if (group <= 0) {
+    for (int j = tid; j < kp; j += bd) xs[j] = j < K ? bf2f(f2bf(ROW_VAL(j))) : 0.f;
+    __syncthreads();
+    return;
+  }
+  int ng = (K + group - 1) / group;
+  if (ng == 1) {
+    float am = 0.f;
+    for (int j = tid; j < K; j += bd) am = fmaxf(am, fabsf(ROW_VAL(j)));
+    float s = fmaxf(block_max(am, red) / 448.0f, 1e-12f);
+    for (int j = tid; j < K; j += bd) q[j] = e4m3_f16(f2e4m3(ROW_VAL(j) / s));
+    if (tid == 0) sc[0] = s;
+  } else {
+    int lane = tid & 31, wid = tid >> 5, nw = bd >> 5;
+    for (int g = wid; g < ng; g += nw) {
+      int c0 = g * group, c1 = min(c0 + group, K);
+      float am = 0.f;
+      for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(ROW_VAL(j)));
+      float s = fmaxf(warp_max(am) / 448.0f, 1e-12f);
+      for (int j = c0 + lane; j < c1; j += 32) q[j] = e4m3_f16(f2e4m3(ROW_VAL(j) / s));
+      if (lane == 0) sc[g] = s;
+    }
+  }
+#undef ROW_VAL
+  for (int j = K + tid; j < kp; j += bd) q[j] = 0;
+  __syncthreads();
+}
+
+// One SiLU·up row (a MoE slot's gate|up output) quantized to e4m3 by one warp, the same way:
+// 16-byte loads into the warp's scratch xf [K] first, then the scales and bytes from there.
+__device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, int up_off, int group,
+                                  float* xf, u16* q, float* sc) {
+  int lane = threadIdx.x & 31;
+  const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int base = 0; base < K; base += 8 * 128) {
+    float4 a[8], u[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      int j = base + 4 * (i * 32 + lane);
+      a[i] = j < K ? *(const float4*)(xr + j) : z4;
+      u[i] = j < K ? *(const float4*)(xr + j + up_off) : z4;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      int j = base + 4 * (i * 32 + lane);
+      if (j >= K) continue;
+      *(float4*)(xf + j) = make_float4(silu(a[i].x) * u[i].x, silu(a[i].y) * u[i].y,
+                                       silu(a[i].z) * u[i].z, silu(a[i].w) * u[i].w);
+    }
+  }
+  __syncwarp();
+  for (int c0 = 0, g = 0; c0 < K; c0 += group, g++) {
+    int c1 = min(c0 + group, K);
+    float am = 0.f;
+    for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(xf[j]));
+    float s = fmaxf(warp_max(am) / 448.0f, 1e-12f);
+    for (int j = c0 + lane; j < c1; j += 32) q[j] = e4m3_f16(f2e4m3(xf[j] / s));
+    if (lane == 0) sc[g] = s;
+  }
+  for (int j = K + lane; j < kp; j += 32) q[j] = 0;
+  __syncwarp();
+}
+
+// A lane's weight bytes for FP8V_P K steps from step s, of its two rows (zeros past s1, kp or a
+// missing row).
+template <int P>
+__device__ __forceinline__ void fp8v_load(uint4 (&w0)[P], uint4 (&w1)[P], const u8* row0,
+                                          const u8* row1, bool ok0, bool ok1, int s, int s1,
+                                          int kp) {
+  int tig = threadIdx.x & 3;
+#pragma unroll
+  for (int p = 0; p < P; p++) {
+    int kb = (s + p) * 64 + tig * 16;
+    bool in = s + p < s1 && kb < kp;
+    w0[p] = (ok0 && in) ? ldg_stream(row0 + kb) : make_uint4(0, 0, 0, 0);
+    w1[p] = (ok1 && in) ? ldg_stream(row1 + kb) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// The weight rows a lane reads for the warp's 16 channels from c0 (rows c0 + g and c0 + g + 8 of
+// W, below n_end), the first FP8V_P steps from s0 loaded into w0 / w1.
+struct Fp8vRows {
+  const u8* row0;
+  const u8* row1;
+  bool ok0, ok1;
+  __device__ Fp8vRows(const u8* W, size_t ldw, int c0, int n_end) {
+    int gid = (threadIdx.x & 31) >> 2;
+    ok0 = c0 + gid < n_end;
+    ok1 = c0 + gid + 8 < n_end;
+    row0 = W + (size_t)(ok0 ? c0 + gid : 0) * ldw;
+    row1 = W + (size_t)(ok1 ? c0 + gid + 8 : 0) * ldw;
+  }
+};
+
+// One warp's 16 channels (c0.., rows from `r`) against M <= 8 rows of e4m3 values as f16 (ah,
+// stride kp; scales asc, ng per row) over K steps [s0, s1) of 64 bytes, the first FP8V_P already
+// in w0 / w1. acc gets the mma C fragment (channels c0 + g / c0 + g + 8, rows 2t / 2t + 1): raw
+// sums (smode 1, the caller scales) or with the block scales applied (smode 2: spb steps per scale
+// block, the range aligned to whole blocks). Channels at or past n_end are not scaled.
+template <int P>
+__device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int s0,
+                          int s1, int nsteps, int kp, const u16* ah, const float* asc, int ng, int M,
+                          int n_end, int c0, int smode, const float* sw, int bn_blk, int spb,
+                          float (&acc)[4]) {
+  int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+  float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 4; i++) acc[i] = 0.f;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const u16* brow = ah + (size_t)gid * kp + tig * 16;
+  bool has_b = gid < M;
+  int in_blk = 0;
+  for (int s = s0; s < s1; s += P) {
+    uint4 n0[P], n1[P];
+    bool more = s + P < s1;
+    if (more) fp8v_load<P>(n0, n1, r.row0, r.row1, r.ok0, r.ok1, s + P, s1, kp);
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+      int st = s + p;
+      if (st >= s1) break;
+      int off = st * 64;
+      uint4 x0 = zero, x1 = zero;
+      if (has_b && off + tig * 16 < kp) {
+        x0 = *(const uint4*)(brow + off);
+        x1 = *(const uint4*)(brow + off + 8);
+      }
+      u32 xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+      u32 q0[4] = {w0[p].x, w0[p].y, w0[p].z, w0[p].w};
+      u32 q1[4] = {w1[p].x, w1[p].y, w1[p].z, w1[p].w};
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        u32 a[4] = {e4m3x2_to_f16x2((u16)q0[q]), e4m3x2_to_f16x2((u16)q1[q]),
+                    e4m3x2_to_f16x2((u16)(q0[q] >> 16)), e4m3x2_to_f16x2((u16)(q1[q] >> 16))};
+        u32 b[2] = {xb[2 * q], xb[2 * q + 1]};
+        mma_f16(part, a, b);
+      }
+      if (smode == 2 && (++in_blk == spb || st + 1 == nsteps)) {
+        int kblk = st / spb;
+        in_blk = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
+          float f = (m < M && n < n_end)
+                        ? asc[m * ng + kblk] * sw[(size_t)(n / bn_blk) * ng + kblk]
+                        : 0.f;
+          acc[i] += part[i] * f;
+          part[i] = 0.f;
+        }
+      }
+    }
+    if (more) {
+#pragma unroll
+      for (int p = 0; p < P; p++) {
+        w0[p] = n0[p];
+        w1[p] = n1[p];
+      }
+    }
+  }
+  if (smode != 2) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[i] = part[i];
+  }
+}
+
+// Steps [s0, s1) of warp `si` of S splitting nsteps (whole scale blocks each when smode 2).
+__device__ __forceinline__ void fp8v_slice(int nsteps, int S, int si, int smode, int bk_blk,
+                                           int& s0, int& s1) {
+  int per = (nsteps + S - 1) / S;
+  if (smode == 2) {
+    int spb = bk_blk / 64;
+    per = (per + spb - 1) / spb * spb;
+  }
+  s0 = min(nsteps, si * per);
+  s1 = min(nsteps, s0 + per);
+}
+
+// Dense FP8 GEMV: out[r, c] (= or += by omode 0 / 1) for M <= 8 rows (gathered through `rows`
+// when non-null) prepared by in_mode, plus bias. Grid: N / (16 * 8 / S) blocks of 256 threads; a
+// block's 8 warps are 8 / S channel groups of 16, each group's K split over S warps (few channels,
+// long K: enough blocks to fill the GPU). bk_blk a multiple of 64 (smode 2). Dynamic shared memory:
+// M * kp f16 (rows, 16-byte aligned) + M * ng floats (scales, 4-aligned) + K floats of scratch (2 K
+// for in_mode 1).
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_fp8(const float* __restrict__ x, int ldx, const int* __restrict__ rows, int M, int K,
+             int kp, int in_mode, const float* __restrict__ nw, float eps, int up_off, int group,
+             const u8* __restrict__ W, int ldw, const float* __restrict__ sw, int smode, int bn_blk,
+             int bk_blk, const float* __restrict__ bias, int N, int S, float* __restrict__ out,
+             int ldc, int omode) {
+  PDL_TRIGGER();
+  extern __shared__ __align__(16) u8 fsm[];
+  __shared__ float red[32];
+  __shared__ float4 kred[8][32];
+  int ng = (K + group - 1) / group;
+  u16* aq = (u16*)fsm;
+  float* asc = (float*)(fsm + ((2 * M * kp + 15) & ~15));
+  float* xf = asc + ((M * ng + 3) & ~3);
+  float* wf = xf + K;
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
+  int G = 8 / S, si = warp % S;
+  int c0 = (blockIdx.x * G + warp / S) * 16;
+  int nsteps = (kp + 63) / 64, s0, s1;
+  fp8v_slice(nsteps, S, si, smode, bk_blk, s0, s1);
+  Fp8vRows wr(W, ldw, c0, N);
+  uint4 w0[FP8V_P], w1[FP8V_P];
+  // the weights are constant: in flight before the previous kernel's results are waited for
+  fp8v_load<FP8V_P>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, s0, s1, kp);
+  PDL_WAIT();
+  for (int r = 0; r < M; r++) {
+    const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
+    stage_row(xr, K, kp, in_mode, nw, eps, up_off, group, xf, wf, aq + (size_t)r * kp,
+              asc + r * ng, 0, red);
+  }
+  float acc[4];
+  fp8v_dots<FP8V_P>(w0, w1, wr, s0, s1, nsteps, kp, aq, asc, ng, M, N, c0, smode, sw, bn_blk, bk_blk / 64,
+            acc);
+  if (S > 1) {
+    kred[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    __syncthreads();
+    if (si != 0) return;
+    for (int o = 1; o < S; o++) {
+      float4 t = kred[warp + o][lane];
+      acc[0] += t.x;
+      acc[1] += t.y;
+      acc[2] += t.z;
+      acc[3] += t.w;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
+    if (m >= M || n >= N) continue;
+    float v = acc[i];
+    if (smode == 1) v *= asc[m * ng] * sw[n];
+    if (bias) v += bias[n];
+    float* o = out + (size_t)m * ldc + n;
+    if (omode == 1)
+      *o += v;
+    else
+      *o = v;
+  }
+}
+
+// 8 bf16 of a 16-byte chunk as f32.
+__device__ __forceinline__ void bf16_chunk(uint4 v, float* f) {
+  u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+
+// Dot products of GEMV_CH bf16 weight rows (channels c0.., first `nc` real) with MR staged rows
+// (xs, stride kp), warp-reduced into acc.
+template <int MR>
+__device__ __forceinline__ void bf16_dots(const u8* __restrict__ W, size_t ldw, int c0, int nc,
+                                          const float* xs, int kp, float (&acc)[GEMV_CH][MR]) {
+  constexpr int SLAB = MR >= 3 ? 2 : 4;  // 16-byte chunks per lane and channel in flight
+  int lane = threadIdx.x & 31, nch = kp / 8;
+#pragma unroll
+  for (int ch = 0; ch < GEMV_CH; ch++)
+#pragma unroll
+    for (int r = 0; r < MR; r++) acc[ch][r] = 0.f;
+  for (int s0 = 0; s0 < nch; s0 += 32 * SLAB) {
+    uint4 wv[GEMV_CH][SLAB];
+#pragma unroll
+    for (int ch = 0; ch < GEMV_CH; ch++)
+#pragma unroll
+      for (int j = 0; j < SLAB; j++) {
+        int ci = s0 + j * 32 + lane;
+        wv[ch][j] = (ch < nc && ci < nch) ? ldg_stream(W + (size_t)(c0 + ch) * ldw + ci * 16)
+                                         : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+    for (int j = 0; j < SLAB; j++) {
+      int ci = s0 + j * 32 + lane;
+      if (ci >= nch) continue;
+      float xv[MR][8];
+#pragma unroll
+      for (int r = 0; r < MR; r++) {
+        const float4* p = (const float4*)(xs + (size_t)r * kp + ci * 8);
+        float4 t0 = p[0], t1 = p[1];
+        xv[r][0] = t0.x, xv[r][1] = t0.y, xv[r][2] = t0.z, xv[r][3] = t0.w;
+        xv[r][4] = t1.x, xv[r][5] = t1.y, xv[r][6] = t1.z, xv[r][7] = t1.w;
+      }
+#pragma unroll
+      for (int ch = 0; ch < GEMV_CH; ch++) {
+        float wf[8];
+        bf16_chunk(wv[ch][j], wf);
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+#pragma unroll
+          for (int e = 0; e < 8; e++) acc[ch][r] = fmaf(xv[r][e], wf[e], acc[ch][r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int ch = 0; ch < GEMV_CH; ch++)
+#pragma unroll
+    for (int r = 0; r < MR; r++) acc[ch][r] = warp_sum(acc[ch][r]);
+}
+
+// Dense BF16 GEMV over MR rows (the FP8 kernel's arguments less the quantization's). Grid: N / cpb
+// blocks of 256 threads; dynamic shared memory MR * kp floats (+ K for in_mode 1).
+template <int MR>
+__device__ void gemv_bf16_impl(const float* __restrict__ x, int ldx, const int* __restrict__ rows,
+                               int K, int kp, int in_mode, const float* __restrict__ nw, float eps,
+                               int up_off, const u8* __restrict__ W, int ldw,
+                               const float* __restrict__ bias, int N, int cpb,
+                               float* __restrict__ out, int ldc, int omode) {
+  extern __shared__ __align__(16) float gxs[];
+  __shared__ float red[32];
+  for (int r = 0; r < MR; r++) {
+    const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
+    float* xs = gxs + r * kp;
+    stage_row(xr, K, kp, in_mode, nw, eps, up_off, 0, xs, gxs + MR * kp, 0, 0, xs, red);
+  }
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  int cb = blockIdx.x * cpb, ce = min(N, cb + cpb);
+  for (int c0 = cb + warp * GEMV_CH; c0 < ce; c0 += nwarps * GEMV_CH) {
+    float acc[GEMV_CH][MR];
+    bf16_dots<MR>(W, ldw, c0, min(GEMV_CH, ce - c0), gxs, kp, acc);
+#pragma unroll
+    for (int ch = 0; ch < GEMV_CH; ch++)
+#pragma unroll
+      for (int r = 0; r < MR; r++) {
+        int c = c0 + ch;
+        if (lane != ((ch * MR + r) & 31) || c >= ce) continue;
+        float v = acc[ch][r];
+        if (bias) v += bias[c];
+        float* o = out + (size_t)r * ldc + c;
+        if (omode == 1)
+          *o += v;
+        else
+          *o = v;
+      }
+  }
+}
+
+#define GEMV_BF16_ARGS                                                                        \
+  const float *x, int ldx, const int *rows, int K, int kp, int in_mode, const float *nw,      \
+      float eps, int up_off, const u8 *W, int ldw, const float *bias, int N, int cpb, float *out, \
+      int ldc, int omode
+#define GEMV_BF16_KERNEL(MR)                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) gemv_bf16_##MR(GEMV_BF16_ARGS) {          \
+    PDL_ENTRY();                                                                                \
+    gemv_bf16_impl<MR>(x, ldx, rows, K, kp, in_mode, nw, eps, up_off, W, ldw, bias, N, cpb, out, \
+                       ldc, omode);                                                           \
+  }
+GEMV_BF16_KERNEL(1)
+GEMV_BF16_KERNEL(2)
+GEMV_BF16_KERNEL(3)
+GEMV_BF16_KERNEL(4)
+
+// MoE experts for decode-size batches: one block per (slice of cpb channels, token), warp j on
+// slot j of the token (its j-th routed expert; warp k the shared expert when Wsh is given, with
+// the same shapes and format). No plan, no gathered copy, no combine launch.
+// down 0 (gate|up): the token's normed row x[tok] is staged once for all warps; slot j writes
+//   out[tok * k + j] and the shared expert out[T * k + tok] (row stride ldo).
+// down 1: slot j stages its own row of x (the gate|up output, rows numbered as above) as
+//   SiLU(gate)·x[+up_off]; the block then adds sum_j wts[tok, j] * y_j (+ the shared y) to
+//   out[tok] (moe_combine fused, no atomics: one block owns each output element).
+// FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales; BF16: rows as f32. Dynamic shared
+// memory: the staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K
+// floats of staging scratch per staged row.
+template <bool FP8>
+__device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
+                              const int* __restrict__ ids, const float* __restrict__ wts, int K,
+                              int kp, int up_off, int group, const u8* __restrict__ W,
+                              long long w_gstride, int ldw, const float* __restrict__ sw,
+                              long long sw_gstride, const u8* __restrict__ Wsh,
+                              const float* __restrict__ swsh, int smode, int bn_blk, int bk_blk,
+                              int N, int cpb, float* __restrict__ out, int ldo, int down) {
+  PDL_ENTRY();  // the expert ids come from the previous kernels
+  extern __shared__ __align__(16) u8 msm[];
+  __shared__ float red[32];
+  int tok = blockIdx.y, lane = threadIdx.x & 31, j = threadIdx.x >> 5;
+  int slots = blockDim.x >> 5, nrows = down ? slots : 1;
+  bool shared = Wsh && j == k;
+  int row = shared ? T * k + tok : tok * k + j;
+  int ng = FP8 ? (K + group - 1) / group : 0;
+  size_t row_bytes = FP8 ? kp * 2 : kp * 4;
+  u8* rows_s = msm;
+  float* sc_s = (float*)(msm + ((nrows * row_bytes + 15) & ~(size_t)15));
+  float* part = sc_s + ((nrows * ng + 3) & ~3);
+  float* xf = part + slots * cpb;  // FP8: staging scratch, K floats per staged row
+  const u8* Wj = W;
+  const float* swj = sw;
+  if (shared) {
+    Wj = Wsh;
+    swj = swsh;
+  } else {
+    int e = ids[(size_t)tok * k + j];
+    Wj += (long long)e * w_gstride;
+    if (sw) swj += (long long)e * sw_gstride;
+  }
+  int cb = blockIdx.x * cpb, ce = min(N, cb + cpb);
+  int srow = down ? j : 0;
+  u8* my_row = rows_s + srow * row_bytes;
+  u16* my_q = (u16*)my_row;
+  if (FP8) {
+    int nsteps = (kp + 63) / 64, gid = lane >> 2, tig = lane & 3;
+    uint4 w0[2], w1[2];  // two steps in flight: two blocks of 288 threads fit an SM
+    {
+      Fp8vRows wr(Wj, ldw, cb, ce);
+      fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);  // in flight while staging
+    }
+    if (down)
+      stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
+                        sc_s + j * ng);
+    else
+      stage_row(x + (size_t)tok * ldx, K, kp, 0, 0, 0.f, 0, group, xf, 0, my_q, sc_s, 0, red);
+    const float* my_sc = sc_s + srow * ng;
+    for (int c0 = cb; c0 < ce; c0 += 16) {
+      Fp8vRows wr(Wj, ldw, c0, ce);
+      if (c0 > cb) fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);
+      float acc[4];
+      fp8v_dots<2>(w0, w1, wr, 0, nsteps, nsteps, kp, my_q, my_sc, ng, 1, ce, c0, smode, swj, bn_blk,
+                bk_blk / 64, acc);
+      if (tig != 0) continue;
+#pragma unroll
+      for (int i = 0; i < 4; i += 2) {
+        int n = c0 + gid + (i >= 2 ? 8 : 0);
+        if (n >= ce) continue;
+        float v = acc[i];
+        if (smode == 1) v *= my_sc[0] * swj[n];
+        if (down)
+          part[j * cpb + (n - cb)] = v;
+        else
+          out[(size_t)row * ldo + n] = v;
+      }
+    }
+  } else {
+    float* xs = (float*)my_row;
+    if (down) {
+      const float* xr = x + (size_t)row * ldx;
+      for (int c = lane; c < kp; c += 32)
+        xs[c] = c < K ? bf2f(f2bf(silu(xr[c]) * xr[c + up_off])) : 0.f;
+      __syncwarp();
+    } else {
+      stage_row(x + (size_t)tok * ldx, K, kp, 0, 0, 0.f, 0, 0, xs, 0, 0, 0, xs, red);
+    }
+    for (int c0 = cb; c0 < ce; c0 += GEMV_CH) {
+      float acc[GEMV_CH][1];
+      bf16_dots<1>(Wj, ldw, c0, min(GEMV_CH, ce - c0), xs, kp, acc);
+#pragma unroll
+      for (int ch = 0; ch < GEMV_CH; ch++) {
+        int c = c0 + ch;
+        if (lane != ch || c >= ce) continue;
+        if (down)
+          part[j * cpb + (c - cb)] = acc[ch][0];
+        else
+          out[(size_t)row * ldo + c] = acc[ch][0];
+      }
+    }
+  }
+  if (!down) return;
+  __syncthreads();
+  for (int c = threadIdx.x; c < ce - cb; c += blockDim.x) {
+    float s = 0.f;
+    for (int i = 0; i < k; i++) s += wts[(size_t)tok * k + i] * part[i * cpb + c];
+    if (slots > k) s += part[k * cpb + c];
+    out[(size_t)tok * ldo + cb + c] += s;
+  }
+}
+
+#define MOE_GEMV_THREADS 288
+#define MOE_GEMV_ARGS                                                                          \
+  const float *x, int ldx, int T, int k, const int *ids, const float *wts, int K, int kp,      \
+      int up_off, int group, const u8 *W, long long w_gstride, int ldw, const float *sw,       \
+      long long sw_gstride, const u8 *Wsh, const float *swsh, int smode, int bn_blk, int bk_blk, \
+      int N, int cpb, float *out, int ldo, int down
+#define MOE_GEMV_PASS                                                                        \
+  x, ldx, T, k, ids, wts, K, kp, up_off, group, W, w_gstride, ldw, sw, sw_gstride, Wsh, swsh, \
+      smode, bn_blk, bk_blk, N, cpb, out, ldo, down
+// Two blocks per SM for k = 8 routed + 1 shared (GLM-4.x): 288 threads (the host checks)
+extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8(MOE_GEMV_ARGS) {
+  moe_gemv_impl<true>(MOE_GEMV_PASS);
+}
+extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_bf16(MOE_GEMV_ARGS) {
+  moe_gemv_impl<false>(MOE_GEMV_PASS);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sampling: temperature 0 -> arg-max; otherwise arg-max of logit / T + Gumbel noise (an exact
 // sample from softmax(logit / T)), the noise a counter-based hash of (seed, token). Ties -> lower id.
 // Two kernels: sample_part's grid (rows, SAMPLE_SPLITS) each take a slice of the vocabulary and
@@ -1192,6 +1800,7 @@ extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, 
 #define SAMPLE_SPLITS 64
 extern "C" __global__ void sample_part(const float* logits, int V, int valid, const float* temps,
                                        const u64* seeds, const float* thr, float* pv, int* pi) {
+  PDL_ENTRY();
   __shared__ float sv[32];
   __shared__ int si[32];
   int r = blockIdx.x, sp = blockIdx.y;
@@ -1329,6 +1938,7 @@ __device__ float radix_select(const float* lr, int valid, float lo, float mx, fl
 extern "C" __global__ void sample_thresh(const float* logits, int V, int valid, const float* temps,
                                          const int* top_k, const float* top_p,
                                          const float* min_p_log, float* thr) {
+  PDL_ENTRY();
   __shared__ float hist[THR_WARPS][256];
   __shared__ float total[256];
   __shared__ float red[32];
@@ -1370,6 +1980,7 @@ extern "C" __global__ void sample_thresh(const float* logits, int V, int valid, 
 }
 
 extern "C" __global__ void sample_rows(const float* pv, const int* pi, int valid, int* out) {
+  PDL_ENTRY();
   int r = blockIdx.x, lane = threadIdx.x;
   float bv = NEG_INF;
   int bi = 0x7fffffff;
@@ -1388,21 +1999,25 @@ extern "C" __global__ void sample_rows(const float* pv, const int* pi, int valid
 // ---------------------------------------------------------------------------------------------
 // Dummy weights (`--load-format dummy`), generated on the device from a counter-based hash.
 extern "C" __global__ void fill_fp8(u8* w, u64 n, u64 seed) {
+  PDL_ENTRY();
   for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
     w[i] = f2e4m3((uniform01(seed, i) * 2.f - 1.f) * 448.f);
 }
 
 extern "C" __global__ void fill_bf16(u16* w, u64 n, u64 seed, float amp) {
+  PDL_ENTRY();
   for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
     w[i] = f2bf((uniform01(seed, i) * 2.f - 1.f) * amp);
 }
 
 extern "C" __global__ void fill_f32_rand(float* w, u64 n, u64 seed, float amp) {
+  PDL_ENTRY();
   for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
     w[i] = (uniform01(seed, i) * 2.f - 1.f) * amp;
 }
 
 extern "C" __global__ void fill_f32(float* w, u64 n, float v) {
+  PDL_ENTRY();
   for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
     w[i] = v;
 }

@@ -16,6 +16,7 @@ use super::{
 use crate::config::Glm4MoeConfig;
 use crate::error::{ModelError, Result};
 use crate::gpu::device::{DevBuf, Gpu};
+use crate::gpu::gemv::ActRows;
 use crate::gpu::weights::{GpuLinear, WeightFormat};
 use crate::launch;
 use crate::loader::{ParamSource, WeightLoader};
@@ -212,15 +213,17 @@ impl GpuModel {
             mtp.embed.p(), ws.meta_at(Meta::Tokens), ws.mtp_hidden.p(), ws.mtp_kept.p(),
             ws.mtp_idx.p(), mtp.enorm.p(), mtp.hnorm.p(), c.rms_norm_eps, ws.f1.p(), h as i32)?;
         let ep = &mtp.eh_proj;
-        self.prep_for(ep, ws.f1.p(), 2 * h, 0, t, 2 * h, 0, 0, 0)?;
-        self.gemm(ep, t, None, ws.x.p(), h, 0)?;
+        let a = ActRows::plain(ws.f1.p(), 2 * h, t, 2 * h);
+        self.linear(ep, a, ws.x.p(), h, 0, "MTP projection")?;
         self.decoder_layer(c.num_hidden_layers, &mtp.layer, t, hb.attn_tiles.len() / 2)?;
         let r = logit_rows.len();
         if r > 0 {
             let head = &mtp.head;
             let rows = ws.meta_at(Meta::SampleRows);
-            self.prep_for(head, ws.x.p(), h, rows, r, h, 1, mtp.head_norm.p(), 0)?;
-            self.gemm(head, r, None, ws.logits.p(), c.vocab_size, 0)?;
+            let a = ActRows::plain(ws.x.p(), h, r, h)
+                .gathered(rows)
+                .normed(mtp.head_norm.p(), c.rms_norm_eps);
+            self.linear(head, a, ws.logits.p(), c.vocab_size, 0, "LM head")?;
         }
         self.rows_out(r, greedy)
     }

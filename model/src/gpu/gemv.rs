@@ -1,0 +1,303 @@
+//! GEMVs for decode-size batches (`gemv_*` and `moe_gemv_*` in `kernels.cu`).
+//!
+//! At a few rows the tensor-core GEMM idles most of its tile and needs a `prep_rows` launch before
+//! it (norm, SiLU·up, quantization), and the MoE experts need a plan, a gathered copy and a
+//! combine. These kernels stream each weight once straight into registers and prepare their input
+//! rows themselves: a linear layer is one launch, and a MoE layer's experts (routed and shared,
+//! combine included) are two. The activations are rounded as the GEMM's operands are (e4m3 per
+//! token and K group, or bf16), so the numerics are the tensor-core path's up to the order of f32
+//! sums; `model/tests/gpu.rs` checks both against the same f64 reference. On the H200 they took the
+//! batch-1 decode step from 8.98 to 7.35 ms, at 2.0–2.5 TB/s per FP8 GEMV
+//! (`ops/perf/2026-11-29-gpu-batch1-gemv.md`): the engine's thresholds come from there.
+
+use crate::error::Result;
+use crate::gpu::device::Gpu;
+use crate::gpu::weights::{GpuLinear, WeightFormat};
+use crate::launch;
+
+/// Most rows the dense GEMV takes (FP8 weights; BF16: [`gemv_max_rows`]).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Input rows of a linear layer: `n` rows of `x` (row stride `ldx` floats), gathered through the
+/// row indices at `rows` when non-zero, prepared over `k` columns by `mode`: 0 as they are, 1
+/// RMSNorm with weight `w` and `eps`, 2 SiLU(x)·x[.. + up_off] (gate|up to the down projection).
+#[derive(Clone, Copy, Debug)]
+pub struct ActRows {
+    pub x: u64,
+    pub ldx: usize,
+    pub rows: u64,
+    pub n: usize,
+    pub k: usize,
+    pub mode: i32,
+    pub w: u64,
+    pub eps: f32,
+    pub up_off: usize,
+}
+
+impl ActRows {
+    /// `n` rows of `k` columns, used as they are.
+    pub fn plain(x: u64, ldx: usize, n: usize, k: usize) -> Self {
+        Self {
+            x,
+            ldx,
+            rows: 0,
+            n,
+            k,
+            mode: 0,
+            w: 0,
+            eps: 0.0,
+            up_off: 0,
+        }
+    }
+
+    /// RMSNorm with weight `w` first.
+    pub fn normed(self, w: u64, eps: f32) -> Self {
+        Self {
+            mode: 1,
+            w,
+            eps,
+            ..self
+        }
+    }
+
+    /// SiLU of the first `k` columns times the `k` from `up_off` (gate|up rows).
+    pub fn swiglu(self, up_off: usize) -> Self {
+        Self {
+            mode: 2,
+            up_off,
+            ..self
+        }
+    }
+
+    /// Whether the kernels' 16-byte loads can read these rows: row stride, width and the up
+    /// offset in whole groups of 4 floats.
+    fn aligned(&self) -> bool {
+        self.ldx.is_multiple_of(4) && self.k.is_multiple_of(4) && self.up_off.is_multiple_of(4)
+    }
+
+    /// The rows at the indices in device buffer `rows`.
+    pub fn gathered(self, rows: u64) -> Self {
+        Self { rows, ..self }
+    }
+}
+
+/// Kernel arguments that describe a weight's format: (fp8, smode, bn, bk, activation group: e4m3
+/// scales per that many columns). None when the kernels do not take it: block scales whose K
+/// blocks are not whole 64-byte steps of the FP8 kernel.
+fn format_args(w: &GpuLinear) -> Option<(bool, i32, i32, i32, usize)> {
+    match w.format {
+        WeightFormat::Bf16 => Some((false, 0, 0, 0, 0)),
+        WeightFormat::Fp8Channel => Some((true, 1, 0, 0, w.k)),
+        WeightFormat::Fp8Block { bn, bk } if bk % 64 == 0 => {
+            Some((true, 2, bn as i32, bk as i32, bk))
+        }
+        WeightFormat::Fp8Block { .. } => None,
+    }
+}
+
+/// Bytes of `rows` staged FP8 rows of `kp` columns (e4m3 values as f16) and their scales (per
+/// `group` of `k`), as the kernels lay them out.
+fn fp8_rows_bytes(rows: usize, kp: usize, k: usize, group: usize) -> usize {
+    (2 * rows * kp).div_ceil(16) * 16 + (rows * k.div_ceil(group)).div_ceil(4) * 16
+}
+
+/// Most rows [`gemv_launch`] takes for `w`: 8 for FP8 weights (the tensor-core kernel's N), 4 for
+/// BF16 (its kernels are instantiated for 1..=4 rows).
+pub fn gemv_max_rows(w: &GpuLinear) -> usize {
+    match w.format {
+        WeightFormat::Bf16 => 4,
+        _ => GEMV_MAX_ROWS,
+    }
+}
+
+/// `out[r] (= or += by omode 0 / 1) a[r] · Wᵀ (+ bias)` for the `a.n` rows as one GEMV launch.
+/// Ok(false), launching nothing, when it does not apply: more rows than [`gemv_max_rows`], grouped
+/// weights, a block format it does not take, or rows too long for shared memory.
+pub fn gemv_launch(
+    g: &Gpu,
+    w: &GpuLinear,
+    a: &ActRows,
+    out: u64,
+    ldc: usize,
+    omode: i32,
+) -> Result<bool> {
+    let m = a.n;
+    let Some((fp8, smode, bn, bk, group)) = format_args(w) else {
+        return Ok(false);
+    };
+    if m == 0 || m > gemv_max_rows(w) || w.groups != 1 || a.k != w.k || !a.aligned() {
+        return Ok(false);
+    }
+    // the staged rows, then the staging scratch (the row, and the norm weight for mode 1)
+    let norm = if a.mode == 1 { a.k * 4 } else { 0 };
+    let smem = if fp8 {
+        fp8_rows_bytes(m, w.kp, w.k, group) + a.k * 4 + norm
+    } else {
+        m * w.kp * 4 + norm
+    };
+    if smem > g.gemv_smem {
+        return Ok(false);
+    }
+    let sw = w.scales.as_ref().map_or(0, |s| s.p());
+    let bias = w.bias.as_ref().map_or(0, |s| s.p());
+    let ldw = (w.kp * w.elem_bytes()) as i32;
+    if fp8 {
+        // a block is 8 warps: 8 / S groups of 16 channels, each group's K split over S warps;
+        // the smallest S that still gives about 1.5 blocks per SM
+        let groups = w.n.div_ceil(16);
+        let s = [1usize, 2, 4, 8]
+            .into_iter()
+            .find(|&s| groups.div_ceil(8 / s) * 2 >= 3 * g.sm_count)
+            .unwrap_or(8);
+        let grid = (groups.div_ceil(8 / s) as u32, 1, 1);
+        launch!(g, gemv_fp8, grid, (256, 1, 1), smem;
+            a.x, a.ldx as i32, a.rows, m as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
+            a.up_off as i32, group as i32, w.w.p(), ldw, sw, smode, bn, bk, bias, w.n as i32,
+            s as i32, out, ldc as i32, omode)?;
+        return Ok(true);
+    }
+    // blocks for two per SM (about 100 registers a thread), whole rounds of 8 warps x 4 channels
+    let cpb = w.n.div_ceil(2 * g.sm_count).div_ceil(32).max(1) * 32;
+    let grid = (w.n.div_ceil(cpb) as u32, 1, 1);
+    macro_rules! go {
+        ($f:ident) => {
+            launch!(g, $f, grid, (256, 1, 1), smem;
+                a.x, a.ldx as i32, a.rows, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
+                a.up_off as i32, w.w.p(), ldw, bias, w.n as i32, cpb as i32, out, ldc as i32,
+                omode)
+        };
+    }
+    match m {
+        1 => go!(gemv_bf16_1)?,
+        2 => go!(gemv_bf16_2)?,
+        3 => go!(gemv_bf16_3)?,
+        _ => go!(gemv_bf16_4)?,
+    }
+    Ok(true)
+}
+
+/// Most warps (expert slots) of a `moe_gemv_*` block: `MOE_GEMV_THREADS` / 32 in `kernels.cu`,
+/// whose launch bounds fit two such blocks in an SM; GLM-4.x routes 8 experts, plus 1 shared.
+pub const MOE_MAX_SLOTS: usize = 9;
+
+/// The routed experts of a MoE layer (and its shared expert) for `t` tokens, as two launches.
+pub struct MoeGemv<'a> {
+    pub gate_up: &'a GpuLinear,
+    pub down: &'a GpuLinear,
+    /// The shared expert's gate|up and down, run as one more slot of each token; it must have the
+    /// routed experts' shapes and format (checked: otherwise the launch does not apply).
+    pub shared: Option<(&'a GpuLinear, &'a GpuLinear)>,
+    /// Intermediate width of an expert (the SiLU input's columns).
+    pub inter: usize,
+    /// Experts per token, and the top-k output: `ids`, `wts` [t, k] (device).
+    pub k: usize,
+    pub ids: u64,
+    pub wts: u64,
+}
+
+impl MoeGemv<'_> {
+    /// Whether the kernels take these weights: the same format for every part, and a shared
+    /// expert shaped as a routed one; `k` slots (plus the shared one) of warps in a block, at most
+    /// [`MOE_MAX_SLOTS`].
+    fn applies(&self) -> bool {
+        let same = Self::same_shape;
+        let slots = self.k + usize::from(self.shared.is_some());
+        slots <= MOE_MAX_SLOTS
+            && self.gate_up.format == self.down.format
+            && self.gate_up.bias.is_none()
+            && self.down.bias.is_none()
+            && self.gate_up.parts.len() == 2
+            && self
+                .shared
+                .is_none_or(|(gu, dn)| same(gu, self.gate_up) && same(dn, self.down))
+    }
+
+    /// Whether a shared expert's linear `a` can run as a slot beside the routed experts' `b`.
+    pub fn same_shape(a: &GpuLinear, b: &GpuLinear) -> bool {
+        a.format == b.format && a.n == b.n && a.k == b.k && a.kp == b.kp && a.parts == b.parts
+    }
+
+    /// Rows of the gate|up output buffer the launch writes: `t * k` routed (+ `t` shared).
+    pub fn f1_rows(&self, t: usize) -> usize {
+        t * (self.k + usize::from(self.shared.is_some()))
+    }
+
+    /// `x[tok] += Σ_j wts[tok, j] · expert_j(xn[tok]) (+ shared(xn[tok]))` for `t` tokens: `xn`
+    /// and `x` (the residual stream) [t, ldx] f32, `f1` the gate|up scratch
+    /// ([`MoeGemv::f1_rows`] rows of `gate_up.n`). Ok(false), launching nothing, when the
+    /// kernels do not apply ([`MoeGemv::applies`], shared memory).
+    pub fn launch(&self, g: &Gpu, t: usize, xn: u64, ldx: usize, f1: u64, x: u64) -> Result<bool> {
+        let (gu, dn) = (self.gate_up, self.down);
+        let (Some((fp8, smode, bn, bk, gu_group)), Some((.., dn_group))) =
+            (format_args(gu), format_args(dn))
+        else {
+            return Ok(false);
+        };
+        let aligned = [ldx, gu.k, gu.n, gu.parts[1]]
+            .iter()
+            .all(|v| v.is_multiple_of(4));
+        if t == 0 || !self.applies() || !aligned || dn.k != self.inter {
+            return Ok(false);
+        }
+        let slots = self.k + usize::from(self.shared.is_some());
+        // two blocks per SM (the kernels' launch bounds): channels per block so the blocks of all
+        // tokens are resident at once (whole groups of 16 for FP8)
+        let unit = if fp8 { 16 } else { 4 };
+        let cpb = |n: usize| (n * t).div_ceil(2 * g.sm_count).div_ceil(unit).max(1) * unit;
+        let (cpb_gu, cpb_dn) = (cpb(gu.n), cpb(dn.n));
+        let rows_bytes = |rows: usize, l: &GpuLinear, group: usize| {
+            if fp8 {
+                fp8_rows_bytes(rows, l.kp, l.k, group)
+            } else {
+                rows * l.kp * 4
+            }
+        };
+        // staged rows, the slots' results, then (FP8) K floats of staging scratch per staged row
+        let scratch = |rows: usize, k: usize| if fp8 { rows * k * 4 } else { 0 };
+        let smem_gu = rows_bytes(1, gu, gu_group) + slots * cpb_gu * 4 + scratch(1, gu.k);
+        let smem_dn = rows_bytes(slots, dn, dn_group) + slots * cpb_dn * 4 + scratch(slots, dn.k);
+        if smem_gu.max(smem_dn) > g.gemv_smem {
+            return Ok(false);
+        }
+        let sw = |l: &GpuLinear| l.scales.as_ref().map_or(0, |s| s.p());
+        let (sh_gu, sh_dn) = self.shared.map_or(((0, 0), (0, 0)), |(a, b)| {
+            ((a.w.p(), sw(a)), (b.w.p(), sw(b)))
+        });
+        let block = (32 * slots as u32, 1, 1);
+        let stride = |l: &GpuLinear| {
+            (
+                (l.n * l.kp * l.elem_bytes()) as i64,
+                l.scales_per_group() as i64,
+            )
+        };
+        for (down, l, group, cpb, smem, (wsh, swsh)) in [
+            (0i32, gu, gu_group, cpb_gu, smem_gu, sh_gu),
+            (1i32, dn, dn_group, cpb_dn, smem_dn, sh_dn),
+        ] {
+            let (input, ld_in, k_in, up_off) = if down == 0 {
+                (xn, ldx, gu.k, 0usize)
+            } else {
+                (f1, gu.n, self.inter, gu.parts[1])
+            };
+            let (output, ldo) = if down == 0 { (f1, gu.n) } else { (x, ldx) };
+            let (w_gstride, sw_gstride) = stride(l);
+            let grid = (l.n.div_ceil(cpb) as u32, t as u32, 1);
+            let ldw = (l.kp * l.elem_bytes()) as i32;
+            macro_rules! go {
+                ($f:ident) => {
+                    launch!(g, $f, grid, block, smem;
+                        input, ld_in as i32, t as i32, self.k as i32, self.ids, self.wts,
+                        k_in as i32, l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride,
+                        ldw, sw(l), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32, cpb as i32,
+                        output, ldo as i32, down)
+                };
+            }
+            if fp8 {
+                go!(moe_gemv_fp8)?;
+            } else {
+                go!(moe_gemv_bf16)?;
+            }
+        }
+        Ok(true)
+    }
+}
