@@ -5,9 +5,9 @@
 //! then the dense MLP or the MoE: f32 router, top-k, expert plan, grouped gate|up GEMM,
 //! SiLU·up+quant, grouped down GEMM, shared expert, weighted combine), final norm of the sampled rows,
 //! LM head, and sampling. Decode-size steps fuse more ([`crate::gpu::gemv`]): a one-row linear
-//! layer is one GEMV launch with its norm and quantization, and up to four tokens run their experts
-//! (shared one and combine included) as two launches without the plan. The only host synchronisation is reading the sampled ids (or the logits,
-//! when the host sampler needs them). Shapes depend only on (tokens, sampled rows), so a decode step
+//! layer is one GEMV launch with its norm and quantization, and up to four tokens run their
+//! experts (shared one and combine included) as two launches without the plan. The only host
+//! synchronisation is reading the sampled ids (or the logits, when the host sampler needs them). Shapes depend only on (tokens, sampled rows), so a decode step
 //! of a given batch-size bucket is captured once as a CUDA graph and replayed after copying in that
 //! step's ids, positions, slots and block tables.
 //!
@@ -292,8 +292,9 @@ pub struct GpuModel {
     /// `prep_rows` and the GEMM (run 38: 11.65 against 11.03 ms at batch 2).
     gemv_rows: usize,
     /// Steps of at most this many tokens run the MoE experts as two GEMV launches (no plan, no
-    /// gathered copy, the combine fused; `GLMFLEET_MOE_GEMV_TOKENS`, 0 off). Default 4: at 8
-    /// tokens the grouped GEMM reads each shared expert once and is as fast (run 38).
+    /// gathered copy, the combine fused; `GLMFLEET_MOE_GEMV_TOKENS`, 0 off). Default 4, where run
+    /// 38 measured it (16.44 against 17.87 ms at batch 4); beyond, each token's 9 slots reread
+    /// experts that tokens share, which the grouped GEMM reads once.
     moe_gemv_tokens: usize,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
