@@ -1,7 +1,8 @@
 //! GPU performance of the engine on a full-size config with dummy weights (feature `gpu`):
-//! kernel-level (each GEMM shape of the model at M = 1…8192, grouped expert GEMMs, LM head) against
-//! the weight-read and FP8-peak rooflines, and model-level (decode step at batch 1/16/64/256, eager
-//! and replayed from CUDA graphs; prefill tokens/s at 8k). `ops/perf/gpu.sh` runs it on the H200
+//! kernel-level (each GEMM shape of the model at M = 1…8192 beside cuBLASLt and the decode GEMV,
+//! grouped expert GEMMs, the MoE GEMV, LM head) against the weight-read and FP8-peak rooflines, and
+//! model-level (decode step at batch 1/2/4/8/16/64/256, eager and replayed from CUDA graphs, with
+//! and without the GEMVs up to batch 8; prefill tokens/s at 8k). `ops/perf/gpu.sh` runs it on the H200
 //! together with the PyTorch/cuBLAS counterparts; the notes are in `ops/perf/`.
 //!
 //! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only | --ncu-step B,B,...]

@@ -1271,8 +1271,8 @@ __device__ __forceinline__ u16 e4m3_f16(u8 b) {
 // thread in flight, into shared scratch xf / wf [K]; the norm, the scales and the rounding then run
 // from shared memory (a loop of dependent global loads per pass cost several µs a row). Output:
 // e4m3 values (as f16 bits) q [kp] and one scale per `group` columns in sc, as prep_rows makes
-// them, when group > 0; else f32 rounded to bf16 in xs [kp] (xs may be xf). K, up_off and the row start are
-// multiples of 4 floats. Ends with a barrier.
+// them, when group > 0; else f32 rounded to bf16 in xs [kp] (xs may be xf). K, up_off and the row
+// start are multiples of 4 floats. Ends with a barrier.
 __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mode,
                           const float* __restrict__ w, float eps, int up_off, int group, float* xf,
                           float* wf, u16* q, float* sc, float* xs, float* red) {
@@ -1339,8 +1339,8 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
 
 // One SiLU·up row (a MoE slot's gate|up output) quantized to e4m3 by one warp, the same way:
 // 16-byte loads into the warp's scratch xf [K] first, then the scales and bytes from there.
-__device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, int up_off, int group,
-                                  float* xf, u16* q, float* sc) {
+__device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, int up_off,
+                                  int group, float* xf, u16* q, float* sc) {
   int lane = threadIdx.x & 31;
   const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int base = 0; base < K; base += 8 * 128) {
@@ -1409,8 +1409,8 @@ struct Fp8vRows {
 // sums (smode 1, the caller scales) or with the block scales applied (smode 2: spb steps per scale
 // block, the range aligned to whole blocks). Channels at or past n_end are not scaled.
 template <int P>
-__device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int s0,
-                          int s1, int nsteps, int kp, const u16* ah, const float* asc, int ng, int M,
+__device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int s0, int s1,
+                          int nsteps, int kp, const u16* ah, const float* asc, int ng, int M,
                           int n_end, int c0, int smode, const float* sw, int bn_blk, int spb,
                           float (&acc)[4]) {
   int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
@@ -1522,8 +1522,8 @@ extern "C" __global__ void __launch_bounds__(256)
               asc + r * ng, 0, red);
   }
   float acc[4];
-  fp8v_dots<FP8V_P>(w0, w1, wr, s0, s1, nsteps, kp, aq, asc, ng, M, N, c0, smode, sw, bn_blk, bk_blk / 64,
-            acc);
+  fp8v_dots<FP8V_P>(w0, w1, wr, s0, s1, nsteps, kp, aq, asc, ng, M, N, c0, smode, sw, bn_blk,
+                    bk_blk / 64, acc);
   if (S > 1) {
     kred[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
     __syncthreads();
@@ -1671,9 +1671,9 @@ GEMV_BF16_KERNEL(4)
 // down 1: slot j stages its own row of x (the gate|up output, rows numbered as above) as
 //   SiLU(gate)·x[+up_off]; the block then adds sum_j wts[tok, j] * y_j (+ the shared y) to
 //   out[tok] (moe_combine fused, no atomics: one block owns each output element).
-// FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales; BF16: rows as f32. Dynamic shared
-// memory: the staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K
-// floats of staging scratch per staged row.
+// FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales; BF16: rows as f32.
+// Dynamic shared memory: the staged rows (down ? slots : 1) and their scales, slots * cpb floats,
+// then (FP8) K floats of staging scratch per staged row.
 template <bool FP8>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
@@ -1714,7 +1714,8 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     uint4 w0[2], w1[2];  // two steps in flight: two blocks of 288 threads fit an SM
     {
       Fp8vRows wr(Wj, ldw, cb, ce);
-      fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);  // in flight while staging
+      // in flight while staging
+      fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);
     }
     if (down)
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
@@ -1726,8 +1727,8 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       Fp8vRows wr(Wj, ldw, c0, ce);
       if (c0 > cb) fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);
       float acc[4];
-      fp8v_dots<2>(w0, w1, wr, 0, nsteps, nsteps, kp, my_q, my_sc, ng, 1, ce, c0, smode, swj, bn_blk,
-                bk_blk / 64, acc);
+      fp8v_dots<2>(w0, w1, wr, 0, nsteps, nsteps, kp, my_q, my_sc, ng, 1, ce, c0, smode, swj,
+                   bn_blk, bk_blk / 64, acc);
       if (tig != 0) continue;
 #pragma unroll
       for (int i = 0; i < 4; i += 2) {
