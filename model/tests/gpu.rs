@@ -42,6 +42,24 @@ enum Kind {
     Block(usize, usize),
 }
 
+impl Kind {
+    /// Whether a `k`-wide weight can be made in this format: 128-wide blocks need whole blocks
+    /// past the first.
+    fn fits(&self, k: usize) -> bool {
+        !matches!(self, Kind::Block(128, _)) || k.is_multiple_of(128) || k <= 128
+    }
+}
+
+/// Every weight format the kernels take, by name.
+fn weight_kinds() -> [(&'static str, Kind); 4] {
+    [
+        ("bf16", Kind::Bf16),
+        ("fp8-channel", Kind::Channel),
+        ("fp8-block-128", Kind::Block(128, 128)),
+        ("fp8-block-32", Kind::Block(32, 32)),
+    ]
+}
+
 fn random_linear(rng: &mut rand::rngs::StdRng, kind: &Kind, out: usize, inp: usize) -> Linear<Cpu> {
     let dev = Default::default();
     match kind {
@@ -303,13 +321,7 @@ fn cublaslt_gemm_matches_reference() {
 fn gemm_kernels_match_reference() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let kinds = [
-        ("bf16", Kind::Bf16),
-        ("fp8-channel", Kind::Channel),
-        ("fp8-block-128", Kind::Block(128, 128)),
-        ("fp8-block-32", Kind::Block(32, 32)),
-    ];
-    for (name, kind) in &kinds {
+    for (name, kind) in &weight_kinds() {
         for &(m, n, k) in &[
             (1, 136, 64),
             (5, 256, 200),
@@ -317,7 +329,7 @@ fn gemm_kernels_match_reference() {
             (100, 128, 40),
             (300, 520, 512),
         ] {
-            if matches!(kind, Kind::Block(128, _)) && k % 128 != 0 && k > 128 {
+            if !kind.fits(k) {
                 continue;
             }
             let w = random_linear(&mut rng, kind, n, k);
@@ -364,15 +376,9 @@ fn gemm_kernels_match_reference() {
 fn gemv_kernels_match_reference() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let kinds = [
-        ("bf16", Kind::Bf16),
-        ("fp8-channel", Kind::Channel),
-        ("fp8-block-128", Kind::Block(128, 128)),
-        ("fp8-block-32", Kind::Block(32, 32)),
-    ];
-    for (name, kind) in &kinds {
+    for (name, kind) in &weight_kinds() {
         for &(n, k) in &[(136, 64), (300, 1024), (520, 512), (96, 200)] {
-            if matches!(kind, Kind::Block(128, _)) && k % 128 != 0 && k > 128 {
+            if !kind.fits(k) {
                 continue;
             }
             let mut w = random_linear(&mut rng, kind, n, k);

@@ -145,7 +145,7 @@ impl BlasLt {
             .scales
             .as_ref()
             .map_or(0, |s| s.p() + (gi * w.scales_per_group() * 4) as u64);
-        let bias = w.bias.as_ref().map_or(0, |s| s.p());
+        let bias = w.bias_ptr();
         if in_place && !fp8 && bias == 0 {
             return Ok(());
         }

@@ -175,11 +175,7 @@ impl Gpu {
             &f.gemm_fp8_m16,
             &f.gemm_bf16_m16,
         ] {
-            func.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                gemm_smem(64) as i32,
-            )
-            .map_err(dev_err("raising the GEMM shared-memory limit"))?;
+            raise_smem_limit(func, gemm_smem(64), "raising the GEMM shared-memory limit")?;
         }
         for (func, d) in [
             (&f.attn_d32, 32),
@@ -192,11 +188,11 @@ impl Gpu {
             (&f.attn_f8h_d64, 64),
             (&f.attn_f8h_d128, 128),
         ] {
-            func.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                attn_smem(d) as i32,
-            )
-            .map_err(dev_err("raising the attention shared-memory limit"))?;
+            raise_smem_limit(
+                func,
+                attn_smem(d),
+                "raising the attention shared-memory limit",
+            )?;
         }
         // the GEMV kernels stage their input rows in shared memory: as much as the device allows
         // beside their static shared memory (under 8 KiB)
@@ -215,11 +211,7 @@ impl Gpu {
             &f.moe_gemv_fp8,
             &f.moe_gemv_bf16,
         ] {
-            func.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                gemv_smem as i32,
-            )
-            .map_err(dev_err("raising the GEMV shared-memory limit"))?;
+            raise_smem_limit(func, gemv_smem, "raising the GEMV shared-memory limit")?;
         }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let sm_count = ctx
@@ -346,6 +338,15 @@ impl Gpu {
         }
         Ok(())
     }
+}
+
+/// Lets `func` use `bytes` of dynamic shared memory per block (above the default 48 KiB).
+fn raise_smem_limit(func: &CudaFunction, bytes: usize, what: &'static str) -> Result<()> {
+    func.set_attribute(
+        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(dev_err(what))
 }
 
 /// `dst.copy_from_slice(src)`, over several threads when large: a first write into fresh host

@@ -1473,11 +1473,7 @@ pub fn gemm_launch(
     ldc: usize,
     omode: i32,
 ) -> Result<()> {
-    let (fp8, smode, bn, bk) = match w.format {
-        WeightFormat::Bf16 => (false, 0, 0, 0),
-        WeightFormat::Fp8Channel => (true, 1, 0, 0),
-        WeightFormat::Fp8Block { bn, bk } => (true, 2, bn, bk),
-    };
+    let (fp8, smode, bn, bk) = w.scale_mode();
     let bm = grouped.map_or(if rows <= 128 { 16 } else { 64 }, |g| g.0);
     let n_tiles = w.n.div_ceil(128);
     let m_tiles = grouped.map_or(rows.div_ceil(bm), |g| g.1);
@@ -1501,8 +1497,7 @@ pub fn gemm_launch(
         g.memset0(out, rows * ldc * 4)?;
     }
     let (tiles, ntiles, offsets) = grouped.map_or((0, 0, 0), |g| (g.2, g.3, g.4));
-    let sw = w.scales.as_ref().map_or(0, |s| s.p());
-    let bias = w.bias.as_ref().map_or(0, |s| s.p());
+    let (sw, bias) = (w.scales_ptr(), w.bias_ptr());
     let w_gstride = (w.n * kb) as i64;
     let sw_gstride = w.scales_per_group() as i64;
     let grid = if grouped.is_some() {

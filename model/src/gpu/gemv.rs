@@ -81,18 +81,16 @@ impl ActRows {
     }
 }
 
-/// Kernel arguments that describe a weight's format: (fp8, smode, bn, bk, activation group: e4m3
-/// scales per that many columns). None when the kernels do not take it: block scales whose K
-/// blocks are not whole 64-byte steps of the FP8 kernel.
+/// Kernel arguments that describe a weight's format: [`GpuLinear::scale_mode`] and the activation
+/// group (e4m3 scales per that many columns; 0 for BF16). None when the kernels do not take it:
+/// block scales whose K blocks are not whole 64-byte steps of the FP8 kernel.
 fn format_args(w: &GpuLinear) -> Option<(bool, i32, i32, i32, usize)> {
-    match w.format {
-        WeightFormat::Bf16 => Some((false, 0, 0, 0, 0)),
-        WeightFormat::Fp8Channel => Some((true, 1, 0, 0, w.k)),
-        WeightFormat::Fp8Block { bn, bk } if bk % 64 == 0 => {
-            Some((true, 2, bn as i32, bk as i32, bk))
-        }
-        WeightFormat::Fp8Block { .. } => None,
+    let (fp8, smode, bn, bk) = w.scale_mode();
+    if smode == 2 && !bk.is_multiple_of(64) {
+        return None;
     }
+    let group = if fp8 { w.act_format().1 } else { 0 };
+    Some((fp8, smode, bn as i32, bk as i32, group))
 }
 
 /// Bytes of `rows` staged FP8 rows of `kp` columns (e4m3 values as f16) and their scales (per
@@ -138,8 +136,7 @@ pub fn gemv_launch(
     if smem > g.gemv_smem {
         return Ok(false);
     }
-    let sw = w.scales.as_ref().map_or(0, |s| s.p());
-    let bias = w.bias.as_ref().map_or(0, |s| s.p());
+    let (sw, bias) = (w.scales_ptr(), w.bias_ptr());
     let ldw = (w.kp * w.elem_bytes()) as i32;
     if fp8 {
         // a block is 8 warps: 8 / S groups of 16 channels, each group's K split over S warps;
@@ -259,9 +256,8 @@ impl MoeGemv<'_> {
         if smem_gu.max(smem_dn) > g.gemv_smem {
             return Ok(false);
         }
-        let sw = |l: &GpuLinear| l.scales.as_ref().map_or(0, |s| s.p());
         let (sh_gu, sh_dn) = self.shared.map_or(((0, 0), (0, 0)), |(a, b)| {
-            ((a.w.p(), sw(a)), (b.w.p(), sw(b)))
+            ((a.w.p(), a.scales_ptr()), (b.w.p(), b.scales_ptr()))
         });
         let block = (32 * slots as u32, 1, 1);
         let stride = |l: &GpuLinear| {
@@ -288,7 +284,7 @@ impl MoeGemv<'_> {
                     launch!(g, $f, grid, block, smem;
                         input, ld_in as i32, t as i32, self.k as i32, self.ids, self.wts,
                         k_in as i32, l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride,
-                        ldw, sw(l), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32, cpb as i32,
+                        ldw, l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32, cpb as i32,
                         output, ldo as i32, down)
                 };
             }

@@ -50,6 +50,10 @@ __device__ __forceinline__ u8 f2e4m3(float x) {
   return (u8)(r & 0xff);
 }
 
+// The scale of an e4m3 group whose largest magnitude is `amax` (every quantizing kernel uses it, so
+// the GEMV's activations round exactly as prep_rows' do).
+__device__ __forceinline__ float e4m3_scale(float amax) { return fmaxf(amax / 448.0f, 1e-12f); }
+
 __device__ __forceinline__ float e4m3_to_f(u8 b) {
   u16 in = b;
   u32 h2;
@@ -221,7 +225,7 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
 #pragma unroll 4
     for (int j = threadIdx.x; j < K; j += blockDim.x) am = fmaxf(am, fabsf(PREP_VAL(j)));
     am = block_max(am, sh);
-    float s = fmaxf(am / 448.0f, 1e-12f);
+    float s = e4m3_scale(am);
 #pragma unroll 4
     for (int j = threadIdx.x; j < K; j += blockDim.x) o[j] = f2e4m3(PREP_VAL(j) / s);
     if (threadIdx.x == 0) scales[r] = s;
@@ -234,7 +238,7 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
     float am = 0.f;
     for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(PREP_VAL(j)));
     am = warp_max(am);
-    float s = fmaxf(am / 448.0f, 1e-12f);
+    float s = e4m3_scale(am);
     for (int j = c0 + lane; j < c1; j += 32) o[j] = f2e4m3(PREP_VAL(j) / s);
     if (lane == 0) scales[(size_t)r * ng + g] = s;
   }
@@ -1318,7 +1322,7 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
   if (ng == 1) {
     float am = 0.f;
     for (int j = tid; j < K; j += bd) am = fmaxf(am, fabsf(ROW_VAL(j)));
-    float s = fmaxf(block_max(am, red) / 448.0f, 1e-12f);
+    float s = e4m3_scale(block_max(am, red));
     for (int j = tid; j < K; j += bd) q[j] = e4m3_f16(f2e4m3(ROW_VAL(j) / s));
     if (tid == 0) sc[0] = s;
   } else {
@@ -1327,7 +1331,7 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
       int c0 = g * group, c1 = min(c0 + group, K);
       float am = 0.f;
       for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(ROW_VAL(j)));
-      float s = fmaxf(warp_max(am) / 448.0f, 1e-12f);
+      float s = e4m3_scale(warp_max(am));
       for (int j = c0 + lane; j < c1; j += 32) q[j] = e4m3_f16(f2e4m3(ROW_VAL(j) / s));
       if (lane == 0) sc[g] = s;
     }
@@ -1364,7 +1368,7 @@ __device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, i
     int c1 = min(c0 + group, K);
     float am = 0.f;
     for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(xf[j]));
-    float s = fmaxf(warp_max(am) / 448.0f, 1e-12f);
+    float s = e4m3_scale(warp_max(am));
     for (int j = c0 + lane; j < c1; j += 32) q[j] = e4m3_f16(f2e4m3(xf[j] / s));
     if (lane == 0) sc[g] = s;
   }

@@ -53,6 +53,25 @@ impl GpuLinear {
         }
     }
 
+    /// How the GEMM and GEMV kernels take this weight: (e4m3 bytes, scale mode: 0 none, 1 one per
+    /// output row, 2 one per `[bn, bk]` block; bn, bk).
+    pub fn scale_mode(&self) -> (bool, i32, usize, usize) {
+        match self.format {
+            WeightFormat::Bf16 => (false, 0, 0, 0),
+            WeightFormat::Fp8Channel => (true, 1, 0, 0),
+            WeightFormat::Fp8Block { bn, bk } => (true, 2, bn, bk),
+        }
+    }
+
+    /// Device addresses of the weight scales and of the bias, 0 for none (as kernels take them).
+    pub fn scales_ptr(&self) -> u64 {
+        self.scales.as_ref().map_or(0, |s| s.p())
+    }
+
+    pub fn bias_ptr(&self) -> u64 {
+        self.bias.as_ref().map_or(0, |s| s.p())
+    }
+
     /// `(format code, group)` of the activations this weight multiplies.
     pub fn act_format(&self) -> (i32, usize) {
         match self.format {
