@@ -327,9 +327,9 @@ fn moe_gemv_bench(
             ids: idb.p(),
             wts: wtb.p(),
         };
+        let cfg = moe.config(g, t, h).ok_or("the MoE GEMV does not apply")?;
         let us = time_us(g, 3, 50, || {
-            moe.launch(g, t, xn.p(), h, f1.p(), x.p())?;
-            Ok(())
+            Ok(moe.launch(g, &cfg, t, (xn.p(), h), f1.p(), x.p())?)
         })?;
         let touched = ids.iter().collect::<std::collections::HashSet<_>>().len();
         let read = (t * k + t) as f64 * 3.0 * (h * inter) as f64;

@@ -512,10 +512,9 @@ fn moe_gemv_matches_reference() {
                 ids: idb.p(),
                 wts: wtb.p(),
             };
-            assert!(
-                moe.launch(&g, t, xnb.p(), h, f1.p(), xb.p()).unwrap(),
-                "{name}: applies"
-            );
+            let cfg = moe.config(&g, t, h).expect("the MoE GEMV applies");
+            moe.launch(&g, &cfg, t, (xnb.p(), h), f1.p(), xb.p())
+                .unwrap();
             let mut got = vec![0f32; t * h];
             g.download(xb.p(), &mut got).unwrap();
             let mut want = x0.clone();
@@ -572,14 +571,83 @@ fn moe_topk_matches_host_routing() {
             lb.p(), bb.p(), t as i32, e as i32, k as i32, ng as i32, tg as i32, 1i32, 2.5f32,
             ids.p(), wts.p())
         .unwrap();
-        let mut gi = vec![0i32; t * k];
-        let mut gw = vec![0f32; t * k];
-        g.download(ids.p(), &mut gi).unwrap();
-        g.download(wts.p(), &mut gw).unwrap();
-        let gi: Vec<usize> = gi.into_iter().map(|i| i as usize).collect();
-        assert_eq!(gi, want.experts, "experts, {ng} groups");
-        for (a, b) in gw.iter().zip(&want.weights) {
-            assert!((a - b).abs() < 1e-5, "weights {a} vs {b}");
+        assert_routing(&g, &ids, &wts, &want, &format!("{ng} groups"));
+    }
+}
+
+/// The device's top-k (`ids`, `wts`) equal to the host's: the same experts, weights within 1e-5.
+fn assert_routing(g: &Gpu, ids: &DevBuf, wts: &DevBuf, want: &model::moe::Routing, what: &str) {
+    let n = want.experts.len();
+    let mut gi = vec![0i32; n];
+    let mut gw = vec![0f32; n];
+    g.download(ids.p(), &mut gi).unwrap();
+    g.download(wts.p(), &mut gw).unwrap();
+    let gi: Vec<usize> = gi.into_iter().map(|i| i as usize).collect();
+    assert_eq!(gi, want.experts, "{what}: experts");
+    for (a, b) in gw.iter().zip(&want.weights) {
+        assert!((a - b).abs() < 1e-5, "{what}: weights {a} vs {b}");
+    }
+}
+
+/// `moe_route` (post-attention RMSNorm folded into the router, the normed rows written, then
+/// top-k in the last block) against host routing of the host-normed rows; launched twice per
+/// case, since its block counter must be back at zero for the next launch.
+#[test]
+fn moe_route_matches_host_routing() {
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let mut cfg = model::Glm4MoeConfig::from_dir(&fixture("tiny-a")).unwrap();
+    let (e, k, h, eps) = (128usize, 8usize, 512usize, 1e-5f32);
+    cfg.n_group = 1;
+    cfg.topk_group = 1;
+    cfg.n_routed_experts = e;
+    cfg.num_experts_per_tok = k;
+    cfg.routed_scaling_factor = 2.5;
+    let done = DevBuf::zeros(&g, 4).unwrap();
+    for t in [1usize, 3, 11] {
+        let x: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
+        let nw: Vec<f32> = (0..h).map(|_| rng.gen_range(0.5..1.5)).collect();
+        let gw: Vec<f32> = (0..e * h).map(|_| rng.gen_range(-0.2..0.2)).collect();
+        let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect();
+        let mut logits = vec![0f32; t * e];
+        let mut normed = vec![0f32; t * h];
+        for i in 0..t {
+            let row = &x[i * h..(i + 1) * h];
+            let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / h as f64;
+            let rs = 1.0 / (ms + eps as f64).sqrt();
+            for c in 0..h {
+                normed[i * h + c] = (row[c] as f64 * rs * nw[c] as f64) as f32;
+            }
+            for j in 0..e {
+                let dot: f64 = (0..h)
+                    .map(|c| row[c] as f64 * rs * nw[c] as f64 * gw[j * h + c] as f64)
+                    .sum();
+                logits[i * e + j] = dot as f32;
+            }
+        }
+        let want = model::moe::route(&logits, &bias, &cfg);
+        let bufs = [&x, &nw, &gw, &bias].map(|v| DevBuf::from_host(&g, v).unwrap());
+        let out = DevBuf::zeros(&g, t * e * 4).unwrap();
+        let xn = DevBuf::zeros(&g, t * h * 4).unwrap();
+        for round in 0..2 {
+            let ids = DevBuf::zeros(&g, t * k * 4).unwrap();
+            let wts = DevBuf::zeros(&g, t * k * 4).unwrap();
+            model::launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+                bufs[0].p(), h as i32, bufs[1].p(), eps, xn.p(), bufs[2].p(), out.p(), t as i32,
+                e as i32, h as i32, bufs[3].p(), k as i32, 1i32, 1i32, 1i32, 2.5f32, ids.p(),
+                wts.p(), done.p())
+            .unwrap();
+            assert_routing(
+                &g,
+                &ids,
+                &wts,
+                &want,
+                &format!("{t} tokens, launch {round}"),
+            );
+            let mut got = vec![0f32; t * h];
+            g.download(xn.p(), &mut got).unwrap();
+            let err = rel_l2(&got, &normed);
+            assert!(err < 1e-6, "{t} tokens: normed rows, rel L2 {err:e}");
         }
     }
 }

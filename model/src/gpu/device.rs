@@ -45,16 +45,17 @@ funcs!(
     attn_d32,
     attn_d64,
     attn_d128,
+    attn_combine,
     attn_f8_d32,
     attn_f8_d64,
     attn_f8_d128,
     attn_f8h_d32,
     attn_f8h_d64,
     attn_f8h_d128,
-    attn_combine,
     router_logits,
     router_gemm,
     moe_topk,
+    moe_route,
     moe_plan,
     moe_combine,
     gemv_fp8,
@@ -98,13 +99,19 @@ pub struct Gpu {
     pub sm_count: usize,
     /// Dynamic shared memory the GEMV kernels may use per block (bytes).
     pub gemv_smem: usize,
-    /// Kernels are launched with programmatic dependent launch (sm_90 and newer; see `PDL_ENTRY`
-    /// in kernels.cu): a kernel is scheduled while the previous one finishes. Off unless
-    /// `GLMFLEET_PDL=1`: on the H200 (runs 40/41, same machine) it made eager steps faster (MTP
-    /// verify at batch 1: 10.1 against 10.9 ms; eager decode at batch 8: 21.0 against 22.1) and
-    /// replayed graphs slower (decode at batch 1: 7.65 against 7.35 ms), and decode runs from
-    /// graphs.
+    /// Shared memory of one SM (bytes): how many GEMV blocks are resident at once.
+    pub smem_per_sm: usize,
+    /// Kernels launched eagerly use programmatic dependent launch (sm_90 and newer; see
+    /// `PDL_ENTRY` in kernels.cu): a kernel is scheduled while the previous one finishes. On the
+    /// H200 (runs 40/41, same machine) it made eager steps faster (MTP verify at batch 1: 10.1
+    /// against 10.9 ms; eager decode at batch 8: 21.0 against 22.1) and replayed graphs slower
+    /// (decode at batch 1: 7.65 against 7.35 ms), so launches being captured into a graph
+    /// ([`Gpu::set_capturing`]) go without it. `GLMFLEET_PDL=0` turns it off, `GLMFLEET_PDL=2`
+    /// uses it in graphs too (`pdl_graphs`).
     pub pdl: bool,
+    pub pdl_graphs: bool,
+    /// Set while a graph is being captured on our stream: launches then go without PDL.
+    capturing: std::sync::atomic::AtomicBool,
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
     /// first use; `None` inside when the allocation failed (copies then go pageable).
     staging: Mutex<Option<Option<PinnedHostSlice<u8>>>>,
@@ -202,6 +209,12 @@ impl Gpu {
             )
             .map_err(dev_err("reading the shared-memory limit"))? as usize;
         let gemv_smem = smem_optin.saturating_sub(8192);
+        let pdl_env = std::env::var("GLMFLEET_PDL").unwrap_or_default();
+        let smem_per_sm =
+            ctx.attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            )
+            .map_err(dev_err("reading the shared memory of an SM"))? as usize;
         for func in [
             &f.gemv_fp8,
             &f.gemv_bf16_1,
@@ -224,13 +237,32 @@ impl Gpu {
             name,
             sm_count,
             gemv_smem,
-            pdl: major >= 9 && std::env::var("GLMFLEET_PDL").is_ok_and(|v| v == "1"),
+            smem_per_sm,
+            pdl: major >= 9 && pdl_env != "0",
+            pdl_graphs: major >= 9 && pdl_env == "2",
+            capturing: std::sync::atomic::AtomicBool::new(false),
             staging: Mutex::new(None),
         }))
     }
 
+    /// Marks a graph capture on our stream as begun or ended (launches inside go without PDL).
+    pub fn set_capturing(&self, on: bool) {
+        self.capturing
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many blocks of `threads` threads using `smem` bytes of shared memory (dynamic and
+    /// static) an SM holds by shared memory and threads, at most `max` (the kernel's launch
+    /// bounds); the driver reserves 1 KiB of each block's.
+    pub fn blocks_per_sm(&self, smem: usize, threads: usize, max: usize) -> usize {
+        (self.smem_per_sm / (smem + 1024))
+            .min(2048 / threads)
+            .min(max)
+    }
+
     /// Launches `f` on our stream with `params` (pointers to each argument's value), with the
-    /// programmatic-dependent-launch attribute when [`Gpu::pdl`] (use [`launch!`]).
+    /// programmatic-dependent-launch attribute when [`Gpu::pdl`] and no graph is being captured
+    /// (use [`launch!`]).
     ///
     /// # Safety
     /// `params` must match the kernel's parameters in number, order and types.
@@ -257,7 +289,11 @@ impl Gpu {
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: u32::from(self.pdl),
+            numAttrs: u32::from(
+                self.pdl
+                    && (self.pdl_graphs
+                        || !self.capturing.load(std::sync::atomic::Ordering::Relaxed)),
+            ),
         };
         // SAFETY: the caller vouches for `params`; the config outlives the call
         unsafe {

@@ -131,6 +131,8 @@ struct Workspace {
     meta: DevBuf,
     /// Key-split partial results of attention: `[tiles, kv heads, splits, 64, head_dim + 2]`.
     attn_part: DevBuf,
+    /// i32 per (tile, kv head): split blocks of attention done (zero between launches).
+    attn_done: DevBuf,
     temps: DevBuf,
     seeds: DevBuf,
     /// Truncation parameters per row: top-k (i32), top-p, min-p (f32), `r_cap` each.
@@ -156,6 +158,8 @@ struct Workspace {
     inv: DevBuf,
     tiles: DevBuf,
     ntiles: DevBuf,
+    /// i32: `moe_route`'s count of finished blocks (zero between launches).
+    route_done: DevBuf,
     logits: DevBuf,
     /// f32 `[tokens, hidden]`: final-normed hidden states of the last verify step (MTP input).
     mtp_hidden: DevBuf,
@@ -769,10 +773,12 @@ impl GpuModel {
                     .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .map_err(dev_err("begin graph capture"))?;
                 self.capturing.set(true);
+                self.g.set_capturing(true);
                 let run = self
                     .forward(bucket, bucket, bucket)
                     .and_then(|_| self.sample(bucket, trunc));
                 self.capturing.set(false);
+                self.g.set_capturing(false);
                 let graph = self
                     .g
                     .stream
@@ -1104,6 +1110,10 @@ impl GpuModel {
         let tiles = tiles.min(t);
         let splits = ws.attn_splits(tiles, nkv, g.sm_count);
         let part = if splits > 1 { ws.attn_part.p() } else { 0 };
+        // one-row tiles (decode): the attention kernel's last split block merges the splits
+        // (batch 1: 6.66 against 6.77 ms a step, runs 44/46); several rows: attn_combine
+        let fused = splits > 1 && tiles == t;
+        let done = if fused { ws.attn_done.p() } else { 0 };
         let grid = (tiles as u32, nkv as u32, splits as u32);
         macro_rules! attn {
             ($f:ident) => {
@@ -1111,7 +1121,7 @@ impl GpuModel {
                     ws.q.p(), kc.p(), vc.p(), ws.meta_at(Meta::AttnTiles),
                     ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
                     ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
-                    self.opts.block_size as i32, ws.o.p(), part, nh as i32, nkv as i32,
+                    self.opts.block_size as i32, ws.o.p(), part, done, nh as i32, nkv as i32,
                     (d as f32).powf(-0.5))
             };
         }
@@ -1126,7 +1136,7 @@ impl GpuModel {
             (64, true, true) => attn!(attn_f8h_d64)?,
             (_, true, true) => attn!(attn_f8h_d128)?,
         }
-        if splits > 1 {
+        if splits > 1 && !fused {
             // a tile holds at most 64 (row, head) pairs: 8 blocks of 8 warps
             launch!(g, attn_combine, (tiles as u32, nkv as u32, 8), (256, 1, 1), 0;
                 part, ws.meta_at(Meta::AttnTiles), ws.meta_at(Meta::AttnTileCount),
@@ -1154,16 +1164,20 @@ impl GpuModel {
         let c = &self.config;
         let (g, ws) = (&*self.g, &self.ws);
         let (h, e, k) = (c.hidden_size, c.n_routed_experts, c.num_experts_per_tok);
+        let route = |xn: u64| -> Result<()> {
+            router_launch(g, xn, gate.p(), ws.router.p(), t, e, h)?;
+            launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+                ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
+                c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
+                ws.ids.p(), ws.wts.p())
+        };
         // f32 normed input for the router (and, quantized, for the experts)
-        launch!(g, prep_rows, (t as u32, 1, 1), (prep_threads(t), 1, 1), 0;
-            ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
-            FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
-        self.mark("norm/quant")?;
-        router_launch(g, ws.xn.p(), gate.p(), ws.router.p(), t, e, h)?;
-        launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
-            ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
-            c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
-            ws.ids.p(), ws.wts.p())?;
+        let post_norm = || -> Result<()> {
+            launch!(g, prep_rows, (t as u32, 1, 1), (prep_threads(t), 1, 1), 0;
+                ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
+                FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
+            self.mark("norm/quant")
+        };
         if t <= self.moe_gemv_tokens {
             // the shared expert runs as one more slot when it is shaped as a routed one
             let fused = MoeGemv::same_shape(shared_gu, experts_gu)
@@ -1178,8 +1192,23 @@ impl GpuModel {
                 wts: ws.wts.p(),
             };
             let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
-            self.mark("MoE routing")?;
-            if fits && experts.launch(g, t, ws.xn.p(), h, ws.f1.p(), ws.x.p())? {
+            if let Some(cfg) = experts.config(g, t, h).filter(|_| fits) {
+                let (f1, x) = (ws.f1.p(), ws.x.p());
+                if fused && t <= MOE_ROUTE_MAX_TOKENS {
+                    // one launch for the norm, the router and top-k
+                    launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+                        x, h as i32, layer.post_norm.p(), c.rms_norm_eps, ws.xn.p(), gate.p(),
+                        ws.router.p(), t as i32, e as i32, h as i32, bias.p(), k as i32,
+                        c.n_group as i32, c.topk_group as i32, i32::from(c.norm_topk_prob),
+                        c.routed_scaling_factor, ws.ids.p(), ws.wts.p(), ws.route_done.p())?;
+                    self.mark("MoE routing")?;
+                    experts.launch(g, &cfg, t, (ws.xn.p(), h), f1, x)?;
+                    return self.mark("expert GEMMs");
+                }
+                post_norm()?;
+                route(ws.xn.p())?;
+                self.mark("MoE routing")?;
+                experts.launch(g, &cfg, t, (ws.xn.p(), h), f1, x)?;
                 self.mark("expert GEMMs")?;
                 if !fused {
                     let a = ActRows::plain(ws.xn.p(), h, t, h);
@@ -1190,6 +1219,8 @@ impl GpuModel {
                 return Ok(());
             }
         }
+        post_norm()?;
+        route(ws.xn.p())?;
         let a = t * k;
         let bm = if a >= 32 * e { 64 } else { 16 };
         let max_tiles = a.div_ceil(bm) + e;
@@ -1393,6 +1424,10 @@ struct Grouped<'a> {
 /// 0.02 ms at 64 tokens and 0.06 ms at 256 (H200, ops/perf/2026-11-29-gpu-mtp.md): they cross near
 /// 1,000 tokens.
 pub const ROUTER_GEMM_MIN_TOKENS: usize = 1024;
+
+/// Most tokens routed by `moe_route` (the norm, router and top-k of a decode-size step in one
+/// launch; each of its blocks reads every token's row).
+pub const MOE_ROUTE_MAX_TOKENS: usize = 32;
 
 /// `out [t, e] = xn [t, h] · gate [e, h]ᵀ` in f32 (`h` a multiple of 4).
 pub fn router_launch(
@@ -1603,6 +1638,7 @@ impl Workspace {
             blocks_per_seq,
             meta: z(meta_ints * 4)?,
             attn_part: z(ATTN_PART_ITEMS * 64 * (c.head_dim + 2) * 4)?,
+            attn_done: z(ATTN_PART_ITEMS * 4)?,
             temps: z(r_cap * 4)?,
             seeds: z(r_cap * 8)?,
             trunc: z(r_cap * 12)?,
@@ -1626,6 +1662,7 @@ impl Workspace {
             inv: z(a_cap * 4)?,
             tiles: z(2 * (a_cap.div_ceil(16) + e) * 4)?,
             ntiles: z(4)?,
+            route_done: z(4)?,
             logits: z(r_cap * c.vocab_size * 4)?,
             mtp_hidden: z(mtp_rows * h * 4)?,
             mtp_kept: z(kept_rows * h * 4)?,
@@ -1637,6 +1674,7 @@ impl Workspace {
         [
             &self.meta,
             &self.attn_part,
+            &self.attn_done,
             &self.temps,
             &self.seeds,
             &self.sampled,
@@ -1658,6 +1696,7 @@ impl Workspace {
             &self.inv,
             &self.tiles,
             &self.ntiles,
+            &self.route_done,
             &self.logits,
             &self.mtp_hidden,
             &self.mtp_kept,

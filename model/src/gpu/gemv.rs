@@ -2,13 +2,15 @@
 //!
 //! At a few rows the tensor-core GEMM idles most of its tile and needs a `prep_rows` launch before
 //! it (norm, SiLU·up, quantization), and the MoE experts need a plan, a gathered copy and a
-//! combine. These kernels stream each weight once straight into registers and prepare their input
-//! rows themselves: a linear layer is one launch, and a MoE layer's experts (routed and shared,
-//! combine included) are two. The activations are rounded as the GEMM's operands are (e4m3 per
+//! combine. These kernels stream each weight once (FP8: through a cp.async ring per warp whose
+//! copies read whole 128-byte lines of rows; BF16: into registers) and prepare their input rows
+//! themselves: a linear layer is one launch, and a MoE layer's experts (routed and shared, combine
+//! included) are two. The activations are rounded as the GEMM's operands are (e4m3 per
 //! token and K group, or bf16), so the numerics are the tensor-core path's up to the order of f32
 //! sums; `model/tests/gpu.rs` checks both against the same f64 reference. On the H200 they took the
-//! batch-1 decode step from 8.98 to 7.35 ms, at 2.0–2.5 TB/s per FP8 GEMV
-//! (`ops/perf/2026-11-29-gpu-batch1-gemv.md`): the engine's thresholds come from there.
+//! batch-1 decode step from 8.98 to 7.35 ms (`ops/perf/2026-11-29-gpu-batch1-gemv.md`: the engine's
+//! thresholds come from there), and the copy ring reading whole lines of rows took it to 6.8 ms,
+//! the in-model FP8 GEMVs from 1.7–2.0 to 2.0–2.7 TB/s (`ops/perf/2026-11-29-gpu-batch1-ring.md`).
 
 use crate::error::Result;
 use crate::gpu::device::Gpu;
@@ -17,6 +19,16 @@ use crate::launch;
 
 /// Most rows the dense GEMV takes (FP8 weights; BF16: [`gemv_max_rows`]).
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Shared memory of one warp's FP8 weight ring in `gemv_fp8` (`GEMV_D` slots of 16 rows ×
+/// `GEMV_W` bytes in `kernels.cu`).
+const GEMV_RING_BYTES: usize = 4 * 16 * 128;
+
+/// The same for `moe_gemv_fp8` (`MOE_GEMV_D` slots of 16 rows × `MOE_GEMV_W` bytes).
+const MOE_RING_BYTES: usize = 4 * 16 * 128;
+
+/// Static shared memory of `gemv_fp8` (its reduction scratch), counted for residency.
+const GEMV_FP8_STATIC_SMEM: usize = 4096 + 128;
 
 /// Input rows of a linear layer: `n` rows of `x` (row stride `ldx` floats), gathered through the
 /// row indices at `rows` when non-zero, prepared over `k` columns by `mode`: 0 as they are, 1
@@ -126,10 +138,11 @@ pub fn gemv_launch(
     if m == 0 || m > gemv_max_rows(w) || w.groups != 1 || a.k != w.k || !a.aligned() {
         return Ok(false);
     }
-    // the staged rows, then the staging scratch (the row, and the norm weight for mode 1)
+    // the staged rows, then the staging scratch (the row, and the norm weight for mode 1); FP8:
+    // the 8 warps' weight rings first
     let norm = if a.mode == 1 { a.k * 4 } else { 0 };
     let smem = if fp8 {
-        fp8_rows_bytes(m, w.kp, w.k, group) + a.k * 4 + norm
+        8 * GEMV_RING_BYTES + fp8_rows_bytes(m, w.kp, w.k, group) + a.k * 4 + norm
     } else {
         m * w.kp * 4 + norm
     };
@@ -139,14 +152,24 @@ pub fn gemv_launch(
     let (sw, bias) = (w.scales_ptr(), w.bias_ptr());
     let ldw = (w.kp * w.elem_bytes()) as i32;
     if fp8 {
-        // a block is 8 warps: 8 / S groups of 16 channels, each group's K split over S warps;
-        // the smallest S that still gives about 1.5 blocks per SM
+        // a block is 8 warps: 8 / S groups of 16 channels (a chunk), each group's K split over S
+        // warps. No more blocks than are resident at once: a block takes every grid-th chunk, its
+        // rings streaming on from one to the next. S evens out the chunks over the resident
+        // blocks (the largest share of chunks by the fewest; ties to the smaller S).
         let groups = w.n.div_ceil(16);
-        let s = [1usize, 2, 4, 8]
-            .into_iter()
-            .find(|&s| groups.div_ceil(8 / s) * 2 >= 3 * g.sm_count)
-            .unwrap_or(8);
-        let grid = (groups.div_ceil(8 / s) as u32, 1, 1);
+        let resident = (g.blocks_per_sm(smem + GEMV_FP8_STATIC_SMEM, 256, 2) * g.sm_count).max(1);
+        let share = |s: usize| {
+            let chunks = groups.div_ceil(8 / s);
+            chunks as f64 / (chunks.div_ceil(resident) * resident) as f64
+        };
+        let s = [1usize, 2, 4, 8].into_iter().fold(1, |best, s| {
+            if share(s) > share(best) + 1e-9 {
+                s
+            } else {
+                best
+            }
+        });
+        let grid = (groups.div_ceil(8 / s).min(resident) as u32, 1, 1);
         launch!(g, gemv_fp8, grid, (256, 1, 1), smem;
             a.x, a.ldx as i32, a.rows, m as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
             a.up_off as i32, group as i32, w.w.p(), ldw, sw, smode, bn, bk, bias, w.n as i32,
@@ -172,6 +195,9 @@ pub fn gemv_launch(
     }
     Ok(true)
 }
+
+/// Static shared memory of `moe_gemv_*` (reduction scratch), counted for residency.
+const MOE_GEMV_STATIC_SMEM: usize = 128;
 
 /// Most warps (expert slots) of a `moe_gemv_*` block: `MOE_GEMV_THREADS` / 32 in `kernels.cu`,
 /// whose launch bounds fit two such blocks in an SM; GLM-4.x routes 8 experts, plus 1 shared.
@@ -219,29 +245,19 @@ impl MoeGemv<'_> {
         t * (self.k + usize::from(self.shared.is_some()))
     }
 
-    /// `x[tok] += Σ_j wts[tok, j] · expert_j(xn[tok]) (+ shared(xn[tok]))` for `t` tokens: `xn`
-    /// and `x` (the residual stream) [t, ldx] f32, `f1` the gate|up scratch
-    /// ([`MoeGemv::f1_rows`] rows of `gate_up.n`). Ok(false), launching nothing, when the
-    /// kernels do not apply ([`MoeGemv::applies`], shared memory).
-    pub fn launch(&self, g: &Gpu, t: usize, xn: u64, ldx: usize, f1: u64, x: u64) -> Result<bool> {
+    /// The launch configuration for `t` tokens whose rows have stride `ldx`: None when the
+    /// kernels do not apply ([`MoeGemv::applies`], alignment, shared memory).
+    pub fn config(&self, g: &Gpu, t: usize, ldx: usize) -> Option<MoeGemvConfig> {
         let (gu, dn) = (self.gate_up, self.down);
-        let (Some((fp8, smode, bn, bk, gu_group)), Some((.., dn_group))) =
-            (format_args(gu), format_args(dn))
-        else {
-            return Ok(false);
-        };
+        let ((fp8, smode, bn, bk, gu_group), (.., dn_group)) = (format_args(gu)?, format_args(dn)?);
         let aligned = [ldx, gu.k, gu.n, gu.parts[1]]
             .iter()
             .all(|v| v.is_multiple_of(4));
         if t == 0 || !self.applies() || !aligned || dn.k != self.inter {
-            return Ok(false);
+            return None;
         }
         let slots = self.k + usize::from(self.shared.is_some());
-        // two blocks per SM (the kernels' launch bounds): channels per block so the blocks of all
-        // tokens are resident at once (whole groups of 16 for FP8)
         let unit = if fp8 { 16 } else { 4 };
-        let cpb = |n: usize| (n * t).div_ceil(2 * g.sm_count).div_ceil(unit).max(1) * unit;
-        let (cpb_gu, cpb_dn) = (cpb(gu.n), cpb(dn.n));
         let rows_bytes = |rows: usize, l: &GpuLinear, group: usize| {
             if fp8 {
                 fp8_rows_bytes(rows, l.kp, l.k, group)
@@ -249,13 +265,51 @@ impl MoeGemv<'_> {
                 rows * l.kp * 4
             }
         };
-        // staged rows, the slots' results, then (FP8) K floats of staging scratch per staged row
-        let scratch = |rows: usize, k: usize| if fp8 { rows * k * 4 } else { 0 };
-        let smem_gu = rows_bytes(1, gu, gu_group) + slots * cpb_gu * 4 + scratch(1, gu.k);
-        let smem_dn = rows_bytes(slots, dn, dn_group) + slots * cpb_dn * 4 + scratch(slots, dn.k);
-        if smem_gu.max(smem_dn) > g.gemv_smem {
-            return Ok(false);
-        }
+        // (FP8) the slots' weight rings, the staged rows, the slots' results, then (FP8) K floats
+        // of staging scratch per staged row
+        let smem = |rows: usize, l: &GpuLinear, group: usize, cpb: usize| {
+            let (ring, scratch) = if fp8 {
+                (slots * MOE_RING_BYTES, rows * l.k * 4)
+            } else {
+                (0, 0)
+            };
+            ring + rows_bytes(rows, l, group) + slots * cpb * 4 + scratch
+        };
+        // channels per block so the blocks of all tokens are resident at once: two blocks per SM
+        // (the kernels' launch bounds) where shared memory allows, else one (whole groups of 16
+        // for FP8)
+        let fit = |rows: usize, l: &GpuLinear, group: usize| {
+            [2usize, 1].into_iter().find_map(|bps| {
+                let cpb = (l.n * t).div_ceil(bps * g.sm_count).div_ceil(unit).max(1) * unit;
+                let bytes = smem(rows, l, group, cpb);
+                let fits = bytes <= g.gemv_smem
+                    && g.blocks_per_sm(bytes + MOE_GEMV_STATIC_SMEM, 32 * slots, 2) >= bps;
+                fits.then_some((group, cpb, bytes))
+            })
+        };
+        Some(MoeGemvConfig {
+            fp8,
+            smode,
+            bn,
+            bk,
+            parts: [fit(1, gu, gu_group)?, fit(slots, dn, dn_group)?],
+        })
+    }
+
+    /// `x[tok] += Σ_j wts[tok, j] · expert_j(xn[tok]) (+ shared(xn[tok]))` for `t` tokens with
+    /// `cfg` from [`MoeGemv::config`]: `xn` and `x` (the residual stream) [t, ldx] f32, `f1` the
+    /// gate|up scratch ([`MoeGemv::f1_rows`] rows of `gate_up.n`).
+    pub fn launch(
+        &self,
+        g: &Gpu,
+        cfg: &MoeGemvConfig,
+        t: usize,
+        (xn, ldx): (u64, usize),
+        f1: u64,
+        x: u64,
+    ) -> Result<()> {
+        let (gu, dn) = (self.gate_up, self.down);
+        let slots = self.k + usize::from(self.shared.is_some());
         let (sh_gu, sh_dn) = self.shared.map_or(((0, 0), (0, 0)), |(a, b)| {
             ((a.w.p(), a.scales_ptr()), (b.w.p(), b.scales_ptr()))
         });
@@ -266,9 +320,10 @@ impl MoeGemv<'_> {
                 l.scales_per_group() as i64,
             )
         };
-        for (down, l, group, cpb, smem, (wsh, swsh)) in [
-            (0i32, gu, gu_group, cpb_gu, smem_gu, sh_gu),
-            (1i32, dn, dn_group, cpb_dn, smem_dn, sh_dn),
+        let (smode, bn, bk) = (cfg.smode, cfg.bn, cfg.bk);
+        for (down, l, (group, cpb, smem), (wsh, swsh)) in [
+            (0i32, gu, cfg.parts[0], sh_gu),
+            (1i32, dn, cfg.parts[1], sh_dn),
         ] {
             let (input, ld_in, k_in, up_off) = if down == 0 {
                 (xn, ldx, gu.k, 0usize)
@@ -284,16 +339,26 @@ impl MoeGemv<'_> {
                     launch!(g, $f, grid, block, smem;
                         input, ld_in as i32, t as i32, self.k as i32, self.ids, self.wts,
                         k_in as i32, l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride,
-                        ldw, l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32, cpb as i32,
-                        output, ldo as i32, down)
+                        ldw, l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32,
+                        cpb as i32, output, ldo as i32, down)
                 };
             }
-            if fp8 {
+            if cfg.fp8 {
                 go!(moe_gemv_fp8)?;
             } else {
                 go!(moe_gemv_bf16)?;
             }
         }
-        Ok(true)
+        Ok(())
     }
+}
+
+/// How [`MoeGemv::launch`] runs: the format's kernel arguments, and per kernel (gate|up, down) the
+/// activation group, channels per block and dynamic shared memory.
+pub struct MoeGemvConfig {
+    fp8: bool,
+    smode: i32,
+    bn: i32,
+    bk: i32,
+    parts: [(usize, usize, usize); 2],
 }

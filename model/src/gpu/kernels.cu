@@ -259,6 +259,13 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
 #define BKB 128
 #define RS (BKB + 16)
 
+// A float read through L2 (not L1: it may have been written by another block of this kernel).
+__device__ __forceinline__ float ld_cg(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 a;
   asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -602,6 +609,35 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
   }
 }
 
+// Merges the key splits of attn_* for (row, head) pair m of a (tile, kv head) whose splits are at
+// pb: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s, by one warp: its lanes first hold the
+// splits' (m, l) (nsplit <= 32), then 128 head dims at a time (4 per lane) with every split's loads
+// in flight together (nsplit <= 16). Read through L2: the splits were written by other blocks.
+__device__ void attn_merge(const float* pb, int m, int nsplit, int D, float* o) {
+  int lane = threadIdx.x & 31;
+  const float* e = pb + ((size_t)lane * 64 + m) * (D + 2);
+  float ms = lane < nsplit ? ld_cg(e + D) : NEG_INF;
+  float ls = lane < nsplit ? ld_cg(e + D + 1) : 0.f;
+  float mx = warp_max(ms);
+  float f = ms == NEG_INF ? 0.f : __expf(ms - mx);
+  float L = warp_sum(ls * f);
+  for (int d0 = 0; d0 < D; d0 += 128) {
+    float a[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int sp = 0; sp < 16; sp++) {
+      float fs = __shfl_sync(0xffffffffu, f, sp);
+      if (sp >= nsplit) continue;
+      const float* src = pb + ((size_t)sp * 64 + m) * (D + 2) + d0;
+#pragma unroll
+      for (int q = 0; q < 4; q++)
+        if (d0 + lane + 32 * q < D) a[q] += fs * ld_cg(src + lane + 32 * q);
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+      if (d0 + lane + 32 * q < D) o[d0 + lane + 32 * q] = L > 0.f ? a[q] / L : 0.f;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Paged GQA attention on tensor cores (FlashAttention-2 style), prefill and decode alike. A block
 // takes one KV head and a tile of up to QR = 64 / G consecutive query rows of one sequence: the
@@ -616,7 +652,9 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
 // (row, head) pairs (decode: one row of G heads) the four warps instead take 16 keys of each tile
 // each, with their own softmax state, merged through shared memory at the end, so no warp idles.
 // blockIdx.z splits the keys
-// (flash-decoding): with part != 0 each split writes its (m, l, O) and attn_combine merges them.
+// (flash-decoding): with part != 0 each split writes its (m, l, O); with `done` the last split
+// block of a (tile, kv head) to finish (a counter per pair, left at zero) merges them into out
+// (attn_merge), else attn_combine does.
 // Dynamic shared memory: attn_smem(D) bytes (device.rs).
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
   return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
@@ -668,8 +706,8 @@ template <int D, bool F8, bool F16>
 __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, const float* q,
                                           const int* tiles, const int* ntiles, const int* row_seq,
                                           const int* pos, const int* btab, const int* btab_stride,
-                                          int bs, float* out, float* part, int nh, int nkv,
-                                          float scale) {
+                                          int bs, float* out, float* part, int* done, int nh,
+                                          int nkv, float scale) {
   constexpr int KT = 64;
   constexpr int KS = D + 8;        // bf16 row stride (elements): 16-byte rows, conflict-free
   constexpr int K8 = D + 16;       // fp8 row stride (bytes)
@@ -692,6 +730,24 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       for (int i = tid; i < G * D; i += blockDim.x) out[((size_t)row0 * nh + kvh * G) * D + i] = 0.f;
     return;
   }
+  // the last of the pair's split blocks to get here merges the splits
+  // the last of the pair's split blocks to get here merges the splits, a warp per (row, head) pair
+  // (a block-wide merge, (m, l) of all pairs first, then 4 outputs a thread over all splits, was
+  // slower: 30.8 against 23.4 µs at batch 1, run 47)
+  __shared__ int last;
+  auto merge_splits = [&]() {
+    __threadfence();  // this block's split before its count
+    __syncthreads();
+    int* cnt = done + (size_t)tile * nkv + kvh;
+    if (tid == 0) last = atomicAdd(cnt, 1) == nsplit - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (tid == 0) *cnt = 0;
+    const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
+    for (int m = warp; m < nrows * G; m += blockDim.x >> 5)
+      attn_merge(pb, m, nsplit, D, out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D);
+  };
   // decode: every warp holds the same <= 16 pairs and takes a quarter of each key tile
   bool wsplit = nrows * G <= 16;
   int mA = (wsplit ? 0 : warp) * 16 + gid, mB = mA + 8;
@@ -912,6 +968,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
         out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
       }
     }
+    if (part && done) merge_splits();
     return;
   }
 #pragma unroll
@@ -934,6 +991,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
             lrow[h] > 0.f ? o[dt][i] / lrow[h] : 0.f;
       }
     }
+  if (part && done) merge_splits();
 }
 
 // attn_d{32,64,128} over a BF16 cache; attn_f8_d{32,64,128} over an FP8 one, widened to bf16 (three
@@ -942,8 +1000,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #define ATTN_ARGS                                                                              \
   const float *q, const void *kc, const void *vc, const int *tiles, const int *ntiles,         \
       const int *row_seq, const int *pos, const int *btab, const int *btab_stride, int bs,     \
-      float *out, float *part, int nh, int nkv, float scale
-#define ATTN_PASS kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, nh, nkv, scale
+      float *out, float *part, int *done, int nh, int nkv, float scale
+#define ATTN_PASS \
+  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale
 #define ATTN_KERNELS(D)                                                                        \
   extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
     PDL_ENTRY();                                                                                 \
@@ -961,10 +1020,11 @@ ATTN_KERNELS(32)
 ATTN_KERNELS(64)
 ATTN_KERNELS(128)
 
-// Merges the key splits of attn_*: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s. A warp per
-// (row, head) pair: its lanes first hold the splits' (m, l) (nsplit <= 32), then the head dims.
-// Grid (tiles, kv heads, 8): the z blocks of a (tile, kv head) share its pairs, so that a
-// decode tile (one row, G pairs) spreads over G warps of several blocks rather than looping in 8.
+// Merges the key splits of attn_* when the attention kernel does not (no `done` counters: tiles of
+// several rows, where its last block's four warps would merge 24 or more pairs in series: the MTP
+// verify step at batch 1 took 9.48 against 9.10 ms, run 46). A warp per (row, head) pair
+// (attn_merge).
+// Grid (tiles, kv heads, 8): the z blocks of a (tile, kv head) share its pairs.
 extern "C" __global__ void attn_combine(const float* part, const int* tiles, const int* ntiles,
                                         const int* row_seq, int nsplit, float* out, int nh,
                                         int nkv, int D) {
@@ -974,33 +1034,10 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
   int row0 = tiles[2 * tile], nrows = tiles[2 * tile + 1];
   if (row_seq[row0] < 0) return;
   int G = nh / nkv;
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
-  for (int m = blockIdx.z * nw + warp; m < nrows * G; m += nw * gridDim.z) {
-    const float* e = pb + ((size_t)lane * 64 + m) * (D + 2);
-    float ms = lane < nsplit ? e[D] : NEG_INF;
-    float ls = lane < nsplit ? e[D + 1] : 0.f;
-    float mx = warp_max(ms);
-    float f = ms == NEG_INF ? 0.f : __expf(ms - mx);
-    float L = warp_sum(ls * f);
-    float* o = out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
-    // 128 dims at a time (4 per lane), every split's loads in flight together (nsplit <= 16)
-    for (int d0 = 0; d0 < D; d0 += 128) {
-      float a[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int sp = 0; sp < 16; sp++) {
-        float fs = __shfl_sync(0xffffffffu, f, sp);
-        if (sp >= nsplit) continue;
-        const float* src = pb + ((size_t)sp * 64 + m) * (D + 2) + d0;
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-          if (d0 + lane + 32 * q < D) a[q] += fs * src[lane + 32 * q];
-      }
-#pragma unroll
-      for (int q = 0; q < 4; q++)
-        if (d0 + lane + 32 * q < D) o[d0 + lane + 32 * q] = L > 0.f ? a[q] / L : 0.f;
-    }
-  }
+  for (int m = blockIdx.z * nw + warp; m < nrows * G; m += nw * gridDim.z)
+    attn_merge(pb, m, nsplit, D, out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1089,18 +1126,14 @@ extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, c
 
 // Sigmoid scores, selection by score + correction bias within the best `tg` of `ng` groups (group
 // score: sum of its two best biased scores), top-k, weights = unbiased scores (normalised when
-// `norm`) times `rscale`. One warp per token; ties go to the lower expert index.
-extern "C" __global__ void moe_topk(const float* logits, const float* bias, int T, int E, int k,
-                                    int ng, int tg, int norm, float rscale, int* ids, float* wts) {
-  PDL_ENTRY();
-  extern __shared__ float tsh[];
-  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int t = blockIdx.x * (blockDim.x >> 5) + warp;
-  if (t >= T) return;
-  float* sc = tsh + warp * 2 * E;
+// `norm`) times `rscale`, for token t by one warp (scratch sc [2 E]); ties go to the lower expert
+// index. The logits are read through L2 (moe_route reads other blocks' results).
+__device__ void topk_token(const float* logits, const float* bias, int t, int E, int k, int ng,
+                           int tg, int norm, float rscale, int* ids, float* wts, float* sc) {
+  int lane = threadIdx.x & 31;
   float* ch = sc + E;
   for (int e = lane; e < E; e += 32) {
-    float s = 1.0f / (1.0f + expf(-logits[(size_t)t * E + e]));
+    float s = 1.0f / (1.0f + expf(-ld_cg(logits + (size_t)t * E + e)));
     sc[e] = s;
     ch[e] = s + bias[e];
   }
@@ -1163,6 +1196,88 @@ extern "C" __global__ void moe_topk(const float* logits, const float* bias, int 
       wts[(size_t)t * k + r] = w * rscale;
     }
   }
+}
+
+// topk_token for T tokens, one warp each. Dynamic shared memory: 2 E floats per warp.
+extern "C" __global__ void moe_topk(const float* logits, const float* bias, int T, int E, int k,
+                                    int ng, int tg, int norm, float rscale, int* ids, float* wts) {
+  PDL_ENTRY();
+  extern __shared__ float tsh[];
+  int warp = threadIdx.x >> 5;
+  int t = blockIdx.x * (blockDim.x >> 5) + warp;
+  if (t >= T) return;
+  topk_token(logits, bias, t, E, k, ng, tg, norm, rscale, ids, wts, tsh + warp * 2 * E);
+}
+
+// The routing of a decode-size MoE step in one launch, from the residual stream x (T tokens): the
+// post-attention RMSNorm folded into the router product, logits[t, e] = rs_t · Σ_h x[t, h] nw[h]
+// gw[e, h] with rs_t = rsqrt(mean x[t]² + eps); each block also writes its slice of the normed rows
+// xn = x · rs · nw (prep_rows' formula) for the experts; then, in the last block to finish (a
+// counter in `done`, left at zero for the next launch), topk_token for every token. It replaces
+// prep_rows + router_logits + moe_topk. Grid: E blocks of 128 threads (one expert each); dynamic
+// shared memory 2 E floats per warp.
+extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, float eps,
+                                     float* xn, const float* gw, float* logits, int T, int E, int H,
+                                     const float* bias, int k, int ng, int tg, int norm,
+                                     float rscale, int* ids, float* wts, int* done) {
+  PDL_ENTRY();
+  extern __shared__ float tsh[];
+  __shared__ float red[4][8][2];
+  __shared__ float rsv[8];
+  __shared__ int last;
+  int per = (H + gridDim.x - 1) / gridDim.x;  // columns of xn this block writes
+  int e = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float* wr = gw + (size_t)e * H;
+  for (int t0 = 0; t0 < T; t0 += 8) {
+    float acc[8], ss[8];
+#pragma unroll
+    for (int r = 0; r < 8; r++) acc[r] = ss[r] = 0.f;
+#pragma unroll 2
+    for (int h = threadIdx.x * 4; h < H; h += 512) {
+      float4 wv = *(const float4*)(wr + h), nv = *(const float4*)(nw + h);
+      wv = make_float4(wv.x * nv.x, wv.y * nv.y, wv.z * nv.z, wv.w * nv.w);
+#pragma unroll
+      for (int r = 0; r < 8; r++) {
+        if (t0 + r < T) {
+          float4 xv = *(const float4*)(x + (size_t)(t0 + r) * ldx + h);
+          acc[r] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+          ss[r] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 8; r++) {
+      float a = warp_sum(acc[r]), b = warp_sum(ss[r]);
+      if (lane == 0) {
+        red[warp][r][0] = a;
+        red[warp][r][1] = b;
+      }
+    }
+    __syncthreads();
+    int r = threadIdx.x;
+    if (r < 8 && t0 + r < T) {
+      float a = red[0][r][0] + red[1][r][0] + red[2][r][0] + red[3][r][0];
+      float b = red[0][r][1] + red[1][r][1] + red[2][r][1] + red[3][r][1];
+      float rs = rsqrtf(b / (float)H + eps);
+      logits[(size_t)(t0 + r) * E + e] = a * rs;
+      rsv[r] = rs;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 8 * per; i += blockDim.x) {
+      int rr = i / per, h = e * per + i % per;
+      if (t0 + rr < T && h < H)
+        xn[(size_t)(t0 + rr) * ldx + h] = x[(size_t)(t0 + rr) * ldx + h] * rsv[rr] * nw[h];
+    }
+    __syncthreads();
+  }
+  __threadfence();  // this block's logits before its count
+  if (threadIdx.x == 0) last = atomicAdd(done, 1) == (int)gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // every block's logits (read through L2) after their counts
+  if (threadIdx.x == 0) *done = 0;
+  for (int t = warp; t < T; t += 4)
+    topk_token(logits, bias, t, E, k, ng, tg, norm, rscale, ids, wts, tsh + warp * 2 * E);
 }
 
 // Expert-sorted layout of the A = T * k assignments, on the device (no host round trip): counts,
@@ -1239,9 +1354,9 @@ extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, 
 // GEMVs for decode-size batches: y[r, c] = sum_k a[r, k] W[c, k] over a few rows. The tensor-core
 // GEMM above stages W tiles through shared memory for 16 or 64 rows and needs a prep_rows launch
 // before it; here each block prepares its input rows itself (prep_rows' modes: RMSNorm, SiLU·up;
-// then rounded as the GEMM's operands are) and streams the weights from global memory straight into
-// registers, so a linear layer is one launch at close to the memory's rate. The numerics are the
-// GEMM's up to the order of f32 sums.
+// then rounded as the GEMM's operands are) and streams the weights once from global memory (FP8:
+// through a small cp.async ring per warp, BF16: into registers), so a linear layer is one launch.
+// The numerics are the GEMM's up to the order of f32 sums.
 //   FP8 weights: the rows are quantized to e4m3 exactly as prep_rows does (per row and K group),
 //     held as f16 (e4m3 values are exact in f16), and multiplied on tensor cores by f16 mma
 //     m16n8k16 with the weights as the A operand (16 channels) and the rows as B (8 tokens),
@@ -1253,7 +1368,6 @@ extern "C" __global__ void moe_combine(const float* y, int ldy, const int* inv, 
 //     so did e4m3 mma.sync, which sm_90 runs as conversions plus f16 mmas (run 36's SASS).)
 //   BF16 weights: f32 FMAs on widened bf16 (a shift) against rows rounded to bf16, up to 4 rows.
 #define GEMV_CH 4  // bf16: channels a warp computes together, sharing each activation load
-#define FP8V_P 4   // fp8: 64-byte K steps a lane has in flight (two weight rows each); MoE: 2
 
 __device__ __forceinline__ uint4 ldg_stream(const void* p) {
   uint4 v;
@@ -1376,48 +1490,90 @@ __device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, i
   __syncwarp();
 }
 
-// A lane's weight bytes for FP8V_P K steps from step s, of its two rows (zeros past s1, kp or a
-// missing row).
-template <int P>
-__device__ __forceinline__ void fp8v_load(uint4 (&w0)[P], uint4 (&w1)[P], const u8* row0,
-                                          const u8* row1, bool ok0, bool ok1, int s, int s1,
-                                          int kp) {
-  int tig = threadIdx.x & 3;
-#pragma unroll
-  for (int p = 0; p < P; p++) {
-    int kb = (s + p) * 64 + tig * 16;
-    bool in = s + p < s1 && kb < kp;
-    w0[p] = (ok0 && in) ? ldg_stream(row0 + kb) : make_uint4(0, 0, 0, 0);
-    w1[p] = (ok1 && in) ? ldg_stream(row1 + kb) : make_uint4(0, 0, 0, 0);
-  }
-}
+// A warp's FP8 weight bytes, streamed through shared memory: cp.async copies (L2 only) of its 16
+// channels' K steps of FP8V_W bytes run FP8V_D - 1 steps ahead of the mma loop, in a ring of
+// FP8V_D slots [16 rows][FP8V_W bytes]. Each copy instruction of the warp reads whole
+// FP8V_W-byte runs of rows (32 lanes x 16 bytes: 512 / FP8V_W rows), so DRAM sees whole L2 lines.
+// (Loading each lane's own mma fragment from global memory read 8 rows x 64 bytes per instruction,
+// half lines: about 2 TB/s in the model, run 42/43.) The lanes read other lanes' bytes, so a slot
+// is read after cp.async.wait_group and __syncwarp, and rewritten after the next __syncwarp; a
+// row's 16-byte chunks are XOR-swizzled by the row's parity, so the fragment loads (rows g, g + 1
+// in one phase) hit distinct banks. The steps run over `nchunks` chunks of 16 channels (c0 =
+// cfirst + i * cstride), steps [s0, s1) of each, as one pipeline: a chunk's first copies are in
+// flight during the previous chunk's last steps.
+// FP8V_W: bytes of a row per step (a multiple of 64); FP8V_D: ring slots a warp, FP8V_D * 16 *
+// FP8V_W bytes of shared memory. Both GEMVs use (128, 4); the dense one with (256, 3) was slower
+// (run 45: QKV 31.4 against 23.8 µs in the model, one block an SM).
+template <int FP8V_W, int FP8V_D>
+struct Fp8vStream {
+  static constexpr int FP8V_SLOT = 16 * FP8V_W;
+  u8* ring;
+  const u8* W;
+  size_t ldw;
+  int n_end, kp, s0, s1, cstride, nchunks;
+  int ic, is, ichunk;  // the next step to copy: chunk index ichunk (channels from ic), step is
+  int issued, taken;
 
-// The weight rows a lane reads for the warp's 16 channels from c0 (rows c0 + g and c0 + g + 8 of
-// W, below n_end), the first FP8V_P steps from s0 loaded into w0 / w1.
-struct Fp8vRows {
-  const u8* row0;
-  const u8* row1;
-  bool ok0, ok1;
-  __device__ Fp8vRows(const u8* W, size_t ldw, int c0, int n_end) {
-    int gid = (threadIdx.x & 31) >> 2;
-    ok0 = c0 + gid < n_end;
-    ok1 = c0 + gid + 8 < n_end;
-    row0 = W + (size_t)(ok0 ? c0 + gid : 0) * ldw;
-    row1 = W + (size_t)(ok1 ? c0 + gid + 8 : 0) * ldw;
+  __device__ Fp8vStream(u8* ring_, const u8* W_, size_t ldw_, int n_end_, int kp_, int s0_,
+                        int s1_, int cfirst, int cstride_, int nchunks_)
+      : ring(ring_), W(W_), ldw(ldw_), n_end(n_end_), kp(kp_), s0(s0_), s1(s1_),
+        cstride(cstride_), nchunks(nchunks_), ic(cfirst), is(s0_), ichunk(s1_ > s0_ ? 0 : nchunks_),
+        issued(0), taken(0) {}
+
+  // Copies the next step into its slot (nothing past the last chunk), as one commit group.
+  __device__ __forceinline__ void issue() {
+    int lane = threadIdx.x & 31;
+    if (ichunk < nchunks) {
+      u32 slot = smem_addr(ring + (issued % FP8V_D) * FP8V_SLOT);
+#pragma unroll
+      for (int it = 0; it < FP8V_W / 32; it++) {
+        int i = it * 32 + lane, r = i / (FP8V_W / 16), c = i % (FP8V_W / 16);
+        int kb = is * FP8V_W + c * 16, row = ic + r;
+        bool ok = kb < kp && row < n_end;
+        const u8* src = W + (ok ? (size_t)row * ldw + kb : 0);
+        u32 dst = slot + r * FP8V_W + ((c ^ ((r & 1) << 2)) << 4);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                     "r"(ok ? 16 : 0)
+                     : "memory");
+      }
+      if (++is == s1) {
+        is = s0;
+        ic += cstride;
+        ichunk++;
+      }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    issued++;
+  }
+
+  // The first FP8V_D - 1 steps (the weights are constant: before PDL_WAIT and the row staging).
+  __device__ void start() {
+#pragma unroll
+    for (int i = 0; i < FP8V_D - 1; i++) issue();
+  }
+
+  // The slot of the next step, its bytes visible to the whole warp; one more step copied.
+  __device__ __forceinline__ const u8* take() {
+    __syncwarp();  // every lane is done with the slot the copy below rewrites
+    issue();
+    asm volatile("cp.async.wait_group %0;" ::"n"(FP8V_D - 1) : "memory");
+    __syncwarp();
+    return ring + (taken++ % FP8V_D) * FP8V_SLOT;
   }
 };
 
-// One warp's 16 channels (c0.., rows from `r`) against M <= 8 rows of e4m3 values as f16 (ah,
-// stride kp; scales asc, ng per row) over K steps [s0, s1) of 64 bytes, the first FP8V_P already
-// in w0 / w1. acc gets the mma C fragment (channels c0 + g / c0 + g + 8, rows 2t / 2t + 1): raw
-// sums (smode 1, the caller scales) or with the block scales applied (smode 2: spb steps per scale
+// The stream's next chunk (the warp's 16 channels from c0) against M <= 8 rows of e4m3 values as
+// f16 (ah, stride kp; scales asc, ng per row), over its steps [s0, s1). A step is FP8V_W / 64
+// sub-steps of 64 bytes: lane (g, t) takes bytes 16t..16t+15 of a sub-step of rows g and g + 8,
+// four mmas. acc gets the mma C fragment (channels c0 + g / c0 + g + 8, rows 2t / 2t + 1): raw sums
+// (smode 1, the caller scales) or with the block scales applied (smode 2: spb sub-steps per scale
 // block, the range aligned to whole blocks). Channels at or past n_end are not scaled.
-template <int P>
-__device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int s0, int s1,
-                          int nsteps, int kp, const u16* ah, const float* asc, int ng, int M,
-                          int n_end, int c0, int smode, const float* sw, int bn_blk, int spb,
+template <int FP8V_W, int FP8V_D>
+__device__ void fp8v_dots(Fp8vStream<FP8V_W, FP8V_D>& ws, int c0, const u16* ah, const float* asc,
+                          int ng, int M, int smode, const float* sw, int bn_blk, int spb,
                           float (&acc)[4]) {
-  int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+  int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3, kp = ws.kp;
+  int nsub = (kp + 63) / 64, sw_off = (gid & 1) << 2;
   float part[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < 4; i++) acc[i] = 0.f;
@@ -1425,23 +1581,24 @@ __device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int
   const u16* brow = ah + (size_t)gid * kp + tig * 16;
   bool has_b = gid < M;
   int in_blk = 0;
-  for (int s = s0; s < s1; s += P) {
-    uint4 n0[P], n1[P];
-    bool more = s + P < s1;
-    if (more) fp8v_load<P>(n0, n1, r.row0, r.row1, r.ok0, r.ok1, s + P, s1, kp);
+  for (int st = ws.s0; st < ws.s1; st++) {
+    const u8* slot = ws.take();
 #pragma unroll
-    for (int p = 0; p < P; p++) {
-      int st = s + p;
-      if (st >= s1) break;
-      int off = st * 64;
+    for (int h = 0; h < FP8V_W / 64; h++) {
+      int sub = st * (FP8V_W / 64) + h;
+      if (sub >= nsub) break;
+      int ch = ((h * 4 + tig) ^ sw_off) << 4;
+      uint4 wa = *(const uint4*)(slot + gid * FP8V_W + ch);
+      uint4 wb = *(const uint4*)(slot + (gid + 8) * FP8V_W + ch);
+      int off = sub * 64;
       uint4 x0 = zero, x1 = zero;
       if (has_b && off + tig * 16 < kp) {
         x0 = *(const uint4*)(brow + off);
         x1 = *(const uint4*)(brow + off + 8);
       }
       u32 xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-      u32 q0[4] = {w0[p].x, w0[p].y, w0[p].z, w0[p].w};
-      u32 q1[4] = {w1[p].x, w1[p].y, w1[p].z, w1[p].w};
+      u32 q0[4] = {wa.x, wa.y, wa.z, wa.w};
+      u32 q1[4] = {wb.x, wb.y, wb.z, wb.w};
 #pragma unroll
       for (int q = 0; q < 4; q++) {
         u32 a[4] = {e4m3x2_to_f16x2((u16)q0[q]), e4m3x2_to_f16x2((u16)q1[q]),
@@ -1449,25 +1606,18 @@ __device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int
         u32 b[2] = {xb[2 * q], xb[2 * q + 1]};
         mma_f16(part, a, b);
       }
-      if (smode == 2 && (++in_blk == spb || st + 1 == nsteps)) {
-        int kblk = st / spb;
+      if (smode == 2 && (++in_blk == spb || sub + 1 == nsub)) {
+        int kblk = sub / spb;
         in_blk = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
           int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
-          float f = (m < M && n < n_end)
+          float f = (m < M && n < ws.n_end)
                         ? asc[m * ng + kblk] * sw[(size_t)(n / bn_blk) * ng + kblk]
                         : 0.f;
           acc[i] += part[i] * f;
           part[i] = 0.f;
         }
-      }
-    }
-    if (more) {
-#pragma unroll
-      for (int p = 0; p < P; p++) {
-        w0[p] = n0[p];
-        w1[p] = n1[p];
       }
     }
   }
@@ -1477,12 +1627,14 @@ __device__ void fp8v_dots(uint4 (&w0)[P], uint4 (&w1)[P], const Fp8vRows& r, int
   }
 }
 
-// Steps [s0, s1) of warp `si` of S splitting nsteps (whole scale blocks each when smode 2).
+// Steps [s0, s1) of FP8V_W bytes for warp `si` of S splitting nsteps (whole scale blocks each
+// when smode 2: bk_blk a multiple of 64 that divides or is divided by FP8V_W).
+template <int FP8V_W>
 __device__ __forceinline__ void fp8v_slice(int nsteps, int S, int si, int smode, int bk_blk,
                                            int& s0, int& s1) {
   int per = (nsteps + S - 1) / S;
-  if (smode == 2) {
-    int spb = bk_blk / 64;
+  if (smode == 2 && bk_blk > FP8V_W) {
+    int spb = bk_blk / FP8V_W;
     per = (per + spb - 1) / spb * spb;
   }
   s0 = min(nsteps, si * per);
@@ -1490,12 +1642,14 @@ __device__ __forceinline__ void fp8v_slice(int nsteps, int S, int si, int smode,
 }
 
 // Dense FP8 GEMV: out[r, c] (= or += by omode 0 / 1) for M <= 8 rows (gathered through `rows`
-// when non-null) prepared by in_mode, plus bias. Grid: N / (16 * 8 / S) blocks of 256 threads; a
-// block's 8 warps are 8 / S channel groups of 16, each group's K split over S warps (few channels,
-// long K: enough blocks to fill the GPU). bk_blk a multiple of 64 (smode 2). Dynamic shared memory:
-// M * kp f16 (rows, 16-byte aligned) + M * ng floats (scales, 4-aligned) + K floats of scratch (2 K
-// for in_mode 1).
-extern "C" __global__ void __launch_bounds__(256)
+// when non-null) prepared by in_mode, plus bias. A block's 8 warps are 8 / S channel groups of 16,
+// each group's K split over S warps (few channels, long K: enough blocks to fill the GPU); block b
+// takes the block-sized chunks b, b + grid, ... of the N / (16 * 8 / S). bk_blk a multiple of 64
+// (smode 2). Dynamic shared memory: the weight rings (8 * GEMV_D * 16 * GEMV_W), M * kp f16
+// (rows) + M * ng floats (scales, 4-aligned) + K floats of scratch (2 K for in_mode 1).
+#define GEMV_W 128
+#define GEMV_D 4
+extern "C" __global__ void __launch_bounds__(256, 2)
     gemv_fp8(const float* __restrict__ x, int ldx, const int* __restrict__ rows, int M, int K,
              int kp, int in_mode, const float* __restrict__ nw, float eps, int up_off, int group,
              const u8* __restrict__ W, int ldw, const float* __restrict__ sw, int smode, int bn_blk,
@@ -1506,52 +1660,57 @@ extern "C" __global__ void __launch_bounds__(256)
   __shared__ float red[32];
   __shared__ float4 kred[8][32];
   int ng = (K + group - 1) / group;
-  u16* aq = (u16*)fsm;
-  float* asc = (float*)(fsm + ((2 * M * kp + 15) & ~15));
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
+  typedef Fp8vStream<GEMV_W, GEMV_D> Stream;
+  u16* aq = (u16*)(fsm + 8 * GEMV_D * Stream::FP8V_SLOT);
+  float* asc = (float*)((u8*)aq + ((2 * M * kp + 15) & ~15));
   float* xf = asc + ((M * ng + 3) & ~3);
   float* wf = xf + K;
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
   int G = 8 / S, si = warp % S;
-  int c0 = (blockIdx.x * G + warp / S) * 16;
-  int nsteps = (kp + 63) / 64, s0, s1;
-  fp8v_slice(nsteps, S, si, smode, bk_blk, s0, s1);
-  Fp8vRows wr(W, ldw, c0, N);
-  uint4 w0[FP8V_P], w1[FP8V_P];
-  // the weights are constant: in flight before the previous kernel's results are waited for
-  fp8v_load<FP8V_P>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, s0, s1, kp);
+  int chunks = ((N + 15) / 16 + G - 1) / G;
+  int nch = (chunks - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;  // grid <= chunks: >= 1
+  int cfirst = (blockIdx.x * G + warp / S) * 16, cstride = gridDim.x * G * 16;
+  int nsteps = (kp + GEMV_W - 1) / GEMV_W, s0, s1;
+  fp8v_slice<GEMV_W>(nsteps, S, si, smode, bk_blk, s0, s1);
+  Stream ws(fsm + warp * GEMV_D * Stream::FP8V_SLOT, W, ldw, N, kp, s0, s1, cfirst, cstride, nch);
+  ws.start();
   PDL_WAIT();
   for (int r = 0; r < M; r++) {
     const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
     stage_row(xr, K, kp, in_mode, nw, eps, up_off, group, xf, wf, aq + (size_t)r * kp,
               asc + r * ng, 0, red);
   }
-  float acc[4];
-  fp8v_dots<FP8V_P>(w0, w1, wr, s0, s1, nsteps, kp, aq, asc, ng, M, N, c0, smode, sw, bn_blk,
-                    bk_blk / 64, acc);
-  if (S > 1) {
-    kred[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    __syncthreads();
-    if (si != 0) return;
-    for (int o = 1; o < S; o++) {
-      float4 t = kred[warp + o][lane];
-      acc[0] += t.x;
-      acc[1] += t.y;
-      acc[2] += t.z;
-      acc[3] += t.w;
+  for (int ch = 0; ch < nch; ch++) {
+    int c0 = cfirst + ch * cstride;
+    float acc[4];
+    fp8v_dots(ws, c0, aq, asc, ng, M, smode, sw, bn_blk, bk_blk / 64, acc);
+    if (S > 1) {
+      kred[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+      __syncthreads();
+      if (si == 0)
+        for (int o = 1; o < S; o++) {
+          float4 t = kred[warp + o][lane];
+          acc[0] += t.x;
+          acc[1] += t.y;
+          acc[2] += t.z;
+          acc[3] += t.w;
+        }
+      __syncthreads();  // kred is rewritten for the next chunk
+      if (si != 0) continue;
     }
-  }
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
-    int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
-    if (m >= M || n >= N) continue;
-    float v = acc[i];
-    if (smode == 1) v *= asc[m * ng] * sw[n];
-    if (bias) v += bias[n];
-    float* o = out + (size_t)m * ldc + n;
-    if (omode == 1)
-      *o += v;
-    else
-      *o = v;
+    for (int i = 0; i < 4; i++) {
+      int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
+      if (m >= M || n >= N) continue;
+      float v = acc[i];
+      if (smode == 1) v *= asc[m * ng] * sw[n];
+      if (bias) v += bias[n];
+      float* o = out + (size_t)m * ldc + n;
+      if (omode == 1)
+        *o += v;
+      else
+        *o = v;
+    }
   }
 }
 
@@ -1675,9 +1834,13 @@ GEMV_BF16_KERNEL(4)
 // down 1: slot j stages its own row of x (the gate|up output, rows numbered as above) as
 //   SiLU(gate)·x[+up_off]; the block then adds sum_j wts[tok, j] * y_j (+ the shared y) to
 //   out[tok] (moe_combine fused, no atomics: one block owns each output element).
-// FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales; BF16: rows as f32.
-// Dynamic shared memory: the staged rows (down ? slots : 1) and their scales, slots * cpb floats,
-// then (FP8) K floats of staging scratch per staged row.
+// FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales, the weights streamed
+// through a ring per warp (Fp8vStream); BF16: rows as f32.
+// Dynamic shared memory: (FP8) slots weight rings of MOE_GEMV_D * 16 * MOE_GEMV_W bytes, the
+// staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K floats of
+// staging scratch per staged row.
+#define MOE_GEMV_W 128
+#define MOE_GEMV_D 4
 template <bool FP8>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
@@ -1695,8 +1858,11 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   int row = shared ? T * k + tok : tok * k + j;
   int ng = FP8 ? (K + group - 1) / group : 0;
   size_t row_bytes = FP8 ? kp * 2 : kp * 4;
-  u8* rows_s = msm;
-  float* sc_s = (float*)(msm + ((nrows * row_bytes + 15) & ~(size_t)15));
+  typedef Fp8vStream<MOE_GEMV_W, MOE_GEMV_D> Stream;
+  const int ring_bytes = MOE_GEMV_D * Stream::FP8V_SLOT;
+  u8* ring = msm + j * ring_bytes;  // FP8: the weight rings come first
+  u8* rows_s = msm + (FP8 ? slots * ring_bytes : 0);
+  float* sc_s = (float*)(rows_s + ((nrows * row_bytes + 15) & ~(size_t)15));
   float* part = sc_s + ((nrows * ng + 3) & ~3);
   float* xf = part + slots * cpb;  // FP8: staging scratch, K floats per staged row
   const u8* Wj = W;
@@ -1714,13 +1880,9 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   u8* my_row = rows_s + srow * row_bytes;
   u16* my_q = (u16*)my_row;
   if (FP8) {
-    int nsteps = (kp + 63) / 64, gid = lane >> 2, tig = lane & 3;
-    uint4 w0[2], w1[2];  // two steps in flight: two blocks of 288 threads fit an SM
-    {
-      Fp8vRows wr(Wj, ldw, cb, ce);
-      // in flight while staging
-      fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);
-    }
+    int nsteps = (kp + MOE_GEMV_W - 1) / MOE_GEMV_W, gid = lane >> 2, tig = lane & 3;
+    Stream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16);
+    ws.start();  // in flight while staging
     if (down)
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
                         sc_s + j * ng);
@@ -1728,11 +1890,8 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       stage_row(x + (size_t)tok * ldx, K, kp, 0, 0, 0.f, 0, group, xf, 0, my_q, sc_s, 0, red);
     const float* my_sc = sc_s + srow * ng;
     for (int c0 = cb; c0 < ce; c0 += 16) {
-      Fp8vRows wr(Wj, ldw, c0, ce);
-      if (c0 > cb) fp8v_load<2>(w0, w1, wr.row0, wr.row1, wr.ok0, wr.ok1, 0, nsteps, kp);
       float acc[4];
-      fp8v_dots<2>(w0, w1, wr, 0, nsteps, nsteps, kp, my_q, my_sc, ng, 1, ce, c0, smode, swj,
-                   bn_blk, bk_blk / 64, acc);
+      fp8v_dots(ws, c0, my_q, my_sc, ng, 1, smode, swj, bn_blk, bk_blk / 64, acc);
       if (tig != 0) continue;
 #pragma unroll
       for (int i = 0; i < 4; i += 2) {
