@@ -2,6 +2,7 @@
 //! the NVRTC-compiled kernels, and [`DevBuf`], an owned device allocation addressed by raw pointer
 //! (kernels take pointers and byte offsets; typed views would only add ceremony here).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -107,11 +108,12 @@ pub struct Gpu {
     /// against 10.9 ms; eager decode at batch 8: 21.0 against 22.1) and replayed graphs slower
     /// (decode at batch 1: 7.65 against 7.35 ms), so launches being captured into a graph
     /// ([`Gpu::set_capturing`]) go without it. `GLMFLEET_PDL=0` turns it off, `GLMFLEET_PDL=2`
-    /// uses it in graphs too (`pdl_graphs`).
+    /// uses it in graphs too (`pdl_graphs`; slower again in run 43: 8.47 against 7.87 ms).
     pub pdl: bool,
+    /// PDL also for launches being captured into a graph (`GLMFLEET_PDL=2`).
     pub pdl_graphs: bool,
     /// Set while a graph is being captured on our stream: launches then go without PDL.
-    capturing: std::sync::atomic::AtomicBool,
+    capturing: AtomicBool,
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
     /// first use; `None` inside when the allocation failed (copies then go pageable).
     staging: Mutex<Option<Option<PinnedHostSlice<u8>>>>,
@@ -209,7 +211,6 @@ impl Gpu {
             )
             .map_err(dev_err("reading the shared-memory limit"))? as usize;
         let gemv_smem = smem_optin.saturating_sub(8192);
-        let pdl_env = std::env::var("GLMFLEET_PDL").unwrap_or_default();
         let smem_per_sm =
             ctx.attribute(
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
@@ -230,6 +231,7 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(dev_err("reading the SM count"))? as usize;
+        let pdl_env = std::env::var("GLMFLEET_PDL").ok();
         Ok(Arc::new(Self {
             ctx,
             stream,
@@ -238,26 +240,23 @@ impl Gpu {
             sm_count,
             gemv_smem,
             smem_per_sm,
-            pdl: major >= 9 && pdl_env != "0",
-            pdl_graphs: major >= 9 && pdl_env == "2",
-            capturing: std::sync::atomic::AtomicBool::new(false),
+            pdl: major >= 9 && pdl_env.as_deref() != Some("0"),
+            pdl_graphs: major >= 9 && pdl_env.as_deref() == Some("2"),
+            capturing: AtomicBool::new(false),
             staging: Mutex::new(None),
         }))
     }
 
     /// Marks a graph capture on our stream as begun or ended (launches inside go without PDL).
     pub fn set_capturing(&self, on: bool) {
-        self.capturing
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.capturing.store(on, Ordering::Relaxed);
     }
 
-    /// How many blocks of `threads` threads using `smem` bytes of shared memory (dynamic and
-    /// static) an SM holds by shared memory and threads, at most `max` (the kernel's launch
-    /// bounds); the driver reserves 1 KiB of each block's.
-    pub fn blocks_per_sm(&self, smem: usize, threads: usize, max: usize) -> usize {
-        (self.smem_per_sm / (smem + 1024))
-            .min(2048 / threads)
-            .min(max)
+    /// How many blocks using `smem` bytes of shared memory (dynamic and static) an SM holds by
+    /// shared memory, at most `max` (the kernel's launch bounds, which also keep its threads and
+    /// registers within an SM's); the driver reserves 1 KiB of each block's.
+    pub fn blocks_per_sm(&self, smem: usize, max: usize) -> usize {
+        (self.smem_per_sm / (smem + 1024)).min(max)
     }
 
     /// Launches `f` on our stream with `params` (pointers to each argument's value), with the
@@ -290,9 +289,7 @@ impl Gpu {
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: u32::from(
-                self.pdl
-                    && (self.pdl_graphs
-                        || !self.capturing.load(std::sync::atomic::Ordering::Relaxed)),
+                self.pdl && (self.pdl_graphs || !self.capturing.load(Ordering::Relaxed)),
             ),
         };
         // SAFETY: the caller vouches for `params`; the config outlives the call

@@ -5,11 +5,13 @@
 //! then the dense MLP or the MoE: f32 router, top-k, expert plan, grouped gate|up GEMM,
 //! SiLU·up+quant, grouped down GEMM, shared expert, weighted combine), final norm of the sampled rows,
 //! LM head, and sampling. Decode-size steps fuse more ([`crate::gpu::gemv`]): a one-row linear
-//! layer is one GEMV launch with its norm and quantization, and up to four tokens run their
-//! experts (shared one and combine included) as two launches without the plan. The only host
-//! synchronisation is reading the sampled ids (or the logits, when the host sampler needs them). Shapes depend only on (tokens, sampled rows), so a decode step
-//! of a given batch-size bucket is captured once as a CUDA graph and replayed after copying in that
-//! step's ids, positions, slots and block tables.
+//! layer is one GEMV launch with its norm and quantization, up to four tokens are routed in one
+//! launch (`moe_route`: norm, router, top-k) and run their experts (shared one and combine
+//! included) as two launches without the plan, and the attention splits of one-row tiles are
+//! merged by the attention kernel itself. The only host synchronisation is reading the sampled ids
+//! (or the logits, when the host sampler needs them). Shapes depend only on (tokens, sampled
+//! rows), so a decode step of a given batch-size bucket is captured once as a CUDA graph and
+//! replayed after copying in that step's ids, positions, slots and block tables.
 //!
 //! Memory: weights first, then the workspace for `max_num_batched_tokens`, then the KV cache gets
 //! what `gpu_memory_utilization` leaves (or a fixed size when given).
@@ -1164,19 +1166,17 @@ impl GpuModel {
         let c = &self.config;
         let (g, ws) = (&*self.g, &self.ws);
         let (h, e, k) = (c.hidden_size, c.n_routed_experts, c.num_experts_per_tok);
-        let route = |xn: u64| -> Result<()> {
-            router_launch(g, xn, gate.p(), ws.router.p(), t, e, h)?;
+        // f32 normed input for the router (and, quantized, for the experts), then top-k
+        let post_norm_and_route = || -> Result<()> {
+            launch!(g, prep_rows, (t as u32, 1, 1), (prep_threads(t), 1, 1), 0;
+                ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
+                FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
+            self.mark("norm/quant")?;
+            router_launch(g, ws.xn.p(), gate.p(), ws.router.p(), t, e, h)?;
             launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
                 ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
                 c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
                 ws.ids.p(), ws.wts.p())
-        };
-        // f32 normed input for the router (and, quantized, for the experts)
-        let post_norm = || -> Result<()> {
-            launch!(g, prep_rows, (t as u32, 1, 1), (prep_threads(t), 1, 1), 0;
-                ws.x.p(), h as i32, 0u64, h as i32, 1i32, layer.post_norm.p(), c.rms_norm_eps, 0i32,
-                FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
-            self.mark("norm/quant")
         };
         if t <= self.moe_gemv_tokens {
             // the shared expert runs as one more slot when it is shaped as a routed one
@@ -1205,8 +1205,7 @@ impl GpuModel {
                     experts.launch(g, &cfg, t, (ws.xn.p(), h), f1, x)?;
                     return self.mark("expert GEMMs");
                 }
-                post_norm()?;
-                route(ws.xn.p())?;
+                post_norm_and_route()?;
                 self.mark("MoE routing")?;
                 experts.launch(g, &cfg, t, (ws.xn.p(), h), f1, x)?;
                 self.mark("expert GEMMs")?;
@@ -1219,8 +1218,7 @@ impl GpuModel {
                 return Ok(());
             }
         }
-        post_norm()?;
-        route(ws.xn.p())?;
+        post_norm_and_route()?;
         let a = t * k;
         let bm = if a >= 32 * e { 64 } else { 16 };
         let max_tiles = a.div_ceil(bm) + e;

@@ -157,7 +157,7 @@ pub fn gemv_launch(
         // rings streaming on from one to the next. S evens out the chunks over the resident
         // blocks (the largest share of chunks by the fewest; ties to the smaller S).
         let groups = w.n.div_ceil(16);
-        let resident = (g.blocks_per_sm(smem + GEMV_FP8_STATIC_SMEM, 256, 2) * g.sm_count).max(1);
+        let resident = (g.blocks_per_sm(smem + GEMV_FP8_STATIC_SMEM, 2) * g.sm_count).max(1);
         let share = |s: usize| {
             let chunks = groups.div_ceil(8 / s);
             chunks as f64 / (chunks.div_ceil(resident) * resident) as f64
@@ -282,8 +282,8 @@ impl MoeGemv<'_> {
             [2usize, 1].into_iter().find_map(|bps| {
                 let cpb = (l.n * t).div_ceil(bps * g.sm_count).div_ceil(unit).max(1) * unit;
                 let bytes = smem(rows, l, group, cpb);
-                let fits = bytes <= g.gemv_smem
-                    && g.blocks_per_sm(bytes + MOE_GEMV_STATIC_SMEM, 32 * slots, 2) >= bps;
+                let fits =
+                    bytes <= g.gemv_smem && g.blocks_per_sm(bytes + MOE_GEMV_STATIC_SMEM, 2) >= bps;
                 fits.then_some((group, cpb, bytes))
             })
         };
