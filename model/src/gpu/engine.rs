@@ -1193,21 +1193,18 @@ impl GpuModel {
             };
             let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
             if let Some(cfg) = experts.config(g, t, h).filter(|_| fits) {
-                let (f1, x) = (ws.f1.p(), ws.x.p());
                 if fused && t <= MOE_ROUTE_MAX_TOKENS {
                     // one launch for the norm, the router and top-k
                     launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
-                        x, h as i32, layer.post_norm.p(), c.rms_norm_eps, ws.xn.p(), gate.p(),
-                        ws.router.p(), t as i32, e as i32, h as i32, bias.p(), k as i32,
+                        ws.x.p(), h as i32, layer.post_norm.p(), c.rms_norm_eps, ws.xn.p(),
+                        gate.p(), ws.router.p(), t as i32, e as i32, h as i32, bias.p(), k as i32,
                         c.n_group as i32, c.topk_group as i32, i32::from(c.norm_topk_prob),
                         c.routed_scaling_factor, ws.ids.p(), ws.wts.p(), ws.route_done.p())?;
-                    self.mark("MoE routing")?;
-                    experts.launch(g, &cfg, t, (ws.xn.p(), h), f1, x)?;
-                    return self.mark("expert GEMMs");
+                } else {
+                    post_norm_and_route()?;
                 }
-                post_norm_and_route()?;
                 self.mark("MoE routing")?;
-                experts.launch(g, &cfg, t, (ws.xn.p(), h), f1, x)?;
+                experts.launch(g, &cfg, t, (ws.xn.p(), h), ws.f1.p(), ws.x.p())?;
                 self.mark("expert GEMMs")?;
                 if !fused {
                     let a = ActRows::plain(ws.xn.p(), h, t, h);

@@ -20,12 +20,9 @@ use crate::launch;
 /// Most rows the dense GEMV takes (FP8 weights; BF16: [`gemv_max_rows`]).
 pub const GEMV_MAX_ROWS: usize = 8;
 
-/// Shared memory of one warp's FP8 weight ring in `gemv_fp8` (`GEMV_D` slots of 16 rows ×
-/// `GEMV_W` bytes in `kernels.cu`).
-const GEMV_RING_BYTES: usize = 4 * 16 * 128;
-
-/// The same for `moe_gemv_fp8` (`MOE_GEMV_D` slots of 16 rows × `MOE_GEMV_W` bytes).
-const MOE_RING_BYTES: usize = 4 * 16 * 128;
+/// Shared memory of one warp's FP8 weight ring in `gemv_fp8` and `moe_gemv_fp8` (`FP8V_RING` in
+/// `kernels.cu`: `FP8V_D` slots of 16 rows × `FP8V_W` bytes).
+const FP8V_RING_BYTES: usize = 4 * 16 * 128;
 
 /// Static shared memory of `gemv_fp8` (its reduction scratch), counted for residency.
 const GEMV_FP8_STATIC_SMEM: usize = 4096 + 128;
@@ -142,7 +139,7 @@ pub fn gemv_launch(
     // the 8 warps' weight rings first
     let norm = if a.mode == 1 { a.k * 4 } else { 0 };
     let smem = if fp8 {
-        8 * GEMV_RING_BYTES + fp8_rows_bytes(m, w.kp, w.k, group) + a.k * 4 + norm
+        8 * FP8V_RING_BYTES + fp8_rows_bytes(m, w.kp, w.k, group) + a.k * 4 + norm
     } else {
         m * w.kp * 4 + norm
     };
@@ -269,7 +266,7 @@ impl MoeGemv<'_> {
         // of staging scratch per staged row
         let smem = |rows: usize, l: &GpuLinear, group: usize, cpb: usize| {
             let (ring, scratch) = if fp8 {
-                (slots * MOE_RING_BYTES, rows * l.k * 4)
+                (slots * FP8V_RING_BYTES, rows * l.k * 4)
             } else {
                 (0, 0)
             };

@@ -1501,12 +1501,14 @@ __device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, i
 // in one phase) hit distinct banks. The steps run over `nchunks` chunks of 16 channels (c0 =
 // cfirst + i * cstride), steps [s0, s1) of each, as one pipeline: a chunk's first copies are in
 // flight during the previous chunk's last steps.
-// FP8V_W: bytes of a row per step (a multiple of 64); FP8V_D: ring slots a warp, FP8V_D * 16 *
-// FP8V_W bytes of shared memory. Both GEMVs use (128, 4); the dense one with (256, 3) was slower
-// (run 45: QKV 31.4 against 23.8 µs in the model, one block an SM).
-template <int FP8V_W, int FP8V_D>
+// One ring a warp: FP8V_RING bytes of shared memory (FP8V_RING_BYTES in gemv.rs). 256-byte steps
+// with 3 slots were slower for the dense GEMV (run 45: QKV 31.4 against 23.8 µs in the model,
+// one block an SM).
+#define FP8V_W 128  // bytes of a row per step (a multiple of 64)
+#define FP8V_D 4    // ring slots a warp
+#define FP8V_SLOT (16 * FP8V_W)
+#define FP8V_RING (FP8V_D * FP8V_SLOT)
 struct Fp8vStream {
-  static constexpr int FP8V_SLOT = 16 * FP8V_W;
   u8* ring;
   const u8* W;
   size_t ldw;
@@ -1568,8 +1570,7 @@ struct Fp8vStream {
 // four mmas. acc gets the mma C fragment (channels c0 + g / c0 + g + 8, rows 2t / 2t + 1): raw sums
 // (smode 1, the caller scales) or with the block scales applied (smode 2: spb sub-steps per scale
 // block, the range aligned to whole blocks). Channels at or past n_end are not scaled.
-template <int FP8V_W, int FP8V_D>
-__device__ void fp8v_dots(Fp8vStream<FP8V_W, FP8V_D>& ws, int c0, const u16* ah, const float* asc,
+__device__ void fp8v_dots(Fp8vStream& ws, int c0, const u16* ah, const float* asc,
                           int ng, int M, int smode, const float* sw, int bn_blk, int spb,
                           float (&acc)[4]) {
   int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3, kp = ws.kp;
@@ -1629,7 +1630,6 @@ __device__ void fp8v_dots(Fp8vStream<FP8V_W, FP8V_D>& ws, int c0, const u16* ah,
 
 // Steps [s0, s1) of FP8V_W bytes for warp `si` of S splitting nsteps (whole scale blocks each
 // when smode 2: bk_blk a multiple of 64 that divides or is divided by FP8V_W).
-template <int FP8V_W>
 __device__ __forceinline__ void fp8v_slice(int nsteps, int S, int si, int smode, int bk_blk,
                                            int& s0, int& s1) {
   int per = (nsteps + S - 1) / S;
@@ -1645,10 +1645,8 @@ __device__ __forceinline__ void fp8v_slice(int nsteps, int S, int si, int smode,
 // when non-null) prepared by in_mode, plus bias. A block's 8 warps are 8 / S channel groups of 16,
 // each group's K split over S warps (few channels, long K: enough blocks to fill the GPU); block b
 // takes the block-sized chunks b, b + grid, ... of the N / (16 * 8 / S). bk_blk a multiple of 64
-// (smode 2). Dynamic shared memory: the weight rings (8 * GEMV_D * 16 * GEMV_W), M * kp f16
+// (smode 2). Dynamic shared memory: the weight rings (8 * FP8V_RING), M * kp f16
 // (rows) + M * ng floats (scales, 4-aligned) + K floats of scratch (2 K for in_mode 1).
-#define GEMV_W 128
-#define GEMV_D 4
 extern "C" __global__ void __launch_bounds__(256, 2)
     gemv_fp8(const float* __restrict__ x, int ldx, const int* __restrict__ rows, int M, int K,
              int kp, int in_mode, const float* __restrict__ nw, float eps, int up_off, int group,
@@ -1661,8 +1659,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
   __shared__ float4 kred[8][32];
   int ng = (K + group - 1) / group;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
-  typedef Fp8vStream<GEMV_W, GEMV_D> Stream;
-  u16* aq = (u16*)(fsm + 8 * GEMV_D * Stream::FP8V_SLOT);
+  u16* aq = (u16*)(fsm + 8 * FP8V_RING);
   float* asc = (float*)((u8*)aq + ((2 * M * kp + 15) & ~15));
   float* xf = asc + ((M * ng + 3) & ~3);
   float* wf = xf + K;
@@ -1670,9 +1667,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
   int chunks = ((N + 15) / 16 + G - 1) / G;
   int nch = (chunks - 1 - (int)blockIdx.x) / (int)gridDim.x + 1;  // grid <= chunks: >= 1
   int cfirst = (blockIdx.x * G + warp / S) * 16, cstride = gridDim.x * G * 16;
-  int nsteps = (kp + GEMV_W - 1) / GEMV_W, s0, s1;
-  fp8v_slice<GEMV_W>(nsteps, S, si, smode, bk_blk, s0, s1);
-  Stream ws(fsm + warp * GEMV_D * Stream::FP8V_SLOT, W, ldw, N, kp, s0, s1, cfirst, cstride, nch);
+  int nsteps = (kp + FP8V_W - 1) / FP8V_W, s0, s1;
+  fp8v_slice(nsteps, S, si, smode, bk_blk, s0, s1);
+  Fp8vStream ws(fsm + warp * FP8V_RING, W, ldw, N, kp, s0, s1, cfirst, cstride, nch);
   ws.start();
   PDL_WAIT();
   for (int r = 0; r < M; r++) {
@@ -1836,11 +1833,9 @@ GEMV_BF16_KERNEL(4)
 //   out[tok] (moe_combine fused, no atomics: one block owns each output element).
 // FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales, the weights streamed
 // through a ring per warp (Fp8vStream); BF16: rows as f32.
-// Dynamic shared memory: (FP8) slots weight rings of MOE_GEMV_D * 16 * MOE_GEMV_W bytes, the
+// Dynamic shared memory: (FP8) slots weight rings of FP8V_RING bytes, the
 // staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K floats of
 // staging scratch per staged row.
-#define MOE_GEMV_W 128
-#define MOE_GEMV_D 4
 template <bool FP8>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
@@ -1858,10 +1853,8 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   int row = shared ? T * k + tok : tok * k + j;
   int ng = FP8 ? (K + group - 1) / group : 0;
   size_t row_bytes = FP8 ? kp * 2 : kp * 4;
-  typedef Fp8vStream<MOE_GEMV_W, MOE_GEMV_D> Stream;
-  const int ring_bytes = MOE_GEMV_D * Stream::FP8V_SLOT;
-  u8* ring = msm + j * ring_bytes;  // FP8: the weight rings come first
-  u8* rows_s = msm + (FP8 ? slots * ring_bytes : 0);
+  u8* ring = msm + j * FP8V_RING;  // FP8: the weight rings come first
+  u8* rows_s = msm + (FP8 ? slots * FP8V_RING : 0);
   float* sc_s = (float*)(rows_s + ((nrows * row_bytes + 15) & ~(size_t)15));
   float* part = sc_s + ((nrows * ng + 3) & ~3);
   float* xf = part + slots * cpb;  // FP8: staging scratch, K floats per staged row
@@ -1880,8 +1873,8 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   u8* my_row = rows_s + srow * row_bytes;
   u16* my_q = (u16*)my_row;
   if (FP8) {
-    int nsteps = (kp + MOE_GEMV_W - 1) / MOE_GEMV_W, gid = lane >> 2, tig = lane & 3;
-    Stream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16);
+    int nsteps = (kp + FP8V_W - 1) / FP8V_W, gid = lane >> 2, tig = lane & 3;
+    Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16);
     ws.start();  // in flight while staging
     if (down)
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
