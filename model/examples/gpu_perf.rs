@@ -5,7 +5,11 @@
 //! and without the GEMVs up to batch 8; prefill tokens/s at 8k). `ops/perf/gpu.sh` runs it on the H200
 //! together with the PyTorch/cuBLAS counterparts; the notes are in `ops/perf/`.
 //!
-//! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only | --ncu-step B,B,...]
+//! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only | --ncu-step B,B,... |
+//! --sweep]
+//!
+//! `--sweep` times the graph-replayed decode step at batch 1–64 under each setting of the switches
+//! that need no restart (attention key splits, PDL in graphs, GEMV rows and tokens), in one process.
 //!
 //! `--ncu-step` runs one eager decode step per batch size (context 1,024) between
 //! cuProfilerStart/Stop, for `ncu --profile-from-start off` to time every kernel of a step.
@@ -49,6 +53,13 @@ fn main() -> Res<()> {
             .map(|b| b.parse())
             .collect::<Result<_, _>>()?;
         return ncu_steps(&cfg, &batches);
+    }
+    if args.iter().any(|a| a == "--sweep") {
+        let rows = decode_sweep(&cfg)?;
+        if let Some(path) = out {
+            std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+        }
+        return Ok(());
     }
     let mut report = json!({});
     if kernels {
@@ -467,6 +478,82 @@ fn decode_weight_bytes(c: &Glm4MoeConfig, b: usize) -> f64 {
         };
     }
     total + 2.0 * h * c.vocab_size as f64 // BF16 LM head
+}
+
+/// Graph-replayed decode steps (context 1,024) under each setting of the engine's switches that
+/// need no restart: the defaults first and last (drift), then each alternative on its own.
+fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
+    let mut opts = bench_options();
+    opts.cuda_graphs = true;
+    let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
+    /// (attention blocks an SM, PDL in graphs, GEMV rows, MoE GEMV tokens)
+    type Setting = (usize, bool, usize, usize);
+    let defaults: Setting = (
+        m.attn_blocks_per_sm(),
+        m.gpu().pdl_graphs(),
+        m.gemv().0,
+        m.gemv().1,
+    );
+    let (per_sm, pdl, rows, tokens) = defaults;
+    let mut variants: Vec<(String, Setting)> = vec![
+        ("defaults".into(), defaults),
+        (
+            format!("PDL in graphs {}", !pdl),
+            (per_sm, !pdl, rows, tokens),
+        ),
+    ];
+    for n in [2usize, 8].into_iter().filter(|&n| n != per_sm) {
+        variants.push((
+            format!("attention: {n} blocks an SM"),
+            (n, pdl, rows, tokens),
+        ));
+    }
+    for r in [2usize, 4, 8].into_iter().filter(|&r| r != rows) {
+        variants.push((
+            format!("dense GEMV up to {r} rows"),
+            (per_sm, pdl, r, tokens),
+        ));
+    }
+    if tokens != 8 {
+        variants.push(("MoE GEMV up to 8 tokens".into(), (per_sm, pdl, rows, 8)));
+        variants.push((
+            "dense GEMV 8 rows, MoE GEMV 8 tokens".into(),
+            (per_sm, pdl, 8, 8),
+        ));
+    }
+    variants.push(("defaults (again)".into(), defaults));
+    let (bs, nb, ctx) = (m.block_size(), m.num_blocks(), 1024usize);
+    let batches = [1usize, 2, 4, 8, 16, 64];
+    println!(
+        "defaults: attention {per_sm} blocks an SM, PDL in graphs {pdl}, GEMV {rows} rows, MoE GEMV {tokens} tokens"
+    );
+    println!(
+        "\n| setting | {} |",
+        batches.map(|b| format!("batch {b} ms")).join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(batches.len()));
+    let mut out = vec![];
+    for (name, (n, pdl_graphs, r, t)) in variants {
+        m.set_attn_blocks_per_sm(n);
+        m.set_pdl_graphs(pdl_graphs);
+        m.set_gemv(r, t);
+        let mut cells = vec![];
+        for b in batches {
+            let batch = DecodeBatch::new(b, ctx.div_ceil(bs) + 1, nb);
+            let ms = time_steps(&mut m, &batch.seqs(ctx), &batch.sampling(), 3, 30)?;
+            cells.push(format!("{ms:.3}"));
+            out.push(
+                json!({"setting": name, "attn_blocks_per_sm": n, "pdl_graphs": pdl_graphs,
+                "gemv_rows": r, "moe_gemv_tokens": t, "decode_batch": b, "context": ctx,
+                "graph_ms": ms}),
+            );
+        }
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    m.set_attn_blocks_per_sm(per_sm);
+    m.set_pdl_graphs(pdl);
+    m.set_gemv(rows, tokens);
+    Ok(Value::Array(out))
 }
 
 /// One profiled eager decode step per batch size (after two warm-up steps each).

@@ -3,8 +3,9 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [spec] [perf] [ncu] [torch] [bench] [guide] [sampling] [fleet] [routing]
+#   ops/perf/gpu.sh [tests] [spec] [perf] [sweep] [ncu] [torch] [bench] [guide] [sampling] [fleet] [routing]
 #   (tests perf torch bench when none is named)
+#   sweep: the batch 1-64 decode step under each setting of the switches that need no restart (gpu_perf --sweep)
 #   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
 #   against one server start (--max-model-len 9216)
 #   sampling: 1000/200 all greedy (drawn on the device), all top-p (every row sampled on the host),
@@ -56,6 +57,10 @@ fi
 if has perf; then
   echo "== kernel and model benchmarks"
   timeout 420 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/perf.json" ${PERF_ARGS:-} 2>&1 | tee "$LOG/perf.log"
+fi
+if has sweep; then
+  echo "== decode step at batch 1-64 under each switch setting (gpu_perf --sweep)"
+  timeout 300 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/sweep.json" --sweep 2>&1 | tee "$LOG/sweep.log"
 fi
 if has ncu; then
   echo "== per-kernel times of one decode step (ncu; 4 layers stand for the model)"

@@ -108,10 +108,12 @@ pub struct Gpu {
     /// against 10.9 ms; eager decode at batch 8: 21.0 against 22.1) and replayed graphs slower
     /// (decode at batch 1: 7.65 against 7.35 ms), so launches being captured into a graph
     /// ([`Gpu::set_capturing`]) go without it. `GLMFLEET_PDL=0` turns it off, `GLMFLEET_PDL=2`
-    /// uses it in graphs too (`pdl_graphs`; slower again in run 43: 8.47 against 7.87 ms).
+    /// uses it in graphs too (`pdl_graphs`; slower again in run 43: 8.47 against 7.87 ms, and in
+    /// runs 53-57 with the kernels waiting before they trigger: 7.05 against 6.71-6.81 ms).
     pub pdl: bool,
-    /// PDL also for launches being captured into a graph (`GLMFLEET_PDL=2`).
-    pub pdl_graphs: bool,
+    /// PDL also for launches being captured into a graph (`GLMFLEET_PDL=2`;
+    /// [`Gpu::set_pdl_graphs`]).
+    pdl_graphs: AtomicBool,
     /// Set while a graph is being captured on our stream: launches then go without PDL.
     capturing: AtomicBool,
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
@@ -241,10 +243,20 @@ impl Gpu {
             gemv_smem,
             smem_per_sm,
             pdl: major >= 9 && pdl_env.as_deref() != Some("0"),
-            pdl_graphs: major >= 9 && pdl_env.as_deref() == Some("2"),
+            pdl_graphs: AtomicBool::new(major >= 9 && pdl_env.as_deref() == Some("2")),
             capturing: AtomicBool::new(false),
             staging: Mutex::new(None),
         }))
+    }
+
+    /// Whether launches being captured into a graph use PDL (when [`Gpu::pdl`]).
+    pub fn pdl_graphs(&self) -> bool {
+        self.pdl_graphs.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Gpu::pdl_graphs`] (graphs captured before keep what they were captured with).
+    pub fn set_pdl_graphs(&self, on: bool) {
+        self.pdl_graphs.store(on, Ordering::Relaxed);
     }
 
     /// Marks a graph capture on our stream as begun or ended (launches inside go without PDL).
@@ -289,7 +301,7 @@ impl Gpu {
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: u32::from(
-                self.pdl && (self.pdl_graphs || !self.capturing.load(Ordering::Relaxed)),
+                self.pdl && (self.pdl_graphs() || !self.capturing.load(Ordering::Relaxed)),
             ),
         };
         // SAFETY: the caller vouches for `params`; the config outlives the call

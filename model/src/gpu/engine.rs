@@ -228,17 +228,25 @@ pub const fn prep_threads(rows: usize) -> u32 {
 /// Most (tile, KV head, split) work items whose partial attention results the workspace holds.
 const ATTN_PART_ITEMS: usize = 4096;
 
+/// Most key splits of one (tile, KV head) (`attn_merge` merges up to 16).
+const ATTN_MAX_SPLITS: usize = 16;
+
+/// Default of `GpuModel::attn_blocks_per_sm`: one block an SM. On the H200 (runs 52-54, context
+/// 1,024) it beat the former 8 at batch 4-64 (batch 8: 19.4-20.0 against 20.7-22.1 ms, batch 64:
+/// 41.0-42.7 against 44.0-45.9) and matched it at batch 1-2, where both give 16 splits or nearly.
+const DEFAULT_ATTN_BLOCKS_PER_SM: usize = 1;
+
 impl Workspace {
-    /// Key splits for `tiles` attention tiles: enough blocks for about three waves (three blocks fit
-    /// an SM), so the last wave's tail stays short.
-    fn attn_splits(&self, tiles: usize, nkv: usize, sms: usize) -> usize {
+    /// Key splits for `tiles` attention tiles: about `per_sm` blocks an SM in all, at most
+    /// [`ATTN_MAX_SPLITS`].
+    fn attn_splits(&self, tiles: usize, nkv: usize, sms: usize, per_sm: usize) -> usize {
         let items = tiles * nkv;
-        let want = 8 * sms;
+        let want = per_sm.max(1) * sms;
         if items >= want {
             return 1;
         }
         want.div_ceil(items)
-            .min(16)
+            .min(ATTN_MAX_SPLITS)
             .min(ATTN_PART_ITEMS / items)
             .max(1)
     }
@@ -300,8 +308,13 @@ pub struct GpuModel {
     /// Steps of at most this many tokens run the MoE experts as two GEMV launches (no plan, no
     /// gathered copy, the combine fused; `GLMFLEET_MOE_GEMV_TOKENS`, 0 off). Default 4, where run
     /// 38 measured it (16.44 against 17.87 ms at batch 4); beyond, each token's 9 slots reread
-    /// experts that tokens share, which the grouped GEMM reads once.
+    /// experts that tokens share, which the grouped GEMM reads once. With the copy ring, 8 tokens
+    /// ran faster this way too (run 57: batch 8 18.48 against 19.37 ms), but the parity test has
+    /// not yet run at 8 tokens on the device, so the default stays.
     moe_gemv_tokens: usize,
+    /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`): fewer
+    /// splits mean fewer partial results to merge, more mean shorter blocks.
+    attn_blocks_per_sm: usize,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
     /// Rows of the logits buffer that [`GpuModel::step`] left readable by
@@ -529,6 +542,10 @@ impl GpuModel {
             truncation: std::env::var("GLMFLEET_DEVICE_TRUNCATION").map_or(true, |v| v != "0"),
             gemv_rows: env_usize("GLMFLEET_GEMV_ROWS", DEFAULT_GEMV_ROWS).min(GEMV_MAX_ROWS),
             moe_gemv_tokens: env_usize("GLMFLEET_MOE_GEMV_TOKENS", DEFAULT_MOE_GEMV_TOKENS),
+            attn_blocks_per_sm: env_usize(
+                "GLMFLEET_ATTN_BLOCKS_PER_SM",
+                DEFAULT_ATTN_BLOCKS_PER_SM,
+            ),
             mtp,
         };
         m.g.sync()?;
@@ -681,6 +698,31 @@ impl GpuModel {
             self.graphs.clear();
             (self.gemv_rows, self.moe_gemv_tokens) = (rows, moe_tokens);
         }
+    }
+
+    /// The device the model runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.g
+    }
+
+    /// Whether graphs are captured with PDL ([`Gpu::set_pdl_graphs`]; captured graphs are dropped).
+    pub fn set_pdl_graphs(&mut self, on: bool) {
+        if on != self.g.pdl_graphs() {
+            self.graphs.clear();
+            self.g.set_pdl_graphs(on);
+        }
+    }
+
+    /// Attention blocks an SM that key splits aim for (A/B runs; captured graphs are dropped).
+    pub fn set_attn_blocks_per_sm(&mut self, n: usize) {
+        if n != self.attn_blocks_per_sm {
+            self.graphs.clear();
+            self.attn_blocks_per_sm = n;
+        }
+    }
+
+    pub fn attn_blocks_per_sm(&self) -> usize {
+        self.attn_blocks_per_sm
     }
 
     pub fn set_cuda_graphs(&mut self, on: bool) {
@@ -1110,7 +1152,7 @@ impl GpuModel {
         self.mark("RoPE + KV write")?;
         // tiles: at most one per row (exactly one per row for a padded decode bucket)
         let tiles = tiles.min(t);
-        let splits = ws.attn_splits(tiles, nkv, g.sm_count);
+        let splits = ws.attn_splits(tiles, nkv, g.sm_count, self.attn_blocks_per_sm);
         let part = if splits > 1 { ws.attn_part.p() } else { 0 };
         // one-row tiles (decode): the attention kernel's last split block merges the splits
         // (batch 1: 6.66 against 6.77 ms a step, runs 44/46); several rows: attn_combine
