@@ -114,7 +114,8 @@ pub struct Gpu {
     /// PDL also for launches being captured into a graph (`GLMFLEET_PDL=2`;
     /// [`Gpu::set_pdl_graphs`]).
     pdl_graphs: AtomicBool,
-    /// Set while a graph is being captured on our stream: launches then go without PDL.
+    /// Set while a graph is being captured on our stream: launches then go without PDL, and the
+    /// engine takes no path that waits for the host.
     capturing: AtomicBool,
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
     /// first use; `None` inside when the allocation failed (copies then go pageable).
@@ -264,6 +265,11 @@ impl Gpu {
         self.capturing.store(on, Ordering::Relaxed);
     }
 
+    /// Whether a graph is being captured on our stream ([`Gpu::set_capturing`]).
+    pub fn capturing(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed)
+    }
+
     /// How many blocks using `smem` bytes of shared memory (dynamic and static) an SM holds by
     /// shared memory, at most `max` (the kernel's launch bounds, which also keep its threads and
     /// registers within an SM's); the driver reserves 1 KiB of each block's.
@@ -300,9 +306,7 @@ impl Gpu {
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: u32::from(
-                self.pdl && (self.pdl_graphs() || !self.capturing.load(Ordering::Relaxed)),
-            ),
+            numAttrs: u32::from(self.pdl && (self.pdl_graphs() || !self.capturing())),
         };
         // SAFETY: the caller vouches for `params`; the config outlives the call
         unsafe {

@@ -286,8 +286,6 @@ pub struct GpuModel {
     workspace_bytes: usize,
     /// cuBLASLt for the dense GEMMs from `min_rows` rows (absent: our kernel).
     blaslt: Option<BlasLt>,
-    /// Set while a decode step is being captured as a graph.
-    capturing: std::cell::Cell<bool>,
     /// A logits buffer handed back by the replica ([`GpuModel::recycle_host`]), reused for the
     /// next logits copy.
     spare_host: std::cell::Cell<Vec<f32>>,
@@ -535,7 +533,6 @@ impl GpuModel {
             weight_bytes,
             workspace_bytes,
             blaslt,
-            capturing: std::cell::Cell::new(false),
             spare_host: std::cell::Cell::new(Vec::new()),
             logits_ready: 0,
             fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").map_or(true, |v| v != "0"),
@@ -816,12 +813,10 @@ impl GpuModel {
                     .stream
                     .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .map_err(dev_err("begin graph capture"))?;
-                self.capturing.set(true);
                 self.g.set_capturing(true);
                 let run = self
                     .forward(bucket, bucket, bucket)
                     .and_then(|_| self.sample(bucket, trunc));
-                self.capturing.set(false);
                 self.g.set_capturing(false);
                 let graph = self
                     .g
@@ -1305,7 +1300,7 @@ impl GpuModel {
         down: &GpuLinear,
         a: usize,
     ) -> Result<Option<Vec<i32>>> {
-        let on = !self.capturing.get()
+        let on = !self.g.capturing()
             && self
                 .blaslt
                 .as_ref()

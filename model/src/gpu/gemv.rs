@@ -221,8 +221,7 @@ impl MoeGemv<'_> {
     /// [`MOE_MAX_SLOTS`].
     fn applies(&self) -> bool {
         let same = Self::same_shape;
-        let slots = self.k + usize::from(self.shared.is_some());
-        slots <= MOE_MAX_SLOTS
+        self.slots() <= MOE_MAX_SLOTS
             && self.gate_up.format == self.down.format
             && self.gate_up.bias.is_none()
             && self.down.bias.is_none()
@@ -237,9 +236,15 @@ impl MoeGemv<'_> {
         a.format == b.format && a.n == b.n && a.k == b.k && a.kp == b.kp && a.parts == b.parts
     }
 
+    /// Slots of a token (a warp each): the `k` routed experts, plus the shared one when it runs
+    /// beside them.
+    fn slots(&self) -> usize {
+        self.k + usize::from(self.shared.is_some())
+    }
+
     /// Rows of the gate|up output buffer the launch writes: `t * k` routed (+ `t` shared).
     pub fn f1_rows(&self, t: usize) -> usize {
-        t * (self.k + usize::from(self.shared.is_some()))
+        t * self.slots()
     }
 
     /// The launch configuration for `t` tokens whose rows have stride `ldx`: None when the
@@ -253,7 +258,7 @@ impl MoeGemv<'_> {
         if t == 0 || !self.applies() || !aligned || dn.k != self.inter {
             return None;
         }
-        let slots = self.k + usize::from(self.shared.is_some());
+        let slots = self.slots();
         let unit = if fp8 { 16 } else { 4 };
         let rows_bytes = |rows: usize, l: &GpuLinear, group: usize| {
             if fp8 {
@@ -306,7 +311,7 @@ impl MoeGemv<'_> {
         x: u64,
     ) -> Result<()> {
         let (gu, dn) = (self.gate_up, self.down);
-        let slots = self.k + usize::from(self.shared.is_some());
+        let slots = self.slots();
         let (sh_gu, sh_dn) = self.shared.map_or(((0, 0), (0, 0)), |(a, b)| {
             ((a.w.p(), a.scales_ptr()), (b.w.p(), b.scales_ptr()))
         });
