@@ -273,11 +273,12 @@ impl EngineCore {
                 ignore_eos: req.ignore_eos,
             };
             if let Err(e) = self.scheduler.add_request(new) {
+                self.shared.ending();
+                self.ended_this_turn += 1;
                 let _ = events.send(EngineEvent::Error {
                     index,
                     message: e.to_string(),
                 });
-                self.ended_this_turn += 1;
                 continue;
             }
             let sampler = SeqSampler::new(
@@ -321,6 +322,7 @@ impl EngineCore {
     fn abort(&mut self, id: u64, notify: bool) {
         self.scheduler.abort(id);
         if let Some(seq) = self.seqs.remove(&id) {
+            self.finished(id, &seq, FinishReason::Abort);
             if notify {
                 let delta = Self::delta(&seq, String::new(), Vec::new(), Vec::new());
                 let _ = seq.events.send(EngineEvent::Delta(ChoiceDelta {
@@ -331,7 +333,6 @@ impl EngineCore {
                     ..delta
                 }));
             }
-            self.finished(id, &seq, FinishReason::Abort);
         }
     }
 
@@ -342,8 +343,11 @@ impl EngineCore {
         }
     }
 
+    /// Counts a request as ended. Call it before the request's last event is sent, so that
+    /// `/load` and `/metrics` never count a request whose client has its answer.
     fn finished(&mut self, id: u64, seq: &SeqState, reason: FinishReason) {
         self.runner.release(&[id]);
+        self.shared.ending();
         self.ended_this_turn += 1;
         let now = Instant::now();
         let first_scheduled = seq.first_scheduled.unwrap_or(now);
@@ -740,11 +744,11 @@ impl EngineCore {
         let _ = self.scheduler.update_from_output(out, &[]);
         for id in ids {
             if let Some(seq) = self.seqs.remove(&id) {
+                self.finished(id, &seq, FinishReason::Abort);
                 let _ = seq.events.send(EngineEvent::Error {
                     index: seq.index,
                     message: message.to_owned(),
                 });
-                self.finished(id, &seq, FinishReason::Abort);
             }
         }
     }

@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Scheduler requests accepted and not yet finished.
     pub(crate) in_flight: AtomicUsize,
+    /// Of those, the ones whose last event has been sent this loop turn: their handlers may
+    /// have answered already, but `in_flight` drops only at the turn's stats snapshot.
+    pub(crate) ending: AtomicUsize,
     /// False once the engine thread has exited (normally or not).
     pub(crate) alive: AtomicBool,
     pub(crate) stats: Mutex<SchedulerStats>,
@@ -62,6 +65,7 @@ impl Shared {
         Self {
             next_id: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
+            ending: AtomicUsize::new(0),
             alive: AtomicBool::new(true),
             stats: Mutex::new(initial),
             idle: Notify::new(),
@@ -82,12 +86,26 @@ impl Shared {
         }
     }
 
-    /// Marks `n` scheduler requests as done.
+    /// A scheduler request's last event is about to be sent (see [`Shared::finished`]).
+    pub(crate) fn ending(&self) {
+        self.ending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks `n` ending scheduler requests as done. `in_flight` drops before `ending` does, and
+    /// [`Shared::live`] reads them in the other order, so it may read low for an instant but
+    /// never counts an answered request.
     pub(crate) fn finished(&self, n: usize) {
-        let before = self.in_flight.fetch_sub(n, Ordering::AcqRel);
+        let before = self.in_flight.fetch_sub(n, Ordering::SeqCst);
+        self.ending.fetch_sub(n, Ordering::SeqCst);
         if before == n {
             self.idle.notify_waiters();
         }
+    }
+
+    /// Scheduler requests accepted and not yet answered.
+    pub(crate) fn live(&self) -> usize {
+        let ending = self.ending.load(Ordering::SeqCst);
+        self.in_flight.load(Ordering::SeqCst).saturating_sub(ending)
     }
 }
 
@@ -215,18 +233,25 @@ impl EngineHandle {
         self.shared.stats()
     }
 
-    /// The load report for the router.
+    /// The load report for the router: every accepted request not yet answered, `running` as
+    /// the scheduler last counted it. Requests answered this engine turn are left out, though
+    /// the last stats snapshot still holds them: a client that got its answer and sent the next
+    /// request at once must not see its old request counted beside the new one (a router would
+    /// take that as someone else's load and move the client off its prefix).
     pub fn load(&self) -> LoadSnapshot {
         let s = self.shared.stats();
-        let scheduled = s.running + s.waiting;
-        let pending = self.in_flight().saturating_sub(scheduled);
-        LoadSnapshot {
-            running: s.running,
-            waiting: s.waiting + pending,
-            kv_usage: s.kv_usage,
-            free_blocks: s.free_blocks,
-            num_blocks: s.num_blocks,
-        }
+        load_snapshot(&s, self.shared.live())
+    }
+}
+
+fn load_snapshot(s: &SchedulerStats, live: usize) -> LoadSnapshot {
+    let running = s.running.min(live);
+    LoadSnapshot {
+        running,
+        waiting: live - running,
+        kv_usage: s.kv_usage,
+        free_blocks: s.free_blocks,
+        num_blocks: s.num_blocks,
     }
 }
 
@@ -257,5 +282,44 @@ impl Drop for RequestGuard {
                 .inbox
                 .send(Command::Abort(std::mem::take(&mut self.ids)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(running: usize, waiting: usize) -> SchedulerStats {
+        SchedulerStats {
+            running,
+            waiting,
+            ..SchedulerStats::default()
+        }
+    }
+
+    #[test]
+    fn an_answered_request_leaves_the_load_at_once() {
+        // The engine ran request A (the last snapshot says running 1) and has sent its answer;
+        // the client already sent B. Load is B alone, not A beside B.
+        let shared = Shared::new(stats(1, 0));
+        shared.in_flight.store(1, Ordering::SeqCst);
+        shared.ending();
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(shared.live(), 1);
+        let load = load_snapshot(&shared.stats(), shared.live());
+        assert_eq!((load.running, load.waiting), (1, 0));
+        // The turn ends: A leaves both counts.
+        shared.finished(1);
+        shared.set_stats(stats(0, 1));
+        assert_eq!(shared.live(), 1);
+        assert_eq!(shared.ending.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn accepted_requests_the_scheduler_has_not_seen_count_as_waiting() {
+        let load = load_snapshot(&stats(2, 1), 5);
+        assert_eq!((load.running, load.waiting), (2, 3));
+        let load = load_snapshot(&stats(3, 0), 2);
+        assert_eq!((load.running, load.waiting), (2, 0));
     }
 }
