@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::http::{self, chat, ignoring_eos, SseStream};
+use e2e::http::{self, chat, ignoring_eos, Event, SseStream};
 use e2e::{wait_until, Fleet};
 
 const REPLICAS: usize = 3;
@@ -83,6 +83,38 @@ fn shared_prefix_sticks_and_distinct_prefixes_spread() {
     assert!(
         affinity >= 0.95,
         "shared-prefix requests spread over {by_replica:?} (affinity {affinity:.3} < 0.95)"
+    );
+
+    // The same, streamed, each stream read to its `[DONE]` and the next sent at once (an agent's
+    // loop): the stream just answered must not count against its prefix owner.
+    let prefix = long_text("streamed-system-prompt", 2048);
+    let sent = 40;
+    let mut by_replica: BTreeMap<usize, usize> = BTreeMap::new();
+    for i in 0..sent {
+        let body = chat(&prefix, &format!("Step {i}: what next?"), 4, true);
+        let mut s = SseStream::open(&url, &body).unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        assert_eq!(s.status, 200, "stream {i}");
+        loop {
+            match s.next_event().unwrap_or_else(|e| panic!("stream {i}: {e}")) {
+                Some(Event::Done) => break,
+                Some(Event::Data(_)) => {}
+                None => panic!("stream {i} ended without [DONE]"),
+            }
+        }
+        let replica = s.replica.as_deref().expect("x-glmfleet-replica header");
+        *by_replica
+            .entry(fleet.index_of(replica).expect("a fleet member"))
+            .or_default() += 1;
+    }
+    let top = by_replica.values().copied().max().unwrap_or(0);
+    let affinity = top as f64 / sent as f64;
+    eprintln!(
+        "streamed shared prefix: {sent} requests by replica {by_replica:?}: affinity {:.1}%",
+        affinity * 100.0
+    );
+    assert!(
+        affinity >= 0.95,
+        "streamed shared-prefix requests spread over {by_replica:?} (affinity {affinity:.3} < 0.95)"
     );
 
     // Distinct prefixes (each differs in its first block) are placed by the ring: all replicas get some.

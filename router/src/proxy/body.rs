@@ -1,8 +1,9 @@
 //! Response bodies the router sends: a buffered body, or an SSE relay.
 //!
 //! The relay forwards an upstream event stream frame by frame as it arrives (no buffering beyond
-//! one incomplete event), holds the replica's [`InflightGuard`] until the stream ends, fails, or
-//! the client drops it, and never fails itself: if the upstream dies mid-stream, the client gets
+//! one incomplete event), holds the replica's [`InflightGuard`] until the replica has answered
+//! (the OpenAI stream's `data: [DONE]` event is on its way to the client), the stream ends, fails,
+//! or the client drops it, and never fails itself: if the upstream dies mid-stream, the client gets
 //! one `data: {"error": ...}` event and a clean end of body.
 //!
 //! Event alignment: the relay forwards only whole SSE events (up to the last blank line seen) and
@@ -56,6 +57,7 @@ impl ProxyBody {
             finished: false,
         };
         relay.ready = relay.aligner.push(first);
+        relay.release_if_answered();
         Self(Kind::Relay(Box::new(relay)))
     }
 }
@@ -117,7 +119,10 @@ impl SseRelay {
             match Pin::new(upstream).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => self.ready = self.aligner.push(data),
+                    Ok(data) => {
+                        self.ready = self.aligner.push(data);
+                        self.release_if_answered();
+                    }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(None) => {
@@ -137,6 +142,17 @@ impl SseRelay {
                     self.finish();
                 }
             }
+        }
+    }
+
+    /// Release the replica once its `[DONE]` event is ready to go, before the client can see it:
+    /// a client that sends its next request on `[DONE]` must not find the answered stream still
+    /// counted on its prefix owner (the bounded-load rule would spill it elsewhere). The rest of
+    /// the body (its end) is still read, so the upstream connection can be reused; a failure
+    /// after `[DONE]` costs the client nothing and is not reported.
+    fn release_if_answered(&mut self) {
+        if self.guard.is_some() && self.ready.as_deref().is_some_and(ends_with_done_event) {
+            self.guard = None;
         }
     }
 
@@ -196,6 +212,23 @@ impl EventAligner {
     }
 }
 
+/// `data` ends with the OpenAI stream's terminal event, `data: [DONE]` and its blank line.
+fn ends_with_done_event(data: &[u8]) -> bool {
+    let end = data
+        .iter()
+        .rposition(|&b| b != b'\n' && b != b'\r')
+        .map_or(0, |i| i + 1);
+    if end == data.len() {
+        return false; // no blank line after it yet: not a whole event
+    }
+    let body = &data[..end];
+    let line = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(body, |i| &body[i + 1..]);
+    line == b"data: [DONE]" || line == b"data:[DONE]"
+}
+
 fn ends_with_event_boundary(data: &[u8]) -> bool {
     data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n")
 }
@@ -224,6 +257,22 @@ mod tests {
         assert_eq!(last_event_end(b"data: a\n\n", 9), None);
         assert!(ends_with_event_boundary(b"data: x\n\n"));
         assert!(!ends_with_event_boundary(b"data: x\n"));
+    }
+
+    #[test]
+    fn finds_the_done_event_at_the_end_only() {
+        assert!(ends_with_done_event(b"data: [DONE]\n\n"));
+        assert!(ends_with_done_event(
+            b"data: {\"a\":1}\n\ndata: [DONE]\r\n\r\n"
+        ));
+        assert!(ends_with_done_event(b"data:[DONE]\n\n"));
+        assert!(!ends_with_done_event(b"data: [DONE]"));
+        assert!(!ends_with_done_event(b"data: [DONE]\n\ndata: {}\n\n"));
+        assert!(!ends_with_done_event(
+            b"data: {\"text\":\"data: [DONE]\"}\n\n"
+        ));
+        assert!(!ends_with_done_event(b"\n\n"));
+        assert!(!ends_with_done_event(b""));
     }
 
     #[test]
