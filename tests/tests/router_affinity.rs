@@ -47,6 +47,34 @@ fn start_fleet() -> Fleet {
     )
 }
 
+/// Sends `n` requests one after another (`send(i)` returns the replica that answered) and counts
+/// them by fleet index.
+fn tally(fleet: &Fleet, n: usize, mut send: impl FnMut(usize) -> String) -> BTreeMap<usize, usize> {
+    let mut by_replica = BTreeMap::new();
+    for i in 0..n {
+        let replica = send(i);
+        *by_replica
+            .entry(fleet.index_of(&replica).expect("a fleet member"))
+            .or_default() += 1;
+    }
+    by_replica
+}
+
+/// At least 95% of the requests counted in `by_replica` landed on one replica.
+fn assert_sticks(what: &str, by_replica: &BTreeMap<usize, usize>) {
+    let sent: usize = by_replica.values().sum();
+    let top = by_replica.values().copied().max().unwrap_or(0);
+    let affinity = top as f64 / sent as f64;
+    eprintln!(
+        "{what}: {sent} requests by replica {by_replica:?}: affinity {:.1}%",
+        affinity * 100.0
+    );
+    assert!(
+        affinity >= 0.95,
+        "{what} requests spread over {by_replica:?} (affinity {affinity:.3} < 0.95)"
+    );
+}
+
 #[test]
 fn shared_prefix_sticks_and_distinct_prefixes_spread() {
     let fleet = start_fleet();
@@ -55,9 +83,7 @@ fn shared_prefix_sticks_and_distinct_prefixes_spread() {
     // One long shared system prompt (8 routing blocks of 256 bytes), distinct questions, sent one
     // after another: every arrival sees loads far under the bound.
     let prefix = long_text("shared-system-prompt", 2048);
-    let sent = 60;
-    let mut by_replica: BTreeMap<usize, usize> = BTreeMap::new();
-    for i in 0..sent {
+    let by_replica = tally(&fleet, 60, |i| {
         let reply = http::post_json(
             &url,
             &chat(
@@ -69,28 +95,14 @@ fn shared_prefix_sticks_and_distinct_prefixes_spread() {
         )
         .unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
-        let replica = reply.replica.as_deref().expect("x-glmfleet-replica header");
-        *by_replica
-            .entry(fleet.index_of(replica).expect("a fleet member"))
-            .or_default() += 1;
-    }
-    let top = by_replica.values().copied().max().unwrap_or(0);
-    let affinity = top as f64 / sent as f64;
-    eprintln!(
-        "shared prefix: {sent} requests by replica {by_replica:?}: affinity {:.1}%",
-        affinity * 100.0
-    );
-    assert!(
-        affinity >= 0.95,
-        "shared-prefix requests spread over {by_replica:?} (affinity {affinity:.3} < 0.95)"
-    );
+        reply.replica.expect("x-glmfleet-replica header")
+    });
+    assert_sticks("shared-prefix", &by_replica);
 
     // The same, streamed, each stream read to its `[DONE]` and the next sent at once (an agent's
     // loop): the stream just answered must not count against its prefix owner.
     let prefix = long_text("streamed-system-prompt", 2048);
-    let sent = 40;
-    let mut by_replica: BTreeMap<usize, usize> = BTreeMap::new();
-    for i in 0..sent {
+    let by_replica = tally(&fleet, 40, |i| {
         let body = chat(&prefix, &format!("Step {i}: what next?"), 4, true);
         let mut s = SseStream::open(&url, &body).unwrap_or_else(|e| panic!("stream {i}: {e}"));
         assert_eq!(s.status, 200, "stream {i}");
@@ -101,35 +113,19 @@ fn shared_prefix_sticks_and_distinct_prefixes_spread() {
                 None => panic!("stream {i} ended without [DONE]"),
             }
         }
-        let replica = s.replica.as_deref().expect("x-glmfleet-replica header");
-        *by_replica
-            .entry(fleet.index_of(replica).expect("a fleet member"))
-            .or_default() += 1;
-    }
-    let top = by_replica.values().copied().max().unwrap_or(0);
-    let affinity = top as f64 / sent as f64;
-    eprintln!(
-        "streamed shared prefix: {sent} requests by replica {by_replica:?}: affinity {:.1}%",
-        affinity * 100.0
-    );
-    assert!(
-        affinity >= 0.95,
-        "streamed shared-prefix requests spread over {by_replica:?} (affinity {affinity:.3} < 0.95)"
-    );
+        s.replica.expect("x-glmfleet-replica header")
+    });
+    assert_sticks("streamed shared-prefix", &by_replica);
 
     // Distinct prefixes (each differs in its first block) are placed by the ring: all replicas get some.
     let distinct = 30;
-    let mut spread: BTreeMap<usize, usize> = BTreeMap::new();
-    for i in 0..distinct {
+    let spread = tally(&fleet, distinct, |i| {
         let system = long_text(&format!("tenant-{i}"), 1024);
         let reply = http::post_json(&url, &chat(&system, "Hello", 4, false))
             .expect("distinct-prefix request");
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let idx = fleet
-            .index_of(reply.replica.as_deref().expect("replica header"))
-            .expect("member");
-        *spread.entry(idx).or_default() += 1;
-    }
+        reply.replica.expect("replica header")
+    });
     eprintln!("distinct prefixes: {distinct} requests by replica {spread:?}");
     assert_eq!(
         spread.len(),

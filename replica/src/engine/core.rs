@@ -273,8 +273,7 @@ impl EngineCore {
                 ignore_eos: req.ignore_eos,
             };
             if let Err(e) = self.scheduler.add_request(new) {
-                self.shared.ending();
-                self.ended_this_turn += 1;
+                self.count_ended();
                 let _ = events.send(EngineEvent::Error {
                     index,
                     message: e.to_string(),
@@ -343,12 +342,18 @@ impl EngineCore {
         }
     }
 
+    /// One request ended: out of `/load` now, out of `in_flight` at this turn's stats snapshot
+    /// (`publish_stats`). The two counts move together only here.
+    fn count_ended(&mut self) {
+        self.shared.ending();
+        self.ended_this_turn += 1;
+    }
+
     /// Counts a request as ended. Call it before the request's last event is sent, so that
     /// `/load` and `/metrics` never count a request whose client has its answer.
     fn finished(&mut self, id: u64, seq: &SeqState, reason: FinishReason) {
         self.runner.release(&[id]);
-        self.shared.ending();
-        self.ended_this_turn += 1;
+        self.count_ended();
         let now = Instant::now();
         let first_scheduled = seq.first_scheduled.unwrap_or(now);
         let first_token = seq.first_token.unwrap_or(now);
