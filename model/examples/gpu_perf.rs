@@ -6,13 +6,17 @@
 //! together with the PyTorch/cuBLAS counterparts; the notes are in `ops/perf/`.
 //!
 //! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only | --ncu-step B,B,... |
-//! --sweep]
+//! --sweep | --trace-step B,B,...]
 //!
 //! `--sweep` times the graph-replayed decode step at batch 1–64 under each setting of the switches
 //! that need no restart (attention key splits, PDL in graphs, GEMV rows and tokens), in one process.
 //!
 //! `--ncu-step` runs one eager decode step per batch size (context 1,024) between
 //! cuProfilerStart/Stop, for `ncu --profile-from-start off` to time every kernel of a step.
+//!
+//! `--trace-step` (with `GLMFLEET_TRACE=1`: kernels built with timeline marks) replays one decode
+//! step per batch size (context 1,024) from its graph and writes the kernels' timeline records to
+//! OUT-bB.bin (little-endian u64 words, `Gpu::trace_take`) for `ops/perf/trace_summary.py`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,7 +56,20 @@ fn main() -> Res<()> {
             .split(',')
             .map(|b| b.parse())
             .collect::<Result<_, _>>()?;
+        if args.iter().any(|a| a == "--trace-step") {
+            return Err("--ncu-step and --trace-step are separate runs".into());
+        }
         return ncu_steps(&cfg, &batches);
+    }
+    if let Some(i) = args.iter().position(|a| a == "--trace-step") {
+        let batches: Vec<usize> = args
+            .get(i + 1)
+            .ok_or("--trace-step needs batch sizes, e.g. 1,64")?
+            .split(',')
+            .map(|b| b.parse())
+            .collect::<Result<_, _>>()?;
+        let out = out.ok_or("--trace-step needs an output path prefix")?;
+        return trace_steps(&cfg, &batches, &out);
     }
     if args.iter().any(|a| a == "--sweep") {
         let rows = decode_sweep(&cfg)?;
@@ -337,6 +354,7 @@ fn moe_gemv_bench(
             k,
             ids: idb.p(),
             wts: wtb.p(),
+            flat: true,
         };
         let cfg = moe.config(g, t, h).ok_or("the MoE GEMV does not apply")?;
         let us = time_us(g, 3, 50, || {
@@ -486,46 +504,51 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     let mut opts = bench_options();
     opts.cuda_graphs = true;
     let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
-    /// (attention blocks an SM, PDL in graphs, GEMV rows, MoE GEMV tokens)
-    type Setting = (usize, bool, usize, usize);
+    /// (attention blocks an SM, PDL in graphs, GEMV rows, MoE GEMV tokens, flat MoE gate|up)
+    type Setting = (usize, bool, usize, usize, bool);
     let defaults: Setting = (
         m.attn_blocks_per_sm(),
         m.gpu().pdl_graphs(),
         m.gemv().0,
         m.gemv().1,
+        m.moe_flat(),
     );
-    let (per_sm, pdl, rows, tokens) = defaults;
+    let (per_sm, pdl, rows, tokens, flat) = defaults;
     let mut variants: Vec<(String, Setting)> = vec![
         ("defaults".into(), defaults),
         (
             format!("PDL in graphs {}", !pdl),
-            (per_sm, !pdl, rows, tokens),
+            (per_sm, !pdl, rows, tokens, flat),
+        ),
+        (
+            format!("flat MoE gate|up {}", !flat),
+            (per_sm, pdl, rows, tokens, !flat),
         ),
     ];
     for n in [2usize, 8].into_iter().filter(|&n| n != per_sm) {
         variants.push((
             format!("attention: {n} blocks an SM"),
-            (n, pdl, rows, tokens),
+            (n, pdl, rows, tokens, flat),
         ));
     }
-    for r in [2usize, 4, 8].into_iter().filter(|&r| r != rows) {
+    // (2 and 4 rows measured slower at batch 2-4 in runs 57-58)
+    if rows != 8 {
         variants.push((
-            format!("dense GEMV up to {r} rows"),
-            (per_sm, pdl, r, tokens),
+            "dense GEMV up to 8 rows".into(),
+            (per_sm, pdl, 8, tokens, flat),
         ));
     }
-    if tokens != 8 {
-        variants.push(("MoE GEMV up to 8 tokens".into(), (per_sm, pdl, rows, 8)));
-        variants.push((
-            "dense GEMV 8 rows, MoE GEMV 8 tokens".into(),
-            (per_sm, pdl, 8, 8),
-        ));
-    }
+    // the other of the two MoE GEMV limits measured (4, 8)
+    let t = if tokens == 8 { 4 } else { 8 };
+    variants.push((
+        format!("MoE GEMV up to {t} tokens"),
+        (per_sm, pdl, rows, t, flat),
+    ));
     variants.push(("defaults (again)".into(), defaults));
     let (bs, nb, ctx) = (m.block_size(), m.num_blocks(), 1024usize);
     let batches = [1usize, 2, 4, 8, 16, 64];
     println!(
-        "defaults: attention {per_sm} blocks an SM, PDL in graphs {pdl}, GEMV {rows} rows, MoE GEMV {tokens} tokens"
+        "defaults: attention {per_sm} blocks an SM, PDL in graphs {pdl}, GEMV {rows} rows, MoE GEMV {tokens} tokens, flat MoE gate|up {flat}"
     );
     println!(
         "\n| setting | {} |",
@@ -533,10 +556,11 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     );
     println!("|---|{}", "---|".repeat(batches.len()));
     let mut out = vec![];
-    for (name, (n, pdl_graphs, r, t)) in variants {
+    for (name, (n, pdl_graphs, r, t, fl)) in variants {
         m.set_attn_blocks_per_sm(n);
         m.set_pdl_graphs(pdl_graphs);
         m.set_gemv(r, t);
+        m.set_moe_flat(fl);
         let mut cells = vec![];
         for b in batches {
             let batch = DecodeBatch::new(b, ctx.div_ceil(bs) + 1, nb);
@@ -544,8 +568,8 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
             cells.push(format!("{ms:.3}"));
             out.push(
                 json!({"setting": name, "attn_blocks_per_sm": n, "pdl_graphs": pdl_graphs,
-                "gemv_rows": r, "moe_gemv_tokens": t, "decode_batch": b, "context": ctx,
-                "graph_ms": ms}),
+                "gemv_rows": r, "moe_gemv_tokens": t, "moe_flat": fl, "decode_batch": b,
+                "context": ctx, "graph_ms": ms}),
             );
         }
         println!("| {name} | {} |", cells.join(" | "));
@@ -553,6 +577,7 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     m.set_attn_blocks_per_sm(per_sm);
     m.set_pdl_graphs(pdl);
     m.set_gemv(rows, tokens);
+    m.set_moe_flat(flat);
     Ok(Value::Array(out))
 }
 
@@ -573,6 +598,36 @@ fn ncu_steps(c: &Glm4MoeConfig, batches: &[usize]) -> Res<()> {
         time_steps(&mut m, &seqs, &sp, 0, 1)?;
         drop(prof);
         println!("profiled one decode step at batch {b}");
+    }
+    Ok(())
+}
+
+/// One graph-replayed decode step per batch size with the kernels' timeline marks on: the records
+/// go to `{out}-b{B}.bin`.
+fn trace_steps(c: &Glm4MoeConfig, batches: &[usize], out: &str) -> Res<()> {
+    let mut m = GpuModel::dummy(c.clone(), &bench_options(), 42, false)?;
+    m.set_cuda_graphs(true);
+    let per_seq = 1024usize.div_ceil(m.block_size()) + 1;
+    for &b in batches {
+        let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
+        let (seqs, sp) = (batch.seqs(1024), batch.sampling());
+        time_steps(&mut m, &seqs, &sp, 3, 0)?;
+        m.gpu()
+            .trace_take()?
+            .ok_or("the kernels have no timeline marks: run with GLMFLEET_TRACE=1")?;
+        let ms = time_steps(&mut m, &seqs, &sp, 0, 1)?;
+        let recs = m.gpu().trace_take()?.unwrap_or_default();
+        let bytes: Vec<u8> = recs
+            .iter()
+            .flatten()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let path = format!("{out}-b{b}.bin");
+        std::fs::write(&path, bytes)?;
+        println!(
+            "batch {b}: one step {ms:.3} ms, {} warp records -> {path}",
+            recs.len()
+        );
     }
     Ok(())
 }

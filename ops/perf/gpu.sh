@@ -3,9 +3,11 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [spec] [perf] [sweep] [ncu] [torch] [bench] [guide] [sampling] [fleet] [routing]
+#   ops/perf/gpu.sh [tests] [spec] [perf] [sweep] [trace] [ncu] [torch] [bench] [guide] [sampling] [fleet] [routing]
 #   (tests perf torch bench when none is named)
 #   sweep: the batch 1-64 decode step under each setting of the switches that need no restart (gpu_perf --sweep)
+#   trace: each kernel's timeline inside one graph-replayed decode step at TRACE_BATCHES (1,8,64), with the
+#   kernels built with their timeline marks (GLMFLEET_TRACE=1; trace_summary.py tabulates it)
 #   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
 #   against one server start (--max-model-len 9216)
 #   sampling: 1000/200 all greedy (drawn on the device), all top-p (every row sampled on the host),
@@ -61,6 +63,16 @@ fi
 if has sweep; then
   echo "== decode step at batch 1-64 under each switch setting (gpu_perf --sweep)"
   timeout 300 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/sweep.json" --sweep 2>&1 | tee "$LOG/sweep.log"
+fi
+if has trace; then
+  echo "== step timeline: each kernel's phases in one decode step (GLMFLEET_TRACE=1 gpu_perf --trace-step)"
+  GLMFLEET_TRACE=1 timeout 300 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/trace" \
+    --trace-step "${TRACE_BATCHES:-1,8,64}" 2>&1 | tee "$LOG/trace.log"
+  for f in "$LOG"/trace-b*.bin; do
+    [ -e "$f" ] || continue
+    python3 ops/perf/trace_summary.py "$f" --layer "${TRACE_LAYER:-10}" 2>&1 | tee "${f%.bin}.txt"
+    xz -f "$f"
+  done
 fi
 if has ncu; then
   echo "== per-kernel times of one decode step (ncu; 4 layers stand for the model)"

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Compile model/src/gpu/kernels.cu with NVRTC on a machine without a GPU (the libnvrtc that
 `pip install torch` brings), as the engine does at start-up: catches compile errors before a device
-run. Prints NVRTC's log; with --ptx FILE writes the PTX.   ops/perf/nvrtc_check.py [--arch sm_90]"""
+run. Prints NVRTC's log; with --ptx FILE writes the PTX; --trace compiles the step-timeline build
+(GLMFLEET_TRACE).   ops/perf/nvrtc_check.py [--arch sm_90] [--trace]"""
 import ctypes, glob, sys, os
 
 arch = sys.argv[sys.argv.index("--arch") + 1] if "--arch" in sys.argv else "sm_90"
-libs = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/*/lib/python3*/site-packages/nvidia/cu1*/lib/libnvrtc.so*")) +
+libs = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/*/lib/python3*/site-packages/nvidia/cu*/lib/libnvrtc.so*")) +
               glob.glob("/usr/local/lib/python3*/*-packages/nvidia/cu1*/lib/libnvrtc.so*") +
               glob.glob("/usr/local/cuda*/lib64/libnvrtc.so*"))
 if not libs:
@@ -15,6 +16,8 @@ src = open(os.path.join(os.path.dirname(__file__), "../../model/src/gpu/kernels.
 prog = ctypes.c_void_p()
 assert nv.nvrtcCreateProgram(ctypes.byref(prog), src, b"kernels.cu", 0, None, None) == 0
 opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]  # as model/src/gpu/device.rs
+if "--trace" in sys.argv:
+    opts.append(b"-DGLMFLEET_TRACE")
 arr = (ctypes.c_char_p * len(opts))(*opts)
 rc = nv.nvrtcCompileProgram(prog, len(opts), arr)
 n = ctypes.c_size_t()

@@ -65,6 +65,7 @@ funcs!(
     gemv_bf16_3,
     gemv_bf16_4,
     moe_gemv_fp8,
+    moe_gemv_fp8_flat,
     moe_gemv_bf16,
     sample_part,
     sample_rows,
@@ -120,7 +121,14 @@ pub struct Gpu {
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
     /// first use; `None` inside when the allocation failed (copies then go pageable).
     staging: Mutex<Option<Option<PinnedHostSlice<u8>>>>,
+    /// The step timeline's device records and their count (`GLMFLEET_TRACE=1`: kernels built
+    /// with `TRACE_*` marks, see kernels.cu; [`Gpu::trace_take`]).
+    trace: Option<(u64, u64)>,
 }
+
+/// Words of one timeline record (`g_trace` in kernels.cu): four %globaltimer marks (ns, 0 when
+/// not taken), then tag | warp << 16 | SM << 24 | linear block << 32.
+pub const TRACE_WORDS: usize = 5;
 
 /// Bytes of the pinned staging buffer: large copies go through it in pieces this size.
 const STAGING_BYTES: usize = 32 << 20;
@@ -170,16 +178,32 @@ impl Gpu {
                 )))
             }
         };
+        let trace = std::env::var("GLMFLEET_TRACE").is_ok_and(|v| v == "1");
+        let mut options = vec!["--std=c++17".into(), "-default-device".into()];
+        if trace {
+            options.push("-DGLMFLEET_TRACE".into());
+        }
         let ptx = compile_ptx_with_opts(
             SOURCE,
             CompileOptions {
                 arch: Some(arch),
-                options: vec!["--std=c++17".into(), "-default-device".into()],
+                options,
                 ..Default::default()
             },
         )
         .map_err(dev_err("compiling kernels.cu with NVRTC"))?;
         let module = ctx.load_module(ptx).map_err(dev_err("loading kernels"))?;
+        let trace = if trace {
+            let global = |name| {
+                module
+                    .get_global(name, &stream)
+                    .map(|v| v.device_ptr(&stream).0)
+                    .map_err(dev_err("finding the timeline buffer"))
+            };
+            Some((global("g_trace")?, global("g_trace_n")?))
+        } else {
+            None
+        };
         let f = Funcs::load(&module)?;
         for func in [
             &f.gemm_fp8_m64,
@@ -226,6 +250,7 @@ impl Gpu {
             &f.gemv_bf16_3,
             &f.gemv_bf16_4,
             &f.moe_gemv_fp8,
+            &f.moe_gemv_fp8_flat,
             &f.moe_gemv_bf16,
         ] {
             raise_smem_limit(func, gemv_smem, "raising the GEMV shared-memory limit")?;
@@ -247,7 +272,29 @@ impl Gpu {
             pdl_graphs: AtomicBool::new(major >= 9 && pdl_env.as_deref() == Some("2")),
             capturing: AtomicBool::new(false),
             staging: Mutex::new(None),
+            trace,
         }))
+    }
+
+    /// The timeline records the kernels wrote since the last call ([`TRACE_WORDS`] words each),
+    /// after the stream's work; None unless the kernels were built with the marks
+    /// (`GLMFLEET_TRACE=1`). Records past the buffer's capacity are dropped.
+    pub fn trace_take(&self) -> Result<Option<Vec<[u64; TRACE_WORDS]>>> {
+        let Some((records, count)) = self.trace else {
+            return Ok(None);
+        };
+        let mut n = [0u32];
+        self.download(count, &mut n)?;
+        let cap = 1usize << 19; // TRACE_CAP in kernels.cu
+        let mut flat = vec![0u64; (n[0] as usize).min(cap) * TRACE_WORDS];
+        self.download(records, &mut flat)?;
+        self.upload(count, &[0u32])?;
+        self.sync()?;
+        Ok(Some(
+            flat.chunks_exact(TRACE_WORDS)
+                .map(|c| std::array::from_fn(|i| c[i]))
+                .collect(),
+        ))
     }
 
     /// Whether launches being captured into a graph use PDL (when [`Gpu::pdl`]).

@@ -304,12 +304,15 @@ pub struct GpuModel {
     /// `prep_rows` and the GEMM (run 38: 11.65 against 11.03 ms at batch 2).
     gemv_rows: usize,
     /// Steps of at most this many tokens run the MoE experts as two GEMV launches (no plan, no
-    /// gathered copy, the combine fused; `GLMFLEET_MOE_GEMV_TOKENS`, 0 off). Default 4, where run
-    /// 38 measured it (16.44 against 17.87 ms at batch 4); beyond, each token's 9 slots reread
-    /// experts that tokens share, which the grouped GEMM reads once. With the copy ring, 8 tokens
-    /// ran faster this way too (run 57: batch 8 18.48 against 19.37 ms), but the parity test has
-    /// not yet run at 8 tokens on the device, so the default stays.
+    /// gathered copy, the combine fused; `GLMFLEET_MOE_GEMV_TOKENS`, 0 off). Default 8: run 38
+    /// measured 4 (16.44 against 17.87 ms at batch 4), and with the copy ring 8 tokens ran faster
+    /// this way too (runs 57/58: batch 8 18.48–18.64 against 19.37–19.71 ms; parity at 8 tokens
+    /// in run 58). Beyond, each token's 9 slots reread experts that tokens share, which the
+    /// grouped GEMM reads once.
     moe_gemv_tokens: usize,
+    /// Whether one token's MoE gate|up runs with its units spread evenly over the SMs
+    /// ([`crate::gpu::MoeGemvConfig::flat`]; `GLMFLEET_MOE_FLAT=0` turns it off).
+    moe_flat: bool,
     /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`): fewer
     /// splits mean fewer partial results to merge, more mean shorter blocks.
     attn_blocks_per_sm: usize,
@@ -328,7 +331,7 @@ unsafe impl Send for Graph {}
 
 /// Defaults of `GpuModel::gemv_rows` and `GpuModel::moe_gemv_tokens` (see their docs).
 const DEFAULT_GEMV_ROWS: usize = 1;
-const DEFAULT_MOE_GEMV_TOKENS: usize = 4;
+const DEFAULT_MOE_GEMV_TOKENS: usize = 8;
 
 /// A count from the environment (`default` when unset or unreadable).
 fn env_usize(name: &str, default: usize) -> usize {
@@ -475,9 +478,10 @@ impl GpuModel {
                 c.hidden_size
             )));
         }
-        if c.n_group > 32 || c.n_routed_experts > 4096 {
+        if c.n_group > 32 || c.n_routed_experts > 4096 || c.num_experts_per_tok > 32 {
             return Err(ModelError::Device(
-                "router kernel supports up to 32 expert groups and 4096 experts".into(),
+                "router kernel supports up to 32 expert groups, 4096 experts and 32 experts a token"
+                    .into(),
             ));
         }
         let mut weight_bytes = embed.bytes() + norm.bytes() + lm_head.bytes();
@@ -539,6 +543,7 @@ impl GpuModel {
             truncation: std::env::var("GLMFLEET_DEVICE_TRUNCATION").map_or(true, |v| v != "0"),
             gemv_rows: env_usize("GLMFLEET_GEMV_ROWS", DEFAULT_GEMV_ROWS).min(GEMV_MAX_ROWS),
             moe_gemv_tokens: env_usize("GLMFLEET_MOE_GEMV_TOKENS", DEFAULT_MOE_GEMV_TOKENS),
+            moe_flat: std::env::var("GLMFLEET_MOE_FLAT").map_or(true, |v| v != "0"),
             attn_blocks_per_sm: env_usize(
                 "GLMFLEET_ATTN_BLOCKS_PER_SM",
                 DEFAULT_ATTN_BLOCKS_PER_SM,
@@ -694,6 +699,19 @@ impl GpuModel {
             // captured graphs baked the old kernels in
             self.graphs.clear();
             (self.gemv_rows, self.moe_gemv_tokens) = (rows, moe_tokens);
+        }
+    }
+
+    /// Whether one token's MoE gate|up spreads its units evenly ([`GpuModel::moe_flat`]).
+    pub fn moe_flat(&self) -> bool {
+        self.moe_flat
+    }
+
+    /// Sets [`GpuModel::moe_flat`] (captured graphs are dropped).
+    pub fn set_moe_flat(&mut self, on: bool) {
+        if on != self.moe_flat {
+            self.graphs.clear();
+            self.moe_flat = on;
         }
     }
 
@@ -1227,6 +1245,7 @@ impl GpuModel {
                 k,
                 ids: ws.ids.p(),
                 wts: ws.wts.p(),
+                flat: self.moe_flat,
             };
             let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
             if let Some(cfg) = experts.config(g, t, h).filter(|_| fits) {

@@ -213,6 +213,9 @@ pub struct MoeGemv<'a> {
     pub k: usize,
     pub ids: u64,
     pub wts: u64,
+    /// Whether one token's gate|up may run as `moe_gemv_fp8_flat` (FP8): units of (slot, 16
+    /// channels) spread evenly over the SMs ([`MoeGemvConfig::flat`]).
+    pub flat: bool,
 }
 
 impl MoeGemv<'_> {
@@ -289,12 +292,26 @@ impl MoeGemv<'_> {
                 fits.then_some((group, cpb, bytes))
             })
         };
+        let mut parts = [fit(1, gu, gu_group)?, fit(slots, dn, dn_group)?];
+        // one token's gate|up: the fewest warps a block (at most 16) that cover the slots x chunks
+        // units with one block an SM, when its rings and staging fit
+        let mut flat = None;
+        if fp8 && self.flat && t == 1 {
+            let units = slots * gu.n.div_ceil(16);
+            let warps = units.div_ceil(g.sm_count).max(1);
+            let bytes = warps * FP8V_RING_BYTES + rows_bytes(1, gu, gu_group) + gu.k * 4;
+            if warps <= 16 && bytes <= g.gemv_smem {
+                flat = Some((warps, units.div_ceil(warps)));
+                parts[0] = (gu_group, 0, bytes);
+            }
+        }
         Some(MoeGemvConfig {
             fp8,
             smode,
             bn,
             bk,
-            parts: [fit(1, gu, gu_group)?, fit(slots, dn, dn_group)?],
+            flat,
+            parts,
         })
     }
 
@@ -334,7 +351,11 @@ impl MoeGemv<'_> {
             };
             let (output, ldo) = if down == 0 { (f1, gu.n) } else { (x, ldx) };
             let (w_gstride, sw_gstride) = stride(l);
-            let grid = (l.n.div_ceil(cpb) as u32, t as u32, 1);
+            let flat = cfg.flat.filter(|_| down == 0);
+            let (grid, block) = match flat {
+                Some((warps, blocks)) => ((blocks as u32, 1, 1), (32 * warps as u32, 1, 1)),
+                None => ((l.n.div_ceil(cpb) as u32, t as u32, 1), block),
+            };
             let ldw = (l.kp * l.elem_bytes()) as i32;
             macro_rules! go {
                 ($f:ident) => {
@@ -345,7 +366,9 @@ impl MoeGemv<'_> {
                         cpb as i32, output, ldo as i32, down)
                 };
             }
-            if cfg.fp8 {
+            if flat.is_some() {
+                go!(moe_gemv_fp8_flat)?;
+            } else if cfg.fp8 {
                 go!(moe_gemv_fp8)?;
             } else {
                 go!(moe_gemv_bf16)?;
@@ -362,5 +385,14 @@ pub struct MoeGemvConfig {
     smode: i32,
     bn: i32,
     bk: i32,
+    /// One token's gate|up as `moe_gemv_fp8_flat`: (warps a block, blocks).
+    flat: Option<(usize, usize)>,
     parts: [(usize, usize, usize); 2],
+}
+
+impl MoeGemvConfig {
+    /// Whether gate|up runs as `moe_gemv_fp8_flat`, and with how many warps a block.
+    pub fn flat(&self) -> Option<usize> {
+        self.flat.map(|(warps, _)| warps)
+    }
 }

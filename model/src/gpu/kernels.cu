@@ -32,6 +32,54 @@ typedef unsigned long long u64;
     PDL_TRIGGER();  \
   } while (0)
 
+// Step timeline (builds with GLMFLEET_TRACE defined only: GLMFLEET_TRACE=1 at run time; nothing is
+// compiled in otherwise). A kernel's warps keep up to 4 %globaltimer marks in registers (mark 0 at
+// TRACE_DECL, then TRACE_MARK(1..3)) and write them as one record when done (TRACE_FLUSH: one
+// atomic a warp, after its last mark), for `gpu_perf --trace-step` and ops/perf/trace_summary.py:
+// where a kernel's time goes (block start-up, row staging, the main loop, the tail). A record:
+// marks[4], then tag | warp << 16 | SM << 24 | linear block << 32 (unset marks are 0).
+#ifdef GLMFLEET_TRACE
+#define TRACE_CAP (1 << 19)
+__device__ u64 g_trace[TRACE_CAP][5];
+__device__ u32 g_trace_n;
+__device__ __forceinline__ u64 gtime() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+struct Trace {
+  u64 ts[4];
+  int tag;
+  __device__ explicit Trace(int tag_) : tag(tag_) {
+    ts[0] = gtime();
+    ts[1] = ts[2] = ts[3] = 0;
+  }
+  __device__ void flush() {
+    if ((threadIdx.x & 31) != 0) return;
+    u32 sm, i = atomicAdd(&g_trace_n, 1u);
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    if (i >= TRACE_CAP) return;
+    u64 blk = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+    for (int j = 0; j < 4; j++) g_trace[i][j] = ts[j];
+    g_trace[i][4] = (u64)tag | (u64)(threadIdx.x >> 5) << 16 | (u64)sm << 24 | blk << 32;
+  }
+};
+#define TRACE_DECL(tag) Trace trace_(tag)
+#define TRACE_MARK(p) (trace_.ts[p] = gtime())
+#define TRACE_FLUSH() trace_.flush()
+#else
+#define TRACE_DECL(tag) (void)0
+#define TRACE_MARK(p) (void)0
+#define TRACE_FLUSH() (void)0
+#endif
+// Trace tags (ops/perf/trace_summary.py names them)
+#define TAG_GEMV 1
+#define TAG_ROPE 2
+#define TAG_ATTN 3
+#define TAG_ROUTE 4
+#define TAG_MOE_GU 5
+#define TAG_MOE_DN 6
+
 #define FMT_F32 0
 #define FMT_BF16 1
 #define FMT_FP8 2
@@ -534,6 +582,7 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
                                    const int* slots, const float* qn, const float* kn, float eps,
                                    float* q_out, void* kc, void* vc, int nh, int nkv, int d, int rot,
                                    float theta, int kv_fp8) {
+  TRACE_DECL(TAG_ROPE);
   PDL_ENTRY();
   extern __shared__ float hbuf[];
   int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -610,6 +659,8 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
         ((u16*)kc)[o] = f2bf(outv[i]);
     }
   }
+  TRACE_MARK(1);
+  TRACE_FLUSH();
 }
 
 // Merges the key splits of attn_* for (row, head) pair m of a (tile, kv head) whose splits are at
@@ -722,6 +773,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // then one K, V pair they are widened into: f16 when F16 (every mma operand is then f16), else
   // bf16.
   constexpr int STAGE16 = 2 * KT * KS * 2, STAGE8 = 2 * KT * K8;
+  TRACE_DECL(TAG_ATTN);
   int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
   if (tile >= *ntiles) return;
   int row0 = tiles[2 * tile], nrows = tiles[2 * tile + 1];
@@ -971,7 +1023,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
         out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
       }
     }
+    TRACE_MARK(1);
     if (part && done) merge_splits();
+    TRACE_MARK(2);
+    TRACE_FLUSH();
     return;
   }
 #pragma unroll
@@ -994,7 +1049,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
             lrow[h] > 0.f ? o[dt][i] / lrow[h] : 0.f;
       }
     }
+  TRACE_MARK(1);
   if (part && done) merge_splits();
+  TRACE_MARK(2);
+  TRACE_FLUSH();
 }
 
 // attn_d{32,64,128} over a BF16 cache; attn_f8_d{32,64,128} over an FP8 one, widened to bf16 (three
@@ -1169,7 +1227,10 @@ __device__ void topk_token(const float* logits, const float* bias, int t, int E,
       if (!((keep >> (e / per)) & 1u)) ch[e] = NEG_INF;
     __syncwarp();
   }
-  float wsum = 0.f;
+  // lane r keeps the r-th pick (k <= 32) and writes it once at the end (lane 0 read its own
+  // stores back from global memory: top-k in moe_route's last block 5.3 -> 4.9 µs, runs 59/60)
+  float wsum = 0.f, my_w = 0.f;
+  int my_id = 0;
   for (int r = 0; r < k; r++) {
     float bv = NEG_INF;
     int bi = 0x7fffffff;
@@ -1183,21 +1244,19 @@ __device__ void topk_token(const float* logits, const float* bias, int t, int E,
     warp_argmax(bv, bi);
     if (bi >= E) bi = r % E;
     float s = sc[bi];
-    if (lane == 0) {
-      ids[(size_t)t * k + r] = bi;
-      wts[(size_t)t * k + r] = s;
+    if (lane == r) {
+      my_id = bi;
+      my_w = s;
     }
     wsum += s;
     __syncwarp();
     if (lane == 0) ch[bi] = NEG_INF;
     __syncwarp();
   }
-  if (lane == 0) {
-    for (int r = 0; r < k; r++) {
-      float w = wts[(size_t)t * k + r];
-      if (norm) w /= (wsum + 1e-20f);
-      wts[(size_t)t * k + r] = w * rscale;
-    }
+  if (lane < k) {
+    if (norm) my_w /= (wsum + 1e-20f);
+    ids[(size_t)t * k + lane] = my_id;
+    wts[(size_t)t * k + lane] = my_w * rscale;
   }
 }
 
@@ -1223,6 +1282,7 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
                                      float* xn, const float* gw, float* logits, int T, int E, int H,
                                      const float* bias, int k, int ng, int tg, int norm,
                                      float rscale, int* ids, float* wts, int* done) {
+  TRACE_DECL(TAG_ROUTE);
   PDL_ENTRY();
   extern __shared__ float tsh[];
   __shared__ float red[4][8][2];
@@ -1273,14 +1333,21 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
     }
     __syncthreads();
   }
+  TRACE_MARK(1);
   __threadfence();  // this block's logits before its count
   if (threadIdx.x == 0) last = atomicAdd(done, 1) == (int)gridDim.x - 1;
   __syncthreads();
-  if (!last) return;
+  if (!last) {
+    TRACE_FLUSH();
+    return;
+  }
+  TRACE_MARK(2);
   __threadfence();  // every block's logits (read through L2) after their counts
   if (threadIdx.x == 0) *done = 0;
   for (int t = warp; t < T; t += 4)
     topk_token(logits, bias, t, E, k, ng, tg, norm, rscale, ids, wts, tsh + warp * 2 * E);
+  TRACE_MARK(3);
+  TRACE_FLUSH();
 }
 
 // Expert-sorted layout of the A = T * k assignments, on the device (no host round trip): counts,
@@ -1387,13 +1454,42 @@ __device__ __forceinline__ u16 e4m3_f16(u8 b) {
   return (u16)(h2 & 0xffff);
 }
 
+// Four values v / s as e4m3 (rounded as f2e4m3) widened to f16 bits, in order: two conversions
+// of each kind where f2e4m3 and e4m3_f16 take four.
+__device__ __forceinline__ uint2 quant4(float4 v, float s) {
+  u16 lo, hi;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(lo) : "f"(v.y / s), "f"(v.x / s));
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(hi) : "f"(v.w / s), "f"(v.z / s));
+  uint2 r;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r.x) : "h"(lo));
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(r.y) : "h"(hi));
+  return r;
+}
+
+__device__ __forceinline__ float amax4(float4 v) {
+  return fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+}
+
+// Columns [c0, c1) of a staged row xf (final values; c0, c1 multiples of 4) quantized by one warp
+// to e4m3 values as f16 bits in q, with their scale in *sc: 16-byte loads and two-value
+// conversions (scalar loops made the row staging a quarter of the MoE down GEMV, run 59).
+__device__ void quant_cols_warp(const float* xf, int c0, int c1, u16* q, float* sc) {
+  int lane = threadIdx.x & 31;
+  float am = 0.f;
+  for (int j = c0 + 4 * lane; j < c1; j += 128) am = fmaxf(am, amax4(*(const float4*)(xf + j)));
+  float s = e4m3_scale(warp_max(am));
+  for (int j = c0 + 4 * lane; j < c1; j += 128)
+    *(uint2*)(q + j) = quant4(*(const float4*)(xf + j), s);
+  if (lane == 0) *sc = s;
+}
+
 // One input row prepared by the whole block with one pass over global memory: the row (SiLU·up
 // applied for in_mode 2) and the norm weight (in_mode 1) are read with 16-byte loads, several per
 // thread in flight, into shared scratch xf / wf [K]; the norm, the scales and the rounding then run
 // from shared memory (a loop of dependent global loads per pass cost several µs a row). Output:
 // e4m3 values (as f16 bits) q [kp] and one scale per `group` columns in sc, as prep_rows makes
-// them, when group > 0; else f32 rounded to bf16 in xs [kp] (xs may be xf). K, up_off and the row
-// start are multiples of 4 floats. Ends with a barrier.
+// them, when group > 0 (a multiple of 4); else f32 rounded to bf16 in xs [kp] (xs may be xf). K,
+// up_off and the row start are multiples of 4 floats. Ends with a barrier.
 __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mode,
                           const float* __restrict__ w, float eps, int up_off, int group, float* xf,
                           float* wf, u16* q, float* sc, float* xs, float* red) {
@@ -1435,25 +1531,29 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
     __syncthreads();
     return;
   }
+#undef ROW_VAL
+  // the norm applied in place first (the same products as ROW_VAL), so the values are final
+  if (in_mode == 1) {
+    for (int j = 4 * tid; j < K; j += 4 * bd) {
+      float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
+      *(float4*)(xf + j) =
+          make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
+    }
+    __syncthreads();
+  }
   int ng = (K + group - 1) / group;
   if (ng == 1) {
     float am = 0.f;
-    for (int j = tid; j < K; j += bd) am = fmaxf(am, fabsf(ROW_VAL(j)));
+    for (int j = 4 * tid; j < K; j += 4 * bd) am = fmaxf(am, amax4(*(const float4*)(xf + j)));
     float s = e4m3_scale(block_max(am, red));
-    for (int j = tid; j < K; j += bd) q[j] = e4m3_f16(f2e4m3(ROW_VAL(j) / s));
+    for (int j = 4 * tid; j < K; j += 4 * bd)
+      *(uint2*)(q + j) = quant4(*(const float4*)(xf + j), s);
     if (tid == 0) sc[0] = s;
   } else {
-    int lane = tid & 31, wid = tid >> 5, nw = bd >> 5;
-    for (int g = wid; g < ng; g += nw) {
-      int c0 = g * group, c1 = min(c0 + group, K);
-      float am = 0.f;
-      for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(ROW_VAL(j)));
-      float s = e4m3_scale(warp_max(am));
-      for (int j = c0 + lane; j < c1; j += 32) q[j] = e4m3_f16(f2e4m3(ROW_VAL(j) / s));
-      if (lane == 0) sc[g] = s;
-    }
+    int wid = tid >> 5, nw = bd >> 5;
+    for (int g = wid; g < ng; g += nw)
+      quant_cols_warp(xf, g * group, min(g * group + group, K), q, sc + g);
   }
-#undef ROW_VAL
   for (int j = K + tid; j < kp; j += bd) q[j] = 0;
   __syncthreads();
 }
@@ -1481,14 +1581,8 @@ __device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, i
     }
   }
   __syncwarp();
-  for (int c0 = 0, g = 0; c0 < K; c0 += group, g++) {
-    int c1 = min(c0 + group, K);
-    float am = 0.f;
-    for (int j = c0 + lane; j < c1; j += 32) am = fmaxf(am, fabsf(xf[j]));
-    float s = e4m3_scale(warp_max(am));
-    for (int j = c0 + lane; j < c1; j += 32) q[j] = e4m3_f16(f2e4m3(xf[j] / s));
-    if (lane == 0) sc[g] = s;
-  }
+  for (int c0 = 0, g = 0; c0 < K; c0 += group, g++)
+    quant_cols_warp(xf, c0, min(c0 + group, K), q, sc + g);
   for (int j = K + lane; j < kp; j += 32) q[j] = 0;
   __syncwarp();
 }
@@ -1656,6 +1750,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
              const u8* __restrict__ W, int ldw, const float* __restrict__ sw, int smode, int bn_blk,
              int bk_blk, const float* __restrict__ bias, int N, int S, float* __restrict__ out,
              int ldc, int omode) {
+  TRACE_DECL(TAG_GEMV);
   extern __shared__ __align__(16) u8 fsm[];
   __shared__ float red[32];
   __shared__ float4 kred[8][32];
@@ -1675,11 +1770,13 @@ extern "C" __global__ void __launch_bounds__(256, 2)
   ws.start();
   PDL_WAIT();
   PDL_TRIGGER();
+  TRACE_MARK(1);
   for (int r = 0; r < M; r++) {
     const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
     stage_row(xr, K, kp, in_mode, nw, eps, up_off, group, xf, wf, aq + (size_t)r * kp,
               asc + r * ng, 0, red);
   }
+  TRACE_MARK(2);
   for (int ch = 0; ch < nch; ch++) {
     int c0 = cfirst + ch * cstride;
     float acc[4];
@@ -1712,6 +1809,8 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         *o = v;
     }
   }
+  TRACE_MARK(3);
+  TRACE_FLUSH();
 }
 
 // 8 bf16 of a 16-byte chunk as f32.
@@ -1836,10 +1935,15 @@ GEMV_BF16_KERNEL(4)
 //   out[tok] (moe_combine fused, no atomics: one block owns each output element).
 // FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales, the weights streamed
 // through a ring per warp (Fp8vStream); BF16: rows as f32.
+// FLAT (FP8 gate|up, one token: moe_gemv_fp8_flat): warp w of block b takes unit b * warps + w of
+// the token's slots x chunks of 16 channels (slot-major; warps past the last unit idle), so the
+// host can size blocks to give every SM the same number of units (GLM-4.5-Air: 9 x 176 = 1,584 =
+// 132 SMs x 12 warps). Slot-per-warp blocks of 16 channels put 176 blocks on 132 SMs, whose doubly
+// loaded SMs finished 8 µs after the rest (run 59's timeline).
 // Dynamic shared memory: (FP8) slots weight rings of FP8V_RING bytes, the
 // staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K floats of
 // staging scratch per staged row.
-template <bool FP8>
+template <bool FP8, bool FLAT>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
                               int kp, int up_off, int group, const u8* __restrict__ W,
@@ -1847,16 +1951,30 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
                               long long sw_gstride, const u8* __restrict__ Wsh,
                               const float* __restrict__ swsh, int smode, int bn_blk, int bk_blk,
                               int N, int cpb, float* __restrict__ out, int ldo, int down) {
+  if (FLAT) down = 0;  // gate|up's alone: no down paths compiled in
+  TRACE_DECL(TAG_MOE_GU + down);
   PDL_ENTRY();  // the expert ids come from the previous kernels
+  TRACE_MARK(1);
   extern __shared__ __align__(16) u8 msm[];
   __shared__ float red[32];
   int tok = blockIdx.y, lane = threadIdx.x & 31, j = threadIdx.x >> 5;
-  int slots = blockDim.x >> 5, nrows = down ? slots : 1;
+  int slots = blockDim.x >> 5, nrows = down ? slots : 1;  // (FLAT: warps, not slots)
+  int cb = blockIdx.x * cpb, ce = min(N, cb + cpb);
+  if (FLAT) {
+    int nchunk = (N + 15) / 16, u = blockIdx.x * slots + j;
+    j = u / nchunk;
+    cb = (u % nchunk) * 16;
+    ce = min(N, cb + 16);
+    if (j >= k + (Wsh ? 1 : 0)) {  // idle: no weights, but at the block's barriers
+      j = 0;
+      ce = cb;
+    }
+  }
   bool shared = Wsh && j == k;
   int row = shared ? T * k + tok : tok * k + j;
   int ng = FP8 ? (K + group - 1) / group : 0;
   size_t row_bytes = FP8 ? kp * 2 : kp * 4;
-  u8* ring = msm + j * FP8V_RING;  // FP8: the weight rings come first
+  u8* ring = msm + (threadIdx.x >> 5) * FP8V_RING;  // FP8: the weight rings come first
   u8* rows_s = msm + (FP8 ? slots * FP8V_RING : 0);
   float* sc_s = (float*)(rows_s + ((nrows * row_bytes + 15) & ~(size_t)15));
   float* part = sc_s + ((nrows * ng + 3) & ~3);
@@ -1871,7 +1989,6 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     Wj += (long long)e * w_gstride;
     if (sw) swj += (long long)e * sw_gstride;
   }
-  int cb = blockIdx.x * cpb, ce = min(N, cb + cpb);
   int srow = down ? j : 0;
   u8* my_row = rows_s + srow * row_bytes;
   u16* my_q = (u16*)my_row;
@@ -1885,6 +2002,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     else
       stage_row(x + (size_t)tok * ldx, K, kp, 0, 0, 0.f, 0, group, xf, 0, my_q, sc_s, 0, red);
     const float* my_sc = sc_s + srow * ng;
+    TRACE_MARK(2);
     for (int c0 = cb; c0 < ce; c0 += 16) {
       float acc[4];
       fp8v_dots(ws, c0, my_q, my_sc, ng, 1, smode, swj, bn_blk, bk_blk / 64, acc);
@@ -1925,7 +2043,11 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       }
     }
   }
-  if (!down) return;
+  TRACE_MARK(3);
+  if (!down) {
+    TRACE_FLUSH();
+    return;
+  }
   __syncthreads();
   for (int c = threadIdx.x; c < ce - cb; c += blockDim.x) {
     float s = 0.f;
@@ -1933,6 +2055,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     if (slots > k) s += part[k * cpb + c];
     out[(size_t)tok * ldo + cb + c] += s;
   }
+  TRACE_FLUSH();
 }
 
 #define MOE_GEMV_THREADS 288
@@ -1946,10 +2069,14 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       smode, bn_blk, bk_blk, N, cpb, out, ldo, down
 // Two blocks per SM for k = 8 routed + 1 shared (GLM-4.x): 288 threads (the host checks)
 extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8(MOE_GEMV_ARGS) {
-  moe_gemv_impl<true>(MOE_GEMV_PASS);
+  moe_gemv_impl<true, false>(MOE_GEMV_PASS);
+}
+// gate|up of one token, units of (slot, 16 channels) spread evenly over up to 16 warps a block
+extern "C" __global__ void __launch_bounds__(512, 1) moe_gemv_fp8_flat(MOE_GEMV_ARGS) {
+  moe_gemv_impl<true, true>(MOE_GEMV_PASS);
 }
 extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_bf16(MOE_GEMV_ARGS) {
-  moe_gemv_impl<false>(MOE_GEMV_PASS);
+  moe_gemv_impl<false, false>(MOE_GEMV_PASS);
 }
 
 // ---------------------------------------------------------------------------------------------

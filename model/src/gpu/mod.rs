@@ -28,4 +28,4 @@ pub use engine::{
     gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, GpuModel,
     GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
-pub use gemv::{gemv_launch, gemv_max_rows, ActRows, MoeGemv, GEMV_MAX_ROWS};
+pub use gemv::{gemv_launch, gemv_max_rows, ActRows, MoeGemv, MoeGemvConfig, GEMV_MAX_ROWS};

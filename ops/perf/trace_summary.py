@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Where a decode step's time goes, kernel by kernel, from the timeline records of
+`GLMFLEET_TRACE=1 gpu_perf CONFIG OUT --trace-step B` (OUT-bB.bin; kernels.cu `TRACE_*`).
+
+Each record is one warp of one traced kernel: up to four %globaltimer marks (ns; 0 = not taken)
+and tag | warp << 16 | SM << 24 | block << 32. Launches are told apart by tag changes and by time
+(graph replay without PDL runs them one after another). For each kind of launch, medians over the
+step's layers:
+  gap    from the previous traced launch's last mark to this launch's first (untraced kernels
+         between them, e.g. the LM head, show up here)
+  span   first mark to last mark of the launch
+  start  p90 of the warps' entry after the launch's first entry (block dispatch)
+  m1..m3 median per warp of mark k minus mark k-1 (what the marks are: below)
+  tail   last warp's last mark minus the median warp's last mark
+Marks: GEMV 1 after the PDL wait, 2 rows staged, 3 main loop done; MoE 1 after the PDL wait,
+2 row staged, 3 main loop done; attention 1 before the split merge, 2 after it; routing 1 before
+the block count, (last block) 2 top-k begins, 3 top-k done; RoPE 1 done.
+
+    ops/perf/trace_summary.py OUT-b1.bin [--layer N]   (N: print that layer's launches one by one)
+"""
+import statistics as st
+import struct
+import sys
+
+TAGS = {1: "gemv", 2: "rope", 3: "attn", 4: "route", 5: "moe_gu", 6: "moe_dn"}
+MARKS = {
+    "gemv": ["wait", "stage", "loop"],
+    "moe_gu": ["wait", "stage", "loop"],
+    "moe_dn": ["wait", "stage", "loop"],
+    "attn": ["main", "merge", ""],
+    "route": ["dots", "(last) count", "top-k"],
+    "rope": ["done", "", ""],
+}
+
+
+def load(path):
+    raw = open(path, "rb").read()
+    recs = []
+    for off in range(0, len(raw) - 39, 40):
+        t0, t1, t2, t3, meta = struct.unpack_from("<5Q", raw, off)
+        recs.append({
+            "t": [t0, t1, t2, t3],
+            "tag": TAGS.get(meta & 0xFF, f"tag{meta & 0xFF}"),
+            "warp": (meta >> 16) & 0xFF,
+            "sm": (meta >> 24) & 0xFF,
+            "blk": meta >> 32,
+        })
+    return recs
+
+
+def last_mark(r):
+    return max(t for t in r["t"] if t)
+
+
+def launches(recs):
+    """Records grouped into launches: sorted by entry, a new launch at a tag change or an entry
+    after everything the current launch has marked."""
+    out = []
+    for r in sorted(recs, key=lambda r: r["t"][0]):
+        cur = out[-1] if out else None
+        if cur is None or cur["tag"] != r["tag"] or r["t"][0] > cur["end"]:
+            cur = {"tag": r["tag"], "recs": [], "end": 0}
+            out.append(cur)
+        cur["recs"].append(r)
+        cur["end"] = max(cur["end"], last_mark(r))
+    for i, l in enumerate(out):
+        l["start"] = min(r["t"][0] for r in l["recs"])
+        l["gap"] = l["start"] - out[i - 1]["end"] if i else 0
+    return out
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0
+
+
+def describe(l):
+    rs = l["recs"]
+    d = {
+        "gap": l["gap"],
+        "span": l["end"] - l["start"],
+        "start": pct([r["t"][0] - l["start"] for r in rs], 0.9),
+        "tail": l["end"] - st.median(last_mark(r) for r in rs),
+        "warps": len(rs),
+        "blocks": len({r["blk"] for r in rs}),
+    }
+    for k in (1, 2, 3):
+        diffs = [r["t"][k] - r["t"][k - 1] for r in rs if r["t"][k] and r["t"][k - 1]]
+        d[f"m{k}"] = st.median(diffs) if diffs else None
+    return d
+
+
+def name_launches(ls):
+    """Names by tag and its ordinal since the last RoPE launch (a layer's attention begins there):
+    gemv#1 is the O projection, gemv#2 the next layer's QKV (MoE layers); pre- before the first."""
+    seen = {}
+    layer = 0
+    for l in ls:
+        if l["tag"] == "rope":
+            seen = {}
+            layer += 1
+        seen[l["tag"]] = seen.get(l["tag"], 0) + 1
+        l["name"] = f'{"" if layer else "pre-"}{l["tag"]}#{seen[l["tag"]]}'
+        l["layer"] = layer
+
+
+def us(v):
+    return "" if v is None else f"{v / 1e3:.1f}"
+
+
+def main():
+    path = sys.argv[1]
+    recs = load(path)
+    ls = launches(recs)
+    name_launches(ls)
+    ts = sorted({t for r in recs for t in r["t"] if t})
+    steps = [b - a for a, b in zip(ts, ts[1:]) if b > a]
+    print(f"{path}: {len(recs)} warp records, {len(ls)} launches, "
+          f"step span {(ls[-1]['end'] - ls[0]['start']) / 1e6:.3f} ms, "
+          f"smallest timer step {min(steps) if steps else 0} ns")
+    kinds = {}
+    for l in ls:
+        kinds.setdefault(l["name"], []).append(describe(l))
+    print("\n| launch | n | blocks | gap µs | span µs | start p90 µs | mark 1 µs | mark 2 µs | mark 3 µs | tail µs | marks |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    total = 0.0
+    for name, ds in kinds.items():
+        med = lambda k: st.median(d[k] for d in ds if d[k] is not None) if any(
+            d[k] is not None for d in ds) else None
+        total += (med("span") or 0) * len(ds) + (med("gap") or 0) * len(ds)
+        tag = name.split("#")[0].removeprefix("pre-")
+        print(f"| {name} | {len(ds)} | {int(med('blocks'))} | {us(med('gap'))} | {us(med('span'))} | "
+              f"{us(med('start'))} | {us(med('m1'))} | {us(med('m2'))} | {us(med('m3'))} | "
+              f"{us(med('tail'))} | {', '.join(m for m in MARKS.get(tag, []) if m)} |")
+    print(f"\nsum of medians × launches (span + gap): {total / 1e6:.3f} ms")
+    if "--layer" in sys.argv:
+        n = int(sys.argv[sys.argv.index("--layer") + 1])
+        print(f"\nlayer {n}, launch by launch:")
+        for l in ls:
+            if l["layer"] == n:
+                d = describe(l)
+                print(f"  {l['name']:10} gap {us(d['gap']):>6} span {us(d['span']):>6} start {us(d['start']):>5} "
+                      f"m1 {us(d['m1']):>5} m2 {us(d['m2']):>5} m3 {us(d['m3']):>5} tail {us(d['tail']):>5} "
+                      f"warps {d['warps']} blocks {d['blocks']}")
+
+
+if __name__ == "__main__":
+    main()
