@@ -294,11 +294,12 @@ impl MoeGemv<'_> {
         };
         let mut parts = [fit(1, gu, gu_group)?, fit(slots, dn, dn_group)?];
         // one token's gate|up: the fewest warps a block (at most 16) that cover the slots x chunks
-        // units with one block an SM, when its rings and staging fit
+        // units with one block an SM, but no fewer than the slots (the other kernel's block, which
+        // also keeps small models' blocks several warps wide), when its rings and staging fit
         let mut flat = None;
         if fp8 && self.flat && t == 1 {
             let units = slots * gu.n.div_ceil(16);
-            let warps = units.div_ceil(g.sm_count).max(1);
+            let warps = units.div_ceil(g.sm_count).max(slots);
             let bytes = warps * FP8V_RING_BYTES + rows_bytes(1, gu, gu_group) + gu.k * 4;
             if warps <= 16 && bytes <= g.gemv_smem {
                 flat = Some((warps, units.div_ceil(warps)));
