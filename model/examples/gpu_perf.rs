@@ -48,28 +48,18 @@ fn main() -> Res<()> {
     let kernels = !args.iter().any(|a| a == "--model-only");
     let whole = !args.iter().any(|a| a == "--kernels-only");
     let cfg = Glm4MoeConfig::from_dir(std::path::Path::new(dir))?;
-    if let Some(i) = args.iter().position(|a| a == "--ncu-step") {
-        let batches = args
-            .get(i + 1)
-            .ok_or("--ncu-step needs batch sizes, e.g. 1,64")?;
-        let batches: Vec<usize> = batches
-            .split(',')
-            .map(|b| b.parse())
-            .collect::<Result<_, _>>()?;
-        if args.iter().any(|a| a == "--trace-step") {
-            return Err("--ncu-step and --trace-step are separate runs".into());
+    let (ncu, trace) = (
+        batch_list(&args, "--ncu-step")?,
+        batch_list(&args, "--trace-step")?,
+    );
+    match (ncu, trace) {
+        (Some(_), Some(_)) => return Err("--ncu-step and --trace-step are separate runs".into()),
+        (Some(batches), None) => return ncu_steps(&cfg, &batches),
+        (None, Some(batches)) => {
+            let out = out.ok_or("--trace-step needs an output path prefix")?;
+            return trace_steps(&cfg, &batches, &out);
         }
-        return ncu_steps(&cfg, &batches);
-    }
-    if let Some(i) = args.iter().position(|a| a == "--trace-step") {
-        let batches: Vec<usize> = args
-            .get(i + 1)
-            .ok_or("--trace-step needs batch sizes, e.g. 1,64")?
-            .split(',')
-            .map(|b| b.parse())
-            .collect::<Result<_, _>>()?;
-        let out = out.ok_or("--trace-step needs an output path prefix")?;
-        return trace_steps(&cfg, &batches, &out);
+        (None, None) => {}
     }
     if args.iter().any(|a| a == "--sweep") {
         let rows = decode_sweep(&cfg)?;
@@ -93,6 +83,21 @@ fn main() -> Res<()> {
         println!("wrote {path}");
     }
     Ok(())
+}
+
+/// The batch sizes after `flag` (e.g. `--ncu-step 1,64`), when it is given.
+fn batch_list(args: &[String], flag: &str) -> Res<Option<Vec<usize>>> {
+    let Some(i) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    let list = args
+        .get(i + 1)
+        .ok_or(format!("{flag} needs batch sizes, e.g. 1,64"))?;
+    Ok(Some(
+        list.split(',')
+            .map(|b| b.parse())
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 /// Mean µs per call of `f` over `iters` calls after `warm` warm-ups, timed with CUDA events.
@@ -589,15 +594,29 @@ fn ncu_steps(c: &Glm4MoeConfig, batches: &[usize]) -> Res<()> {
     c.num_hidden_layers = c.num_hidden_layers.min(4);
     let mut m = GpuModel::dummy(c, &bench_options(), 42, false)?;
     m.set_cuda_graphs(false);
+    one_step_each(&mut m, batches, 2, |m, b, step| {
+        let prof = cudarc::driver::Profiler::new()?;
+        step(m)?;
+        drop(prof);
+        println!("profiled one decode step at batch {b}");
+        Ok(())
+    })
+}
+
+/// For each batch size, a decode batch at context 1,024, `warm` steps of it, then `f` with the
+/// model, the batch size and a function that runs one more step (ms).
+fn one_step_each(
+    m: &mut GpuModel,
+    batches: &[usize],
+    warm: usize,
+    mut f: impl FnMut(&mut GpuModel, usize, &dyn Fn(&mut GpuModel) -> Res<f64>) -> Res<()>,
+) -> Res<()> {
     let per_seq = 1024usize.div_ceil(m.block_size()) + 1;
     for &b in batches {
         let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
         let (seqs, sp) = (batch.seqs(1024), batch.sampling());
-        time_steps(&mut m, &seqs, &sp, 2, 0)?;
-        let prof = cudarc::driver::Profiler::new()?;
-        time_steps(&mut m, &seqs, &sp, 0, 1)?;
-        drop(prof);
-        println!("profiled one decode step at batch {b}");
+        time_steps(m, &seqs, &sp, warm, 0)?;
+        f(m, b, &|m| time_steps(m, &seqs, &sp, 0, 1))?;
     }
     Ok(())
 }
@@ -607,15 +626,11 @@ fn ncu_steps(c: &Glm4MoeConfig, batches: &[usize]) -> Res<()> {
 fn trace_steps(c: &Glm4MoeConfig, batches: &[usize], out: &str) -> Res<()> {
     let mut m = GpuModel::dummy(c.clone(), &bench_options(), 42, false)?;
     m.set_cuda_graphs(true);
-    let per_seq = 1024usize.div_ceil(m.block_size()) + 1;
-    for &b in batches {
-        let batch = DecodeBatch::new(b, per_seq, m.num_blocks());
-        let (seqs, sp) = (batch.seqs(1024), batch.sampling());
-        time_steps(&mut m, &seqs, &sp, 3, 0)?;
+    one_step_each(&mut m, batches, 3, |m, b, step| {
         m.gpu()
             .trace_take()?
             .ok_or("the kernels have no timeline marks: run with GLMFLEET_TRACE=1")?;
-        let ms = time_steps(&mut m, &seqs, &sp, 0, 1)?;
+        let ms = step(m)?;
         let recs = m.gpu().trace_take()?.unwrap_or_default();
         let bytes: Vec<u8> = recs
             .iter()
@@ -628,8 +643,8 @@ fn trace_steps(c: &Glm4MoeConfig, batches: &[usize], out: &str) -> Res<()> {
             "batch {b}: one step {ms:.3} ms, {} warp records -> {path}",
             recs.len()
         );
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The engine options of the model benchmarks.

@@ -121,9 +121,9 @@ pub struct Gpu {
     /// Page-locked staging for large device-to-host copies ([`Gpu::download_f32`]), allocated on
     /// first use; `None` inside when the allocation failed (copies then go pageable).
     staging: Mutex<Option<Option<PinnedHostSlice<u8>>>>,
-    /// The step timeline's device records and their count (`GLMFLEET_TRACE=1`: kernels built
-    /// with `TRACE_*` marks, see kernels.cu; [`Gpu::trace_take`]).
-    trace: Option<(u64, u64)>,
+    /// The step timeline's device records, how many fit, and their count (`GLMFLEET_TRACE=1`:
+    /// kernels built with `TRACE_*` marks, see kernels.cu; [`Gpu::trace_take`]).
+    trace: Option<(u64, usize, u64)>,
 }
 
 /// Words of one timeline record (`g_trace` in kernels.cu): four %globaltimer marks (ns, 0 when
@@ -197,10 +197,11 @@ impl Gpu {
             let global = |name| {
                 module
                     .get_global(name, &stream)
-                    .map(|v| v.device_ptr(&stream).0)
+                    .map(|v| (v.device_ptr(&stream).0, v.len()))
                     .map_err(dev_err("finding the timeline buffer"))
             };
-            Some((global("g_trace")?, global("g_trace_n")?))
+            let ((records, bytes), (count, _)) = (global("g_trace")?, global("g_trace_n")?);
+            Some((records, bytes / (8 * TRACE_WORDS), count))
         } else {
             None
         };
@@ -280,12 +281,11 @@ impl Gpu {
     /// after the stream's work; None unless the kernels were built with the marks
     /// (`GLMFLEET_TRACE=1`). Records past the buffer's capacity are dropped.
     pub fn trace_take(&self) -> Result<Option<Vec<[u64; TRACE_WORDS]>>> {
-        let Some((records, count)) = self.trace else {
+        let Some((records, cap, count)) = self.trace else {
             return Ok(None);
         };
         let mut n = [0u32];
         self.download(count, &mut n)?;
-        let cap = 1usize << 19; // TRACE_CAP in kernels.cu
         let mut flat = vec![0u64; (n[0] as usize).min(cap) * TRACE_WORDS];
         self.download(records, &mut flat)?;
         self.upload(count, &[0u32])?;

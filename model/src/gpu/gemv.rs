@@ -270,15 +270,15 @@ impl MoeGemv<'_> {
                 rows * l.kp * 4
             }
         };
-        // (FP8) the slots' weight rings, the staged rows, the slots' results, then (FP8) K floats
+        // (FP8) the warps' weight rings, the staged rows, the warps' results, then (FP8) K floats
         // of staging scratch per staged row
-        let smem = |rows: usize, l: &GpuLinear, group: usize, cpb: usize| {
+        let smem = |warps: usize, rows: usize, l: &GpuLinear, group: usize, cpb: usize| {
             let (ring, scratch) = if fp8 {
-                (slots * FP8V_RING_BYTES, rows * l.k * 4)
+                (warps * FP8V_RING_BYTES, rows * l.k * 4)
             } else {
                 (0, 0)
             };
-            ring + rows_bytes(rows, l, group) + slots * cpb * 4 + scratch
+            ring + rows_bytes(rows, l, group) + warps * cpb * 4 + scratch
         };
         // channels per block so the blocks of all tokens are resident at once: two blocks per SM
         // (the kernels' launch bounds) where shared memory allows, else one (whole groups of 16
@@ -286,7 +286,7 @@ impl MoeGemv<'_> {
         let fit = |rows: usize, l: &GpuLinear, group: usize| {
             [2usize, 1].into_iter().find_map(|bps| {
                 let cpb = (l.n * t).div_ceil(bps * g.sm_count).div_ceil(unit).max(1) * unit;
-                let bytes = smem(rows, l, group, cpb);
+                let bytes = smem(slots, rows, l, group, cpb);
                 let fits =
                     bytes <= g.gemv_smem && g.blocks_per_sm(bytes + MOE_GEMV_STATIC_SMEM, 2) >= bps;
                 fits.then_some((group, cpb, bytes))
@@ -300,7 +300,7 @@ impl MoeGemv<'_> {
         if fp8 && self.flat && t == 1 {
             let units = slots * gu.n.div_ceil(16);
             let warps = units.div_ceil(g.sm_count).max(slots);
-            let bytes = warps * FP8V_RING_BYTES + rows_bytes(1, gu, gu_group) + gu.k * 4;
+            let bytes = smem(warps, 1, gu, gu_group, 0);
             if warps <= 16 && bytes <= g.gemv_smem {
                 flat = Some((warps, units.div_ceil(warps)));
                 parts[0] = (gu_group, 0, bytes);
