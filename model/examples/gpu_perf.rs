@@ -509,27 +509,27 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     let mut opts = bench_options();
     opts.cuda_graphs = true;
     let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
-    /// (attention blocks an SM, PDL in graphs, GEMV rows, MoE GEMV tokens, flat MoE gate|up)
-    type Setting = (usize, bool, usize, usize, bool);
+    /// (attention blocks an SM, PDL in graphs up to this batch, GEMV rows, MoE GEMV tokens, flat
+    /// MoE gate|up)
+    type Setting = (usize, usize, usize, usize, bool);
     let defaults: Setting = (
         m.attn_blocks_per_sm(),
-        m.gpu().pdl_graphs(),
+        m.pdl_graph_batch(),
         m.gemv().0,
         m.gemv().1,
         m.moe_flat(),
     );
     let (per_sm, pdl, rows, tokens, flat) = defaults;
-    let mut variants: Vec<(String, Setting)> = vec![
-        ("defaults".into(), defaults),
-        (
-            format!("PDL in graphs {}", !pdl),
-            (per_sm, !pdl, rows, tokens, flat),
-        ),
-        (
-            format!("flat MoE gate|up {}", !flat),
-            (per_sm, pdl, rows, tokens, !flat),
-        ),
-    ];
+    let mut variants: Vec<(String, Setting)> = vec![("defaults".into(), defaults)];
+    for (name, p) in [("PDL in no graph", 0), ("PDL in every graph", usize::MAX)] {
+        if p != pdl {
+            variants.push((name.into(), (per_sm, p, rows, tokens, flat)));
+        }
+    }
+    variants.extend([(
+        format!("flat MoE gate|up {}", !flat),
+        (per_sm, pdl, rows, tokens, !flat),
+    )]);
     for n in [2usize, 8].into_iter().filter(|&n| n != per_sm) {
         variants.push((
             format!("attention: {n} blocks an SM"),
@@ -553,7 +553,7 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     let (bs, nb, ctx) = (m.block_size(), m.num_blocks(), 1024usize);
     let batches = [1usize, 2, 4, 8, 16, 64];
     println!(
-        "defaults: attention {per_sm} blocks an SM, PDL in graphs {pdl}, GEMV {rows} rows, MoE GEMV {tokens} tokens, flat MoE gate|up {flat}"
+        "defaults: attention {per_sm} blocks an SM, PDL in graphs up to batch {pdl}, GEMV {rows} rows, MoE GEMV {tokens} tokens, flat MoE gate|up {flat}"
     );
     println!(
         "\n| setting | {} |",
@@ -563,7 +563,7 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     let mut out = vec![];
     for (name, (n, pdl_graphs, r, t, fl)) in variants {
         m.set_attn_blocks_per_sm(n);
-        m.set_pdl_graphs(pdl_graphs);
+        m.set_pdl_graph_batch(pdl_graphs);
         m.set_gemv(r, t);
         m.set_moe_flat(fl);
         let mut cells = vec![];
@@ -572,7 +572,7 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
             let ms = time_steps(&mut m, &batch.seqs(ctx), &batch.sampling(), 3, 30)?;
             cells.push(format!("{ms:.3}"));
             out.push(
-                json!({"setting": name, "attn_blocks_per_sm": n, "pdl_graphs": pdl_graphs,
+                json!({"setting": name, "attn_blocks_per_sm": n, "pdl_graph_batch": pdl_graphs.min(1 << 20),
                 "gemv_rows": r, "moe_gemv_tokens": t, "moe_flat": fl, "decode_batch": b,
                 "context": ctx, "graph_ms": ms}),
             );
@@ -580,7 +580,7 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
         println!("| {name} | {} |", cells.join(" | "));
     }
     m.set_attn_blocks_per_sm(per_sm);
-    m.set_pdl_graphs(pdl);
+    m.set_pdl_graph_batch(pdl);
     m.set_gemv(rows, tokens);
     m.set_moe_flat(flat);
     Ok(Value::Array(out))

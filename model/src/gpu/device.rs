@@ -108,12 +108,10 @@ pub struct Gpu {
     /// H200 (runs 40/41, same machine) it made eager steps faster (MTP verify at batch 1: 10.1
     /// against 10.9 ms; eager decode at batch 8: 21.0 against 22.1) and replayed graphs slower
     /// (decode at batch 1: 7.65 against 7.35 ms), so launches being captured into a graph
-    /// ([`Gpu::set_capturing`]) go without it. `GLMFLEET_PDL=0` turns it off, `GLMFLEET_PDL=2`
-    /// uses it in graphs too (`pdl_graphs`; slower again in run 43: 8.47 against 7.87 ms, and in
-    /// runs 53-57 with the kernels waiting before they trigger: 7.05 against 6.71-6.81 ms).
+    /// ([`Gpu::set_capturing`]) go without it unless [`Gpu::pdl_graphs`] (the engine sets that
+    /// per batch bucket: `GpuModel::pdl_graph_batch`). `GLMFLEET_PDL=0` turns it off.
     pub pdl: bool,
-    /// PDL also for launches being captured into a graph (`GLMFLEET_PDL=2`;
-    /// [`Gpu::set_pdl_graphs`]).
+    /// PDL also for launches being captured into a graph ([`Gpu::set_pdl_graphs`]).
     pdl_graphs: AtomicBool,
     /// Set while a graph is being captured on our stream: launches then go without PDL, and the
     /// engine takes no path that waits for the host.
@@ -182,6 +180,9 @@ impl Gpu {
         let mut options = vec!["--std=c++17".into(), "-default-device".into()];
         if trace {
             options.push("-DGLMFLEET_TRACE".into());
+        }
+        if std::env::var("GLMFLEET_L2_HINT").is_ok_and(|v| v == "0") {
+            options.push("-DGLMFLEET_NO_L2_HINT".into());
         }
         let ptx = compile_ptx_with_opts(
             SOURCE,
@@ -260,7 +261,6 @@ impl Gpu {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(dev_err("reading the SM count"))? as usize;
-        let pdl_env = std::env::var("GLMFLEET_PDL").ok();
         Ok(Arc::new(Self {
             ctx,
             stream,
@@ -269,8 +269,8 @@ impl Gpu {
             sm_count,
             gemv_smem,
             smem_per_sm,
-            pdl: major >= 9 && pdl_env.as_deref() != Some("0"),
-            pdl_graphs: AtomicBool::new(major >= 9 && pdl_env.as_deref() == Some("2")),
+            pdl: major >= 9 && std::env::var("GLMFLEET_PDL").map_or(true, |v| v != "0"),
+            pdl_graphs: AtomicBool::new(false),
             capturing: AtomicBool::new(false),
             staging: Mutex::new(None),
             trace,

@@ -236,6 +236,9 @@ const ATTN_MAX_SPLITS: usize = 16;
 /// 41.0-42.7 against 44.0-45.9) and matched it at batch 1-2, where both give 16 splits or nearly.
 const DEFAULT_ATTN_BLOCKS_PER_SM: usize = 1;
 
+/// Default of [`GpuModel::pdl_graph_batch`]: PDL in decode graphs up to batch 4.
+const DEFAULT_PDL_GRAPH_BATCH: usize = 4;
+
 impl Workspace {
     /// Key splits for `tiles` attention tiles: about `per_sm` blocks an SM in all, at most
     /// [`ATTN_MAX_SPLITS`].
@@ -316,6 +319,12 @@ pub struct GpuModel {
     /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`): fewer
     /// splits mean fewer partial results to merge, more mean shorter blocks.
     attn_blocks_per_sm: usize,
+    /// Decode graphs of buckets up to this many sequences are captured with PDL (when
+    /// [`Gpu::pdl`]; `GLMFLEET_PDL_GRAPH_BATCH`, 0 none). With the kernels triggering their
+    /// dependents late (kernels.cu) it paid at batch 1-4 and cost 1.5-2% at 8-16 (runs 67, 69:
+    /// batch 1 5.86 against 6.16 ms, batch 2 8.74 against 9.09, batch 8 19.72 against 19.43).
+    /// With every kernel triggering at entry it had been slower at every size (runs 40-43, 53).
+    pdl_graph_batch: usize,
     /// The MTP draft layer (speculative decoding), with the last KV layer.
     mtp: Option<GpuMtp>,
     /// Rows of the logits buffer that [`GpuModel::step`] left readable by
@@ -548,6 +557,7 @@ impl GpuModel {
                 "GLMFLEET_ATTN_BLOCKS_PER_SM",
                 DEFAULT_ATTN_BLOCKS_PER_SM,
             ),
+            pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
             mtp,
         };
         m.g.sync()?;
@@ -720,11 +730,16 @@ impl GpuModel {
         &self.g
     }
 
-    /// Whether graphs are captured with PDL ([`Gpu::set_pdl_graphs`]; captured graphs are dropped).
-    pub fn set_pdl_graphs(&mut self, on: bool) {
-        if on != self.g.pdl_graphs() {
+    /// Decode graphs of buckets up to this many sequences are captured with PDL.
+    pub fn pdl_graph_batch(&self) -> usize {
+        self.pdl_graph_batch
+    }
+
+    /// Sets [`GpuModel::pdl_graph_batch`] (captured graphs are dropped).
+    pub fn set_pdl_graph_batch(&mut self, n: usize) {
+        if n != self.pdl_graph_batch {
             self.graphs.clear();
-            self.g.set_pdl_graphs(on);
+            self.pdl_graph_batch = n;
         }
     }
 
@@ -831,6 +846,7 @@ impl GpuModel {
                     .stream
                     .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .map_err(dev_err("begin graph capture"))?;
+                self.g.set_pdl_graphs(bucket <= self.pdl_graph_batch);
                 self.g.set_capturing(true);
                 let run = self
                     .forward(bucket, bucket, bucket)

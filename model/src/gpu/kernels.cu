@@ -14,11 +14,15 @@ typedef unsigned long long u64;
 // memory before it touches any data (wait), and lets the next one in the stream be scheduled
 // before it finishes (launch_dependents); with the PDL attribute (Gpu::pdl) launch latency and a
 // block's start-up overlap the previous kernel's tail. Without the attribute both are no-ops.
-// Every kernel starts with PDL_ENTRY(): wait, then trigger, so at most one kernel's blocks wait
-// resident behind the running one (triggering first let any number of later kernels' blocks queue
-// up, each holding shared memory). The FP8 GEMV copies its first weight steps before the wait.
-// Graphs are captured without PDL (Gpu::pdl_graphs): with it they were slower or no faster in
-// every measurement (runs 40-43; run 53 with this order: batch 1 7.05 against 6.81 ms).
+// A kernel triggers only after its wait, so at most one kernel's blocks wait resident behind the
+// running one (triggering first let any number of later kernels' blocks queue up, each holding
+// shared memory). Most start with PDL_ENTRY(): wait, then trigger. The decode layer's kernels
+// trigger later, once their own blocks are past the part that needs the SM most (the GEMVs after
+// staging their rows, the attention after its key loop, the routing after its dot products), and
+// read what is constant before they wait: the FP8 GEMVs copy their first weight steps, the
+// attention reads its metadata and block tables. Graphs are captured with PDL only where
+// Gpu::pdl_graphs (small batches, GpuModel::pdl_graph_batch): with trigger-at-entry it was slower
+// or no faster in every measurement (runs 40-43; run 53: batch 1 7.05 against 6.81 ms).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
@@ -663,32 +667,68 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
   TRACE_FLUSH();
 }
 
-// Merges the key splits of attn_* for (row, head) pair m of a (tile, kv head) whose splits are at
-// pb: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s, by one warp: its lanes first hold the
-// splits' (m, l) (nsplit <= 32), then 128 head dims at a time (4 per lane) with every split's loads
-// in flight together (nsplit <= 16). Read through L2: the splits were written by other blocks.
-__device__ void attn_merge(const float* pb, int m, int nsplit, int D, float* o) {
+// Two floats read through L2 (8-byte aligned).
+__device__ __forceinline__ float2 ld_cg2(const float* p) {
+  float2 v;
+  asm volatile("ld.global.cg.v2.f32 {%0,%1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
+  return v;
+}
+
+// Merges the key splits of attn_* for the (row, head) pairs m0, m0 + mstep, ... below mend (at most
+// MERGE_P of them) of a (tile, kv head) whose splits are at pb, by one warp: out = sum_s exp(m_s -
+// M) O_s / sum_s exp(m_s - M) l_s, written to out + o_of(m). The pairs' loads are in flight
+// together (a dependent L2 round trip costs about a µs at batch 1): first every split's (m, l) of
+// every pair (a lane a split, nsplit <= 32), then 64 head dims at a time (2 per lane) of every
+// split (nsplit <= 16) and pair. (One pair at a time, three in series in the last block, made a
+// 7.4 µs tail, run 63.) Read through L2: the splits were written by other blocks.
+#define MERGE_P 3
+template <typename OutOf>
+__device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsplit, int D,
+                           OutOf o_of) {
   int lane = threadIdx.x & 31;
-  const float* e = pb + ((size_t)lane * 64 + m) * (D + 2);
-  float ms = lane < nsplit ? ld_cg(e + D) : NEG_INF;
-  float ls = lane < nsplit ? ld_cg(e + D + 1) : 0.f;
-  float mx = warp_max(ms);
-  float f = ms == NEG_INF ? 0.f : __expf(ms - mx);
-  float L = warp_sum(ls * f);
-  for (int d0 = 0; d0 < D; d0 += 128) {
-    float a[4] = {0.f, 0.f, 0.f, 0.f};
+  float f[MERGE_P], L[MERGE_P];
 #pragma unroll
-    for (int sp = 0; sp < 16; sp++) {
-      float fs = __shfl_sync(0xffffffffu, f, sp);
-      if (sp >= nsplit) continue;
-      const float* src = pb + ((size_t)sp * 64 + m) * (D + 2) + d0;
+  for (int p = 0; p < MERGE_P; p++) {
+    int m = m0 + p * mstep;
+    bool ok = m < mend && lane < nsplit;
+    const float* e = pb + ((size_t)lane * 64 + (ok ? m : 0)) * (D + 2) + D;
+    f[p] = ok ? ld_cg(e) : NEG_INF;
+    L[p] = ok ? ld_cg(e + 1) : 0.f;
+  }
 #pragma unroll
-      for (int q = 0; q < 4; q++)
-        if (d0 + lane + 32 * q < D) a[q] += fs * ld_cg(src + lane + 32 * q);
+  for (int p = 0; p < MERGE_P; p++) {
+    float mx = warp_max(f[p]);
+    f[p] = f[p] == NEG_INF ? 0.f : __expf(f[p] - mx);
+    L[p] = warp_sum(L[p] * f[p]);
+  }
+  for (int d0 = 0; d0 < D; d0 += 64) {
+    int d = d0 + 2 * lane;
+    float2 a[MERGE_P], v[MERGE_P][16];
+#pragma unroll
+    for (int p = 0; p < MERGE_P; p++) {
+      int m = m0 + p * mstep;
+      a[p] = make_float2(0.f, 0.f);
+#pragma unroll
+      for (int sp = 0; sp < 16; sp++)
+        v[p][sp] = (m < mend && sp < nsplit && d < D)
+                       ? ld_cg2(pb + ((size_t)sp * 64 + m) * (D + 2) + d)
+                       : make_float2(0.f, 0.f);
     }
 #pragma unroll
-    for (int q = 0; q < 4; q++)
-      if (d0 + lane + 32 * q < D) o[d0 + lane + 32 * q] = L > 0.f ? a[q] / L : 0.f;
+    for (int p = 0; p < MERGE_P; p++)
+#pragma unroll
+      for (int sp = 0; sp < 16; sp++) {
+        float fs = __shfl_sync(0xffffffffu, f[p], sp);
+        a[p].x += fs * v[p][sp].x;
+        a[p].y += fs * v[p][sp].y;
+      }
+#pragma unroll
+    for (int p = 0; p < MERGE_P; p++) {
+      int m = m0 + p * mstep;
+      if (m >= mend || d >= D) continue;
+      float inv = L[p] > 0.f ? 1.f / L[p] : 0.f;
+      *(float2*)(o_of(m) + d) = make_float2(a[p].x * inv, a[p].y * inv);
+    }
   }
 }
 
@@ -781,14 +821,14 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
   int s = row_seq[row0];
   if (s < 0) {  // a padding row of a graph bucket: attends to nothing
+    PDL_WAIT();
     if (split == 0)
       for (int i = tid; i < G * D; i += blockDim.x) out[((size_t)row0 * nh + kvh * G) * D + i] = 0.f;
     return;
   }
-  // the last of the pair's split blocks to get here merges the splits
-  // the last of the pair's split blocks to get here merges the splits, a warp per (row, head) pair
-  // (a block-wide merge, (m, l) of all pairs first, then 4 outputs a thread over all splits, was
-  // slower: 30.8 against 23.4 µs at batch 1, run 47)
+  // the last of the pair's split blocks to get here merges the splits, a warp per MERGE_P (row,
+  // head) pairs (a block-wide merge, (m, l) of all pairs first, then 4 outputs a thread over all
+  // splits, was slower: 30.8 against 23.4 µs at batch 1, run 47)
   __shared__ int last;
   auto merge_splits = [&]() {
     __threadfence();  // this block's split before its count
@@ -800,8 +840,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     __threadfence();
     if (tid == 0) *cnt = 0;
     const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
-    for (int m = warp; m < nrows * G; m += blockDim.x >> 5)
-      attn_merge(pb, m, nsplit, D, out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D);
+    int nw = blockDim.x >> 5;
+    auto o_of = [&](int m) { return out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D; };
+    for (int m = warp; m < nrows * G; m += MERGE_P * nw)
+      attn_merge(pb, m, nw, nrows * G, nsplit, D, o_of);
   };
   // decode: every warp holds the same <= 16 pairs and takes a quarter of each key tile
   bool wsplit = nrows * G <= 16;
@@ -814,15 +856,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   bool active = wsplit || (warp * 16) / G < nrows;
   const float* qA = q + ((size_t)(row0 + rA) * nh + kvh * G + mA % G) * D;
   const float* qB = q + ((size_t)(row0 + rB) * nh + kvh * G + mB % G) * D;
-  u32 qf[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ks++) {
-    int c = ks * 16 + tig * 2;
-    qf[ks][0] = vA ? pack16<F16>(qA[c] * scale, qA[c + 1] * scale) : 0u;
-    qf[ks][1] = vB ? pack16<F16>(qB[c] * scale, qB[c + 1] * scale) : 0u;
-    qf[ks][2] = vA ? pack16<F16>(qA[c + 8] * scale, qA[c + 9] * scale) : 0u;
-    qf[ks][3] = vB ? pack16<F16>(qB[c + 8] * scale, qB[c + 9] * scale) : 0u;
-  }
+  u32 qf[D / 16][4];  // loaded after PDL_WAIT (rope_kv writes q)
   float o[D / 8][4];
 #pragma unroll
   for (int dt = 0; dt < D / 8; dt++)
@@ -934,11 +968,22 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       }
     }
   };
+  // The step's metadata (tiles, positions, block tables) was written before the step: read
+  // before PDL_WAIT. q and the newest key (rope_kv's) only after it.
   int blk[PASSES];
+  if (kt0 < kt1) blocks_of(kt0, blk);
+  PDL_WAIT();
   if (kt0 < kt1) {
-    blocks_of(kt0, blk);
     issue(0, kt0, blk);
     if (kt0 + 1 < kt1) blocks_of(kt0 + 1, blk);
+  }
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    int c = ks * 16 + tig * 2;
+    qf[ks][0] = vA ? pack16<F16>(qA[c] * scale, qA[c + 1] * scale) : 0u;
+    qf[ks][1] = vB ? pack16<F16>(qB[c] * scale, qB[c + 1] * scale) : 0u;
+    qf[ks][2] = vA ? pack16<F16>(qA[c + 8] * scale, qA[c + 9] * scale) : 0u;
+    qf[ks][3] = vB ? pack16<F16>(qB[c + 8] * scale, qB[c + 9] * scale) : 0u;
   }
   for (int kt = kt0; kt < kt1; kt++) {
     int st = (kt - kt0) & 1;
@@ -981,6 +1026,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     else
       key_tile(IntC<KT / 8>(), Ks, Ks + KT * KS, kt, 0);
   }
+  PDL_TRIGGER();  // the next kernel's blocks may come in during the writes and the split merge
   if (wsplit) {  // merge the four warps' states (the stages are free once every copy has landed)
     asm volatile("cp.async.wait_group 0;");
     __syncthreads();
@@ -1066,15 +1112,12 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale
 #define ATTN_KERNELS(D)                                                                        \
   extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
-    PDL_ENTRY();                                                                                 \
     attn_impl<D, false, false>(ATTN_PASS);                                                     \
   }                                                                                            \
   extern "C" __global__ void __launch_bounds__(128) attn_f8_d##D(ATTN_ARGS) {                  \
-    PDL_ENTRY();                                                                                 \
     attn_impl<D, true, false>(ATTN_PASS);                                                      \
   }                                                                                            \
   extern "C" __global__ void __launch_bounds__(128) attn_f8h_d##D(ATTN_ARGS) {                 \
-    PDL_ENTRY();                                                                                 \
     attn_impl<D, true, true>(ATTN_PASS);                                                       \
   }
 ATTN_KERNELS(32)
@@ -1097,8 +1140,10 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
   int G = nh / nkv;
   int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
-  for (int m = blockIdx.z * nw + warp; m < nrows * G; m += nw * gridDim.z)
-    attn_merge(pb, m, nsplit, D, out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D);
+  auto o_of = [&](int m) { return out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D; };
+  int step = nw * gridDim.z;
+  for (int m = blockIdx.z * nw + warp; m < nrows * G; m += MERGE_P * step)
+    attn_merge(pb, m, step, nrows * G, nsplit, D, o_of);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1283,7 +1328,6 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
                                      const float* bias, int k, int ng, int tg, int norm,
                                      float rscale, int* ids, float* wts, int* done) {
   TRACE_DECL(TAG_ROUTE);
-  PDL_ENTRY();
   extern __shared__ float tsh[];
   __shared__ float red[4][8][2];
   __shared__ float rsv[8];
@@ -1291,6 +1335,9 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
   int per = (H + gridDim.x - 1) / gridDim.x;  // columns of xn this block writes
   int e = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float* wr = gw + (size_t)e * H;
+  // (the router weights loaded into registers before PDL_WAIT made routing slower at batch 4-8 and
+  // no faster at 1: run 70)
+  PDL_WAIT();
   for (int t0 = 0; t0 < T; t0 += 8) {
     float acc[8], ss[8];
 #pragma unroll
@@ -1333,6 +1380,7 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
     }
     __syncthreads();
   }
+  PDL_TRIGGER();  // the next kernel's blocks may come in during the last block's top-k
   TRACE_MARK(1);
   __threadfence();  // this block's logits before its count
   if (threadIdx.x == 0) last = atomicAdd(done, 1) == (int)gridDim.x - 1;
@@ -1598,6 +1646,12 @@ __device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, i
 // in one phase) hit distinct banks. The steps run over `nchunks` chunks of 16 channels (c0 =
 // cfirst + i * cstride), steps [s0, s1) of each, as one pipeline: a chunk's first copies are in
 // flight during the previous chunk's last steps.
+// At batch 1 (`once`: the dense GEMVs of one row, one token's experts) the weights are copied with
+// an L2 evict-first policy, so they do not push out what the step reads again soon: activations,
+// the KV cache, metadata, the attention's split results and the kernels' own code. Without it
+// every layer's 265 MB of weights flushed the 50 MB L2, and batch 1 took 6.24-6.29 against
+// 5.94-5.99 ms (run 71, two processes on one machine; GLMFLEET_L2_HINT=0 builds without the
+// hint); the attention's timeline went 20.7 -> 15.7 µs a layer (runs 67, 69).
 // One ring a warp: FP8V_RING bytes of shared memory (FP8V_RING_BYTES in gemv.rs). 256-byte steps
 // with 3 slots were slower for the dense GEMV (run 45: QKV 31.4 against 23.8 µs in the model,
 // one block an SM).
@@ -1612,12 +1666,19 @@ struct Fp8vStream {
   int n_end, kp, s0, s1, cstride, nchunks;
   int ic, is, ichunk;  // the next step to copy: chunk index ichunk (channels from ic), step is
   int issued, taken;
+  bool once;  // copies with an L2 evict-first policy (pol)
+  u64 pol;
 
   __device__ Fp8vStream(u8* ring_, const u8* W_, size_t ldw_, int n_end_, int kp_, int s0_,
-                        int s1_, int cfirst, int cstride_, int nchunks_)
+                        int s1_, int cfirst, int cstride_, int nchunks_, bool once_)
       : ring(ring_), W(W_), ldw(ldw_), n_end(n_end_), kp(kp_), s0(s0_), s1(s1_),
         cstride(cstride_), nchunks(nchunks_), ic(cfirst), is(s0_), ichunk(s1_ > s0_ ? 0 : nchunks_),
-        issued(0), taken(0) {}
+        issued(0), taken(0), once(once_) {
+#ifdef GLMFLEET_NO_L2_HINT
+    once = false;
+#endif
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  }
 
   // Copies the next step into its slot (nothing past the last chunk), as one commit group.
   __device__ __forceinline__ void issue() {
@@ -1631,9 +1692,15 @@ struct Fp8vStream {
         bool ok = kb < kp && row < n_end;
         const u8* src = W + (ok ? (size_t)row * ldw + kb : 0);
         u32 dst = slot + r * FP8V_W + ((c ^ ((r & 1) << 2)) << 4);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
-                     "r"(ok ? 16 : 0)
-                     : "memory");
+        if (once)
+          asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(
+                           dst),
+                       "l"(src), "r"(ok ? 16 : 0), "l"(pol)
+                       : "memory");
+        else
+          asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                       "r"(ok ? 16 : 0)
+                       : "memory");
       }
       if (++is == s1) {
         is = s0;
@@ -1766,16 +1833,17 @@ extern "C" __global__ void __launch_bounds__(256, 2)
   int cfirst = (blockIdx.x * G + warp / S) * 16, cstride = gridDim.x * G * 16;
   int nsteps = (kp + FP8V_W - 1) / FP8V_W, s0, s1;
   fp8v_slice(nsteps, S, si, smode, bk_blk, s0, s1);
-  Fp8vStream ws(fsm + warp * FP8V_RING, W, ldw, N, kp, s0, s1, cfirst, cstride, nch);
+  // evict-first copies at one row only (at 2-8 rows they measured 0.5-1% slower, run 71)
+  Fp8vStream ws(fsm + warp * FP8V_RING, W, ldw, N, kp, s0, s1, cfirst, cstride, nch, M == 1);
   ws.start();
   PDL_WAIT();
-  PDL_TRIGGER();
   TRACE_MARK(1);
   for (int r = 0; r < M; r++) {
     const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
     stage_row(xr, K, kp, in_mode, nw, eps, up_off, group, xf, wf, aq + (size_t)r * kp,
               asc + r * ng, 0, red);
   }
+  PDL_TRIGGER();  // the next kernel's blocks may come in (and copy constant data) during the loop
   TRACE_MARK(2);
   for (int ch = 0; ch < nch; ch++) {
     int c0 = cfirst + ch * cstride;
@@ -1953,7 +2021,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
                               int N, int cpb, float* __restrict__ out, int ldo, int down) {
   if (FLAT) down = 0;  // gate|up's alone: no down paths compiled in
   TRACE_DECL(TAG_MOE_GU + down);
-  PDL_ENTRY();  // the expert ids come from the previous kernels
+  PDL_WAIT();  // the expert ids come from the previous kernels
   TRACE_MARK(1);
   extern __shared__ __align__(16) u8 msm[];
   __shared__ float red[32];
@@ -1994,7 +2062,10 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   u16* my_q = (u16*)my_row;
   if (FP8) {
     int nsteps = (kp + FP8V_W - 1) / FP8V_W, gid = lane >> 2, tig = lane & 3;
-    Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16);
+    // one token reads each expert's weights once; several share the experts they pick (and all
+    // the shared one), whose weights L2 then keeps for the next token's blocks (evict-first
+    // copies, and evict-normal ones too, made batch 4-8 slower: runs 69, 70)
+    Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16, T == 1);
     ws.start();  // in flight while staging
     if (down)
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
@@ -2002,6 +2073,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     else
       stage_row(x + (size_t)tok * ldx, K, kp, 0, 0, 0.f, 0, group, xf, 0, my_q, sc_s, 0, red);
     const float* my_sc = sc_s + srow * ng;
+    PDL_TRIGGER();  // the next kernel's blocks may come in during the loop
     TRACE_MARK(2);
     for (int c0 = cb; c0 < ce; c0 += 16) {
       float acc[4];
@@ -2021,6 +2093,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     }
   } else {
     float* xs = (float*)my_row;
+    PDL_TRIGGER();
     if (down) {
       const float* xr = x + (size_t)row * ldx;
       for (int c = lane; c < kp; c += 32)
