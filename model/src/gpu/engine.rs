@@ -239,6 +239,15 @@ const DEFAULT_ATTN_BLOCKS_PER_SM: usize = 1;
 /// Default of [`GpuModel::pdl_graph_batch`]: PDL in decode graphs up to batch 4.
 const DEFAULT_PDL_GRAPH_BATCH: usize = 4;
 
+/// Sets an engine switch that captured decode graphs bake in (a kernel choice, a bound, a launch
+/// attribute): when it changes, the graphs are dropped and recaptured on their next use.
+fn set_baked<T: PartialEq>(graphs: &mut HashMap<(usize, bool), Graph>, slot: &mut T, value: T) {
+    if *slot != value {
+        graphs.clear();
+        *slot = value;
+    }
+}
+
 impl Workspace {
     /// Key splits for `tiles` attention tiles: about `per_sm` blocks an SM in all, at most
     /// [`ATTN_MAX_SPLITS`].
@@ -657,11 +666,7 @@ impl GpuModel {
     /// Ids at or above `n` (a tokenizer smaller than the embedding) are never sampled.
     pub fn set_valid_vocab(&mut self, n: usize) {
         let n = n.clamp(1, self.config.vocab_size);
-        if n != self.valid_vocab {
-            // captured graphs baked the old bound in
-            self.graphs.clear();
-            self.valid_vocab = n;
-        }
+        set_baked(&mut self.graphs, &mut self.valid_vocab, n);
     }
 
     /// Whether [`GpuModel::step`] draws rows with top-k / top-p / min-p truncation (a
@@ -678,11 +683,7 @@ impl GpuModel {
 
     /// Whether attention over an FP8 KV cache widens it to f16 (`attn_f8h_*`) instead of bf16.
     pub fn set_fp8_attn_f16(&mut self, on: bool) {
-        if on != self.fp8_attn_f16 {
-            // captured graphs baked the old kernel in
-            self.graphs.clear();
-            self.fp8_attn_f16 = on;
-        }
+        set_baked(&mut self.graphs, &mut self.fp8_attn_f16, on);
     }
 
     /// Routed rows from which a step's experts run as one cuBLASLt GEMM each (`None`: never);
@@ -704,12 +705,12 @@ impl GpuModel {
 
     /// Sets [`GpuModel::gemv`] (0: never); see the fields' docs.
     pub fn set_gemv(&mut self, rows: usize, moe_tokens: usize) {
-        let rows = rows.min(GEMV_MAX_ROWS);
-        if (rows, moe_tokens) != (self.gemv_rows, self.moe_gemv_tokens) {
-            // captured graphs baked the old kernels in
-            self.graphs.clear();
-            (self.gemv_rows, self.moe_gemv_tokens) = (rows, moe_tokens);
-        }
+        set_baked(
+            &mut self.graphs,
+            &mut self.gemv_rows,
+            rows.min(GEMV_MAX_ROWS),
+        );
+        set_baked(&mut self.graphs, &mut self.moe_gemv_tokens, moe_tokens);
     }
 
     /// Whether one token's MoE gate|up spreads its units evenly ([`GpuModel::moe_flat`]).
@@ -719,10 +720,7 @@ impl GpuModel {
 
     /// Sets [`GpuModel::moe_flat`] (captured graphs are dropped).
     pub fn set_moe_flat(&mut self, on: bool) {
-        if on != self.moe_flat {
-            self.graphs.clear();
-            self.moe_flat = on;
-        }
+        set_baked(&mut self.graphs, &mut self.moe_flat, on);
     }
 
     /// The device the model runs on.
@@ -737,18 +735,12 @@ impl GpuModel {
 
     /// Sets [`GpuModel::pdl_graph_batch`] (captured graphs are dropped).
     pub fn set_pdl_graph_batch(&mut self, n: usize) {
-        if n != self.pdl_graph_batch {
-            self.graphs.clear();
-            self.pdl_graph_batch = n;
-        }
+        set_baked(&mut self.graphs, &mut self.pdl_graph_batch, n);
     }
 
     /// Attention blocks an SM that key splits aim for (A/B runs; captured graphs are dropped).
     pub fn set_attn_blocks_per_sm(&mut self, n: usize) {
-        if n != self.attn_blocks_per_sm {
-            self.graphs.clear();
-            self.attn_blocks_per_sm = n;
-        }
+        set_baked(&mut self.graphs, &mut self.attn_blocks_per_sm, n);
     }
 
     pub fn attn_blocks_per_sm(&self) -> usize {
