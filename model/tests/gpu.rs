@@ -15,8 +15,8 @@ use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
     gemm_launch, gemv_launch, prep_threads, router_launch, sample_launch, sample_part_bytes,
-    ActRows, BlasLt, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv, SampleSpecs,
-    StepOutput, ROUTER_GEMM_MIN_TOKENS,
+    topk_smem, ActRows, BlasLt, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv,
+    SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{min_p_log, sample_host, truncation_threshold, DeviceSampling};
@@ -582,7 +582,7 @@ fn moe_topk_matches_host_routing() {
         let bb = DevBuf::from_host(&g, &bias).unwrap();
         let ids = DevBuf::zeros(&g, t * k * 4).unwrap();
         let wts = DevBuf::zeros(&g, t * k * 4).unwrap();
-        model::launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+        model::launch!(g, moe_topk, (t as u32, 1, 1), (128, 1, 1), topk_smem(e);
             lb.p(), bb.p(), t as i32, e as i32, k as i32, ng as i32, tg as i32, 1i32, 2.5f32,
             ids.p(), wts.p())
         .unwrap();
@@ -647,7 +647,7 @@ fn moe_route_matches_host_routing() {
         for round in 0..2 {
             let ids = DevBuf::zeros(&g, t * k * 4).unwrap();
             let wts = DevBuf::zeros(&g, t * k * 4).unwrap();
-            model::launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+            model::launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), topk_smem(e);
                 bufs[0].p(), h as i32, bufs[1].p(), eps, xn.p(), bufs[2].p(), out.p(), t as i32,
                 e as i32, h as i32, bufs[3].p(), k as i32, 1i32, 1i32, 1i32, 2.5f32, ids.p(),
                 wts.p(), done.p())

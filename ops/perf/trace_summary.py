@@ -2,7 +2,7 @@
 """Where a decode step's time goes, kernel by kernel, from the timeline records of
 `GLMFLEET_TRACE=1 gpu_perf CONFIG OUT --trace-step B` (OUT-bB.bin; kernels.cu `TRACE_*`).
 
-Each record is one warp of one traced kernel: up to four %globaltimer marks (ns; 0 = not taken)
+Each record is one warp of one traced kernel: up to eight %globaltimer marks (ns; 0 = not taken)
 and tag | warp << 16 | SM << 24 | block << 32. Launches are told apart by tag changes and by time
 (graph replay without PDL runs them one after another). For each kind of launch, medians over the
 step's layers:
@@ -10,36 +10,47 @@ step's layers:
          between them, e.g. the LM head, show up here)
   span   first mark to last mark of the launch
   start  p90 of the warps' entry after the launch's first entry (block dispatch)
-  m1..m3 median per warp of mark k minus mark k-1 (what the marks are: below)
+  m1..m7 median per warp of mark k minus the warp's previous mark taken (what the marks are: below)
   tail   last warp's last mark minus the median warp's last mark
-Marks: GEMV 1 after the PDL wait, 2 rows staged, 3 main loop done; MoE 1 after the PDL wait,
-2 row staged, 3 main loop done; attention 1 before the split merge, 2 after it; routing 1 before
-the block count, (last block) 2 top-k begins, 3 top-k done; RoPE 1 done.
+Marks: GEMV 1 after the PDL wait, 2 rows loaded, 3 rows staged, 4 main loop done; MoE 1 after
+the PDL wait, the expert ids and the weight stream's start, 2 row loaded, 3 staged, 4 main loop
+done; attention 1 metadata read, 2 after the PDL wait, 3 first key tile landed, 4 key loop done,
+5 split written, 6 splits merged; routing 1 dot products done, (last block) 2 counted, 3 scores
+in shared memory, 4 top-k done; RoPE 1 done.
 
-    ops/perf/trace_summary.py OUT-b1.bin [--layer N]   (N: print that layer's launches one by one)
+    ops/perf/trace_summary.py OUT-b1.bin [--layer N] [--marks 4]
+(N: print that layer's launches one by one; --marks 4 reads the archives before run 72, whose
+records held four marks)
 """
 import statistics as st
 import struct
 import sys
 
 TAGS = {1: "gemv", 2: "rope", 3: "attn", 4: "route", 5: "moe_gu", 6: "moe_dn"}
+# marks a record (TRACE_MARKS in kernels.cu), mark 0 at entry
+NMARK = int(sys.argv[sys.argv.index("--marks") + 1]) if "--marks" in sys.argv else 8
 MARKS = {
-    "gemv": ["wait", "stage", "loop"],
-    "moe_gu": ["wait", "stage", "loop"],
-    "moe_dn": ["wait", "stage", "loop"],
-    "attn": ["main", "merge", ""],
-    "route": ["dots", "(last) count", "top-k"],
-    "rope": ["done", "", ""],
+    "gemv": ["wait", "load", "stage", "loop"],
+    "moe_gu": ["wait+ids", "load", "stage", "loop"],
+    "moe_dn": ["wait+ids", "load", "stage", "loop"],
+    "attn": ["meta", "wait", "tile 1 in", "keys", "write", "merge"],
+    "route": ["dots", "(last) count", "scores", "top-k"],
+    "rope": ["done"],
 }
+if NMARK == 4:  # the marks before run 72
+    MARKS = {"gemv": ["wait", "stage", "loop"], "moe_gu": ["wait", "stage", "loop"],
+             "moe_dn": ["wait", "stage", "loop"], "attn": ["main", "merge"],
+             "route": ["dots", "(last) count", "top-k"], "rope": ["done"]}
 
 
 def load(path):
     raw = open(path, "rb").read()
     recs = []
-    for off in range(0, len(raw) - 39, 40):
-        t0, t1, t2, t3, meta = struct.unpack_from("<5Q", raw, off)
+    size = 8 * (NMARK + 1)
+    for off in range(0, len(raw) - size + 1, size):
+        *t, meta = struct.unpack_from(f"<{NMARK + 1}Q", raw, off)
         recs.append({
-            "t": [t0, t1, t2, t3],
+            "t": t,
             "tag": TAGS.get(meta & 0xFF, f"tag{meta & 0xFF}"),
             "warp": (meta >> 16) & 0xFF,
             "sm": (meta >> 24) & 0xFF,
@@ -84,8 +95,12 @@ def describe(l):
         "warps": len(rs),
         "blocks": len({r["blk"] for r in rs}),
     }
-    for k in (1, 2, 3):
-        diffs = [r["t"][k] - r["t"][k - 1] for r in rs if r["t"][k] and r["t"][k - 1]]
+    for k in range(1, NMARK):
+        diffs = []
+        for r in rs:
+            prev = [t for t in r["t"][:k] if t]
+            if r["t"][k] and prev:
+                diffs.append(r["t"][k] - prev[-1])
         d[f"m{k}"] = st.median(diffs) if diffs else None
     return d
 
@@ -121,8 +136,10 @@ def main():
     kinds = {}
     for l in ls:
         kinds.setdefault(l["name"], []).append(describe(l))
-    print("\n| launch | n | blocks | gap µs | span µs | start p90 µs | mark 1 µs | mark 2 µs | mark 3 µs | tail µs | marks |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    mk = range(1, NMARK)
+    print("\n| launch | n | blocks | gap µs | span µs | start p90 µs | "
+          + " | ".join(f"m{k} µs" for k in mk) + " | tail µs | marks |")
+    print("|---" * (7 + len(mk)) + "|")
     total = 0.0
     for name, ds in kinds.items():
         med = lambda k: st.median(d[k] for d in ds if d[k] is not None) if any(
@@ -130,8 +147,8 @@ def main():
         total += (med("span") or 0) * len(ds) + (med("gap") or 0) * len(ds)
         tag = name.split("#")[0].removeprefix("pre-")
         print(f"| {name} | {len(ds)} | {int(med('blocks'))} | {us(med('gap'))} | {us(med('span'))} | "
-              f"{us(med('start'))} | {us(med('m1'))} | {us(med('m2'))} | {us(med('m3'))} | "
-              f"{us(med('tail'))} | {', '.join(m for m in MARKS.get(tag, []) if m)} |")
+              f"{us(med('start'))} | " + " | ".join(us(med(f"m{k}")) for k in mk)
+              + f" | {us(med('tail'))} | {', '.join(MARKS.get(tag, []))} |")
     print(f"\nsum of medians × launches (span + gap): {total / 1e6:.3f} ms")
     if "--layer" in sys.argv:
         n = int(sys.argv[sys.argv.index("--layer") + 1])
@@ -139,9 +156,9 @@ def main():
         for l in ls:
             if l["layer"] == n:
                 d = describe(l)
+                marks = " ".join(f"m{k} {us(d[f'm{k}']):>5}" for k in range(1, NMARK))
                 print(f"  {l['name']:10} gap {us(d['gap']):>6} span {us(d['span']):>6} start {us(d['start']):>5} "
-                      f"m1 {us(d['m1']):>5} m2 {us(d['m2']):>5} m3 {us(d['m3']):>5} tail {us(d['tail']):>5} "
-                      f"warps {d['warps']} blocks {d['blocks']}")
+                      f"{marks} tail {us(d['tail']):>5} warps {d['warps']} blocks {d['blocks']}")
 
 
 if __name__ == "__main__":

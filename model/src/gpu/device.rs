@@ -124,9 +124,9 @@ pub struct Gpu {
     trace: Option<(u64, usize, u64)>,
 }
 
-/// Words of one timeline record (`g_trace` in kernels.cu): four %globaltimer marks (ns, 0 when
-/// not taken), then tag | warp << 16 | SM << 24 | linear block << 32.
-pub const TRACE_WORDS: usize = 5;
+/// Words of one timeline record (`g_trace` in kernels.cu): eight %globaltimer marks (ns, 0 when
+/// not taken; `TRACE_MARKS`), then tag | warp << 16 | SM << 24 | linear block << 32.
+pub const TRACE_WORDS: usize = 9;
 
 /// Bytes of the pinned staging buffer: large copies go through it in pieces this size.
 const STAGING_BYTES: usize = 32 << 20;

@@ -1201,6 +1201,7 @@ impl GpuModel {
             (64, true, true) => attn!(attn_f8h_d64)?,
             (_, true, true) => attn!(attn_f8h_d128)?,
         }
+
         if splits > 1 && !fused {
             // a tile holds at most 64 (row, head) pairs: 8 blocks of 8 warps
             launch!(g, attn_combine, (tiles as u32, nkv as u32, 8), (256, 1, 1), 0;
@@ -1236,7 +1237,7 @@ impl GpuModel {
                 FMT_F32, ws.xn.p(), h as i32, 0u64, h as i32)?;
             self.mark("norm/quant")?;
             router_launch(g, ws.xn.p(), gate.p(), ws.router.p(), t, e, h)?;
-            launch!(g, moe_topk, (t.div_ceil(4) as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+            launch!(g, moe_topk, (t as u32, 1, 1), (128, 1, 1), topk_smem(e);
                 ws.router.p(), bias.p(), t as i32, e as i32, k as i32, c.n_group as i32,
                 c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
                 ws.ids.p(), ws.wts.p())
@@ -1259,7 +1260,7 @@ impl GpuModel {
             if let Some(cfg) = experts.config(g, t, h).filter(|_| fits) {
                 if fused && t <= MOE_ROUTE_MAX_TOKENS {
                     // one launch for the norm, the router and top-k
-                    launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), 4 * 2 * e * 4;
+                    launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), topk_smem(e);
                         ws.x.p(), h as i32, layer.post_norm.p(), c.rms_norm_eps, ws.xn.p(),
                         gate.p(), ws.router.p(), t as i32, e as i32, h as i32, bias.p(), k as i32,
                         c.n_group as i32, c.topk_group as i32, i32::from(c.norm_topk_prob),
@@ -1483,6 +1484,16 @@ struct Grouped<'a> {
 /// 0.02 ms at 64 tokens and 0.06 ms at 256 (H200, ops/perf/2026-11-29-gpu-mtp.md): they cross near
 /// 1,000 tokens.
 pub const ROUTER_GEMM_MIN_TOKENS: usize = 1024;
+
+/// Tokens `moe_route`'s last block ranks at once (`TOPK_TOKENS` in kernels.cu; `moe_topk` ranks
+/// one token a block).
+const TOPK_TOKENS: usize = 8;
+
+/// Dynamic shared memory of `moe_topk` (grid: one block a token) and `moe_route` for `e` experts
+/// (`topk_block`'s scratch: scores and biased scores of each token, 32 group scores and 32 picks).
+pub fn topk_smem(e: usize) -> usize {
+    TOPK_TOKENS * (2 * e + 64) * 4
+}
 
 /// Most tokens routed by `moe_route` (the norm, router and top-k of a decode-size step in one
 /// launch; each of its blocks reads every token's row).

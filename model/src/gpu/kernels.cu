@@ -19,8 +19,9 @@ typedef unsigned long long u64;
 // shared memory). Most start with PDL_ENTRY(): wait, then trigger. The decode layer's kernels
 // trigger later, once their own blocks are past the part that needs the SM most (the GEMVs after
 // staging their rows, the attention after its key loop, the routing after its dot products), and
-// read what is constant before they wait: the FP8 GEMVs copy their first weight steps, the
-// attention reads its metadata and block tables. Graphs are captured with PDL only where
+// read what is constant before they wait: the attention reads its metadata and block tables (the
+// FP8 GEMVs no longer copy their first weight steps there: those copies delayed the row loads
+// after the wait, see load_row). Graphs are captured with PDL only where
 // Gpu::pdl_graphs (small batches, GpuModel::pdl_graph_batch): with trigger-at-entry it was slower
 // or no faster in every measurement (runs 40-43; run 53: batch 1 7.05 against 6.81 ms).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -37,14 +38,17 @@ typedef unsigned long long u64;
   } while (0)
 
 // Step timeline (builds with GLMFLEET_TRACE defined only: GLMFLEET_TRACE=1 at run time; nothing is
-// compiled in otherwise). A kernel's warps keep up to 4 %globaltimer marks in registers (mark 0 at
-// TRACE_DECL, then TRACE_MARK(1..3)) and write them as one record when done (TRACE_FLUSH: one
-// atomic a warp, after its last mark), for `gpu_perf --trace-step` and ops/perf/trace_summary.py:
-// where a kernel's time goes (block start-up, row staging, the main loop, the tail). A record:
-// marks[4], then tag | warp << 16 | SM << 24 | linear block << 32 (unset marks are 0).
+// compiled in otherwise). A kernel's warps keep up to TRACE_MARKS %globaltimer marks in registers
+// (mark 0 at TRACE_DECL, then TRACE_MARK(1..7); helpers called by a kernel take its Trace through
+// TRACE_PARAM / TRACE_ARG and mark with TRACE_MARK_P) and write them as one record when done
+// (TRACE_FLUSH: one atomic a warp, after its last mark), for `gpu_perf --trace-step` and
+// ops/perf/trace_summary.py: where a kernel's time goes (block start-up, row staging, the main
+// loop, the tail). A record: marks[TRACE_MARKS], then tag | warp << 16 | SM << 24 | linear
+// block << 32 (unset marks are 0).
 #ifdef GLMFLEET_TRACE
 #define TRACE_CAP (1 << 19)
-__device__ u64 g_trace[TRACE_CAP][5];
+#define TRACE_MARKS 8
+__device__ u64 g_trace[TRACE_CAP][TRACE_MARKS + 1];
 __device__ u32 g_trace_n;
 __device__ __forceinline__ u64 gtime() {
   u64 t;
@@ -52,11 +56,12 @@ __device__ __forceinline__ u64 gtime() {
   return t;
 }
 struct Trace {
-  u64 ts[4];
+  u64 ts[TRACE_MARKS];
   int tag;
   __device__ explicit Trace(int tag_) : tag(tag_) {
     ts[0] = gtime();
-    ts[1] = ts[2] = ts[3] = 0;
+#pragma unroll
+    for (int j = 1; j < TRACE_MARKS; j++) ts[j] = 0;
   }
   __device__ void flush() {
     if ((threadIdx.x & 31) != 0) return;
@@ -64,17 +69,25 @@ struct Trace {
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
     if (i >= TRACE_CAP) return;
     u64 blk = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
-    for (int j = 0; j < 4; j++) g_trace[i][j] = ts[j];
-    g_trace[i][4] = (u64)tag | (u64)(threadIdx.x >> 5) << 16 | (u64)sm << 24 | blk << 32;
+    for (int j = 0; j < TRACE_MARKS; j++) g_trace[i][j] = ts[j];
+    g_trace[i][TRACE_MARKS] = (u64)tag | (u64)(threadIdx.x >> 5) << 16 | (u64)sm << 24 | blk << 32;
   }
 };
 #define TRACE_DECL(tag) Trace trace_(tag)
 #define TRACE_MARK(p) (trace_.ts[p] = gtime())
 #define TRACE_FLUSH() trace_.flush()
+#define TRACE_PARAM , Trace *trace_p
+#define TRACE_ARG , &trace_
+#define TRACE_NONE , nullptr
+#define TRACE_MARK_P(p) (trace_p ? (void)(trace_p->ts[p] = gtime()) : (void)0)
 #else
 #define TRACE_DECL(tag) (void)0
 #define TRACE_MARK(p) (void)0
 #define TRACE_FLUSH() (void)0
+#define TRACE_PARAM
+#define TRACE_ARG
+#define TRACE_NONE
+#define TRACE_MARK_P(p) (void)0
 #endif
 // Trace tags (ops/perf/trace_summary.py names them)
 #define TAG_GEMV 1
@@ -677,16 +690,31 @@ __device__ __forceinline__ float2 ld_cg2(const float* p) {
 // Merges the key splits of attn_* for the (row, head) pairs m0, m0 + mstep, ... below mend (at most
 // MERGE_P of them) of a (tile, kv head) whose splits are at pb, by one warp: out = sum_s exp(m_s -
 // M) O_s / sum_s exp(m_s - M) l_s, written to out + o_of(m). The pairs' loads are in flight
-// together (a dependent L2 round trip costs about a µs at batch 1): first every split's (m, l) of
-// every pair (a lane a split, nsplit <= 32), then 64 head dims at a time (2 per lane) of every
-// split (nsplit <= 16) and pair. (One pair at a time, three in series in the last block, made a
-// 7.4 µs tail, run 63.) Read through L2: the splits were written by other blocks.
+// together (a dependent L2 round trip costs about a µs at batch 1): every split's (m, l) of every
+// pair (a lane a split, nsplit <= 32) with the first 64 head dims (2 per lane) of every split
+// (nsplit <= 16) and pair, then the next 64 dims. (One pair at a time, three in series in the
+// last block, made a 7.4 µs tail, run 63.) Read through L2: the splits were written by other
+// blocks.
 #define MERGE_P 3
 template <typename OutOf>
 __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsplit, int D,
                            OutOf o_of) {
   int lane = threadIdx.x & 31;
   float f[MERGE_P], L[MERGE_P];
+  float2 v[MERGE_P][16];
+  // the pairs' 64-dim slices from d0 of all splits, all in flight
+  auto load = [&](int d0) {
+    int d = d0 + 2 * lane;
+#pragma unroll
+    for (int p = 0; p < MERGE_P; p++) {
+      int m = m0 + p * mstep;
+#pragma unroll
+      for (int sp = 0; sp < 16; sp++)
+        v[p][sp] = (m < mend && sp < nsplit && d < D)
+                       ? ld_cg2(pb + ((size_t)sp * 64 + m) * (D + 2) + d)
+                       : make_float2(0.f, 0.f);
+    }
+  };
 #pragma unroll
   for (int p = 0; p < MERGE_P; p++) {
     int m = m0 + p * mstep;
@@ -695,6 +723,7 @@ __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsp
     f[p] = ok ? ld_cg(e) : NEG_INF;
     L[p] = ok ? ld_cg(e + 1) : 0.f;
   }
+  load(0);  // with the (m, l) loads: one round trip to L2 fewer
 #pragma unroll
   for (int p = 0; p < MERGE_P; p++) {
     float mx = warp_max(f[p]);
@@ -703,17 +732,10 @@ __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsp
   }
   for (int d0 = 0; d0 < D; d0 += 64) {
     int d = d0 + 2 * lane;
-    float2 a[MERGE_P], v[MERGE_P][16];
+    float2 a[MERGE_P];
+    if (d0 > 0) load(d0);
 #pragma unroll
-    for (int p = 0; p < MERGE_P; p++) {
-      int m = m0 + p * mstep;
-      a[p] = make_float2(0.f, 0.f);
-#pragma unroll
-      for (int sp = 0; sp < 16; sp++)
-        v[p][sp] = (m < mend && sp < nsplit && d < D)
-                       ? ld_cg2(pb + ((size_t)sp * 64 + m) * (D + 2) + d)
-                       : make_float2(0.f, 0.f);
-    }
+    for (int p = 0; p < MERGE_P; p++) a[p] = make_float2(0.f, 0.f);
 #pragma unroll
     for (int p = 0; p < MERGE_P; p++)
 #pragma unroll
@@ -845,8 +867,15 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     for (int m = warp; m < nrows * G; m += MERGE_P * nw)
       attn_merge(pb, m, nw, nrows * G, nsplit, D, o_of);
   };
-  // decode: every warp holds the same <= 16 pairs and takes a quarter of each key tile
-  bool wsplit = nrows * G <= 16;
+  int nkeys = pos[row0 + nrows - 1] + 1;
+  int nkt = (nkeys + KT - 1) / KT;
+  int per = (nkt + nsplit - 1) / nsplit;
+  int kt0 = split * per, kt1 = min(nkt, kt0 + per);
+  // decode over several key tiles: every warp holds the same <= 16 pairs and takes a quarter of
+  // each tile, and the block merges the four warps' states. With one tile (batch 1 at 1,024 keys:
+  // 16 splits of one tile) warp 0 takes the whole tile and writes its state itself: that merge
+  // was 3.9 µs of the attention's 12 at batch 1 (run 72's timeline).
+  bool wsplit = nrows * G <= 16 && kt1 - kt0 > 1;
   int mA = (wsplit ? 0 : warp) * 16 + gid, mB = mA + 8;
   int rA = mA / G, rB = mB / G;
   bool vA = rA < nrows, vB = rB < nrows;
@@ -863,10 +892,6 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #pragma unroll
     for (int i = 0; i < 4; i++) o[dt][i] = 0.f;
   float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
-  int nkeys = pos[row0 + nrows - 1] + 1;
-  int nkt = (nkeys + KT - 1) / KT;
-  int per = (nkt + nsplit - 1) / nsplit;
-  int kt0 = split * per, kt1 = min(nkt, kt0 + per);
   const int* bt = btab + (size_t)s * (*btab_stride);
   int ch = tid % CPK, j0 = tid / CPK;
   // this thread's block ids for each of its PASSES keys of a tile (-1 past the end), read a tile
@@ -969,10 +994,14 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     }
   };
   // The step's metadata (tiles, positions, block tables) was written before the step: read
-  // before PDL_WAIT. q and the newest key (rope_kv's) only after it.
+  // before PDL_WAIT. q and the newest key (rope_kv's) only after it. (Copying the first tile's
+  // older keys before the wait too took the copies out of the batch-1 timeline, 2.7 -> 1.5 µs,
+  // but not the attention's end, and eager attention at batch 2-256 was 7-14% slower: runs 75-77.)
   int blk[PASSES];
   if (kt0 < kt1) blocks_of(kt0, blk);
+  TRACE_MARK(1);
   PDL_WAIT();
+  TRACE_MARK(2);
   if (kt0 < kt1) {
     issue(0, kt0, blk);
     if (kt0 + 1 < kt1) blocks_of(kt0 + 1, blk);
@@ -995,6 +1024,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     } else {
       asm volatile("cp.async.wait_group 0;");
     }
+    if (kt == kt0) TRACE_MARK(3);
     const u16* Ks;
     if (F8) {  // widen this thread's own chunks (visible to it after the wait)
       const u8* b = smem + st * STAGE8;
@@ -1026,6 +1056,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     else
       key_tile(IntC<KT / 8>(), Ks, Ks + KT * KS, kt, 0);
   }
+  TRACE_MARK(4);
   PDL_TRIGGER();  // the next kernel's blocks may come in during the writes and the split merge
   if (wsplit) {  // merge the four warps' states (the stages are free once every copy has landed)
     asm volatile("cp.async.wait_group 0;");
@@ -1069,9 +1100,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
         out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
       }
     }
-    TRACE_MARK(1);
+    TRACE_MARK(5);
     if (part && done) merge_splits();
-    TRACE_MARK(2);
+    TRACE_MARK(6);
     TRACE_FLUSH();
     return;
   }
@@ -1095,9 +1126,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
             lrow[h] > 0.f ? o[dt][i] / lrow[h] : 0.f;
       }
     }
-  TRACE_MARK(1);
+  TRACE_MARK(5);
   if (part && done) merge_splits();
-  TRACE_MARK(2);
+  TRACE_MARK(6);
   TRACE_FLUSH();
 }
 
@@ -1230,27 +1261,55 @@ extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, c
   }
 }
 
-// Sigmoid scores, selection by score + correction bias within the best `tg` of `ng` groups (group
-// score: sum of its two best biased scores), top-k, weights = unbiased scores (normalised when
-// `norm`) times `rscale`, for token t by one warp (scratch sc [2 E]); ties go to the lower expert
-// index. The logits are read through L2 (moe_route reads other blocks' results).
-__device__ void topk_token(const float* logits, const float* bias, int t, int E, int k, int ng,
-                           int tg, int norm, float rscale, int* ids, float* wts, float* sc) {
-  int lane = threadIdx.x & 31;
-  float* ch = sc + E;
-  for (int e = lane; e < E; e += 32) {
-    float s = 1.0f / (1.0f + expf(-ld_cg(logits + (size_t)t * E + e)));
-    sc[e] = s;
-    ch[e] = s + bias[e];
+// Routing of tokens [t0, t1) (at most TOPK_TOKENS) by the whole block: sigmoid scores, selection
+// by score + correction bias within the best `tg` of `ng` groups (group score: sum of its two best
+// biased scores; ng <= 32), top-k (k <= 32), weights = unbiased scores (normalised when `norm`)
+// times `rscale`; ties go to the lower index. Every (token, expert) pair is ranked by one thread
+// against all E scores in shared memory (and every (token, group) pair the same way), so the
+// latency is one pass over E values, not k rounds of warp arg-max (a warp's 8 rounds for one
+// token took 5.4 µs in moe_route's last block, run 69's timeline). The logits are read through
+// L2 (moe_route reads other blocks' results). Scratch sh: TOPK_TOKENS * (2 E + 64) floats
+// (topk_smem in engine.rs). Ends with a barrier (the scratch is reused by the next call).
+#define TOPK_TOKENS 8
+__device__ void topk_block(const float* logits, const float* bias, int t0, int t1, int E, int k,
+                           int ng, int tg, int norm, float rscale, int* ids, float* wts,
+                           float* sh TRACE_PARAM) {
+  int nt = t1 - t0, tid = threadIdx.x, bd = blockDim.x;
+  float* sc = sh;                             // [nt][E] scores
+  float* ch = sc + TOPK_TOKENS * E;           // [nt][E] biased scores, dropped groups at -inf
+  float* gs = ch + TOPK_TOKENS * E;           // [nt][32] group scores, then the picks' scores
+  int* pick = (int*)(gs + TOPK_TOKENS * 32);  // [nt][32] the experts by rank
+  // the logits TOPK_U a thread at a time in flight (one after another, 8 tokens' scores took
+  // 4.3 µs at batch 8, run 76's timeline)
+  constexpr int TOPK_U = 8;
+  for (int i0 = tid; i0 < nt * E; i0 += TOPK_U * bd) {
+    float lg[TOPK_U];
+#pragma unroll
+    for (int u = 0; u < TOPK_U; u++) {
+      int i = i0 + u * bd, t = i / E;
+      lg[u] = i < nt * E ? ld_cg(logits + (size_t)(t0 + t) * E + (i - t * E)) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < TOPK_U; u++) {
+      int i = i0 + u * bd, e = i % E;
+      if (i >= nt * E) break;
+      float s = 1.0f / (1.0f + expf(-lg[u]));
+      sc[i] = s;
+      ch[i] = s + bias[e];
+    }
   }
-  __syncwarp();
+  // ranks form a permutation unless scores are NaN: then unranked picks stay in range
+  for (int i = tid; i < nt * 32; i += bd) pick[i] = (i & 31) % E;
+  __syncthreads();
+  TRACE_MARK_P(3);
   if (ng > 1) {
     int per = E / ng;
-    float gs = NEG_INF;
-    if (lane < ng) {
+    for (int i = tid; i < nt * ng; i += bd) {
+      int t = i / ng, g = i - t * ng;
+      const float* c = ch + t * E + g * per;
       float a = NEG_INF, b = NEG_INF;
-      for (int j = lane * per; j < (lane + 1) * per; j++) {
-        float x = ch[j];
+      for (int j = 0; j < per; j++) {
+        float x = c[j];
         if (x > a) {
           b = a;
           a = x;
@@ -1258,62 +1317,71 @@ __device__ void topk_token(const float* logits, const float* bias, int t, int E,
           b = x;
         }
       }
-      gs = a + b;
+      gs[t * 32 + g] = a + b;
     }
-    unsigned keep = 0;
-    for (int r = 0; r < tg; r++) {
-      float v = ((keep >> lane) & 1u) || lane >= ng ? NEG_INF : gs;
-      int bi = lane < ng && !((keep >> lane) & 1u) ? lane : 0x7fffffff;
-      warp_argmax(v, bi);
-      if (bi < ng) keep |= 1u << bi;
-    }
-    __syncwarp();
-    for (int e = lane; e < E; e += 32)
-      if (!((keep >> (e / per)) & 1u)) ch[e] = NEG_INF;
-    __syncwarp();
-  }
-  // lane r keeps the r-th pick (k <= 32) and writes it once at the end (lane 0 read its own
-  // stores back from global memory: top-k in moe_route's last block 5.3 -> 4.9 µs, runs 59/60)
-  float wsum = 0.f, my_w = 0.f;
-  int my_id = 0;
-  for (int r = 0; r < k; r++) {
-    float bv = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int e = lane; e < E; e += 32) {
-      float v = ch[e];
-      if (v > bv || (v == bv && e < bi)) {
-        bv = v;
-        bi = e;
+    __syncthreads();
+    for (int i = tid; i < nt * ng; i += bd) {
+      int t = i / ng, g = i - t * ng, r = 0;
+      float v = gs[t * 32 + g];
+      for (int j = 0; j < ng; j++) {
+        float u = gs[t * 32 + j];
+        r += (u > v) | ((u == v) & (j < g));
       }
+      if (r >= tg)
+        for (int e = g * per; e < (g + 1) * per; e++) ch[t * E + e] = NEG_INF;
     }
-    warp_argmax(bv, bi);
-    if (bi >= E) bi = r % E;
-    float s = sc[bi];
-    if (lane == r) {
-      my_id = bi;
-      my_w = s;
+    __syncthreads();
+  }
+  for (int i = tid; i < nt * 32; i += bd) gs[i] = sc[(i >> 5) * E + pick[i]];
+  __syncthreads();
+  for (int i = tid; i < nt * E; i += bd) {
+    int t = i / E, e = i - t * E, r = 0;
+    const float* c = ch + t * E;
+    float v = c[e];
+    if ((E & 3) == 0) {  // 16-byte loads (the rows start 16-byte aligned)
+#pragma unroll 4
+      for (int j = 0; j < E; j += 4) {
+        float4 u = *(const float4*)(c + j);
+        r += (u.x > v) | ((u.x == v) & (j < e));
+        r += (u.y > v) | ((u.y == v) & (j + 1 < e));
+        r += (u.z > v) | ((u.z == v) & (j + 2 < e));
+        r += (u.w > v) | ((u.w == v) & (j + 3 < e));
+      }
+    } else {
+      for (int j = 0; j < E; j++) r += (c[j] > v) | ((c[j] == v) & (j < e));
     }
-    wsum += s;
-    __syncwarp();
-    if (lane == 0) ch[bi] = NEG_INF;
-    __syncwarp();
+    if (r < k) {
+      pick[t * 32 + r] = e;
+      gs[t * 32 + r] = sc[i];
+    }
   }
-  if (lane < k) {
-    if (norm) my_w /= (wsum + 1e-20f);
-    ids[(size_t)t * k + lane] = my_id;
-    wts[(size_t)t * k + lane] = my_w * rscale;
+  __syncthreads();
+  for (int i = tid; i < nt * k; i += bd) {
+    int t = i / k, r = i - t * k;
+    const float* pw = gs + t * 32;
+    float w = pw[r];
+    if (norm) {
+      float sum = 0.f;  // in rank order, as the reference adds them
+      for (int q = 0; q < k; q++) sum += pw[q];
+      w /= (sum + 1e-20f);
+    }
+    ids[(size_t)(t0 + t) * k + r] = pick[t * 32 + r];
+    wts[(size_t)(t0 + t) * k + r] = w * rscale;
   }
+  __syncthreads();
+  TRACE_MARK_P(4);
 }
 
-// topk_token for T tokens, one warp each. Dynamic shared memory: 2 E floats per warp.
+// topk_block for one token a block (grid T; dynamic shared memory: its scratch): many tokens rank
+// in parallel (8 tokens a block ranked 8 pairs a thread in series: routing at batch 64 took twice
+// as long as the warp-per-token top-k before it, run 76).
 extern "C" __global__ void moe_topk(const float* logits, const float* bias, int T, int E, int k,
                                     int ng, int tg, int norm, float rscale, int* ids, float* wts) {
   PDL_ENTRY();
   extern __shared__ float tsh[];
-  int warp = threadIdx.x >> 5;
-  int t = blockIdx.x * (blockDim.x >> 5) + warp;
-  if (t >= T) return;
-  topk_token(logits, bias, t, E, k, ng, tg, norm, rscale, ids, wts, tsh + warp * 2 * E);
+  int t = blockIdx.x;
+  if (t < T)
+    topk_block(logits, bias, t, t + 1, E, k, ng, tg, norm, rscale, ids, wts, tsh TRACE_NONE);
 }
 
 // The routing of a decode-size MoE step in one launch, from the residual stream x (T tokens): the
@@ -1322,7 +1390,8 @@ extern "C" __global__ void moe_topk(const float* logits, const float* bias, int 
 // xn = x · rs · nw (prep_rows' formula) for the experts; then, in the last block to finish (a
 // counter in `done`, left at zero for the next launch), topk_token for every token. It replaces
 // prep_rows + router_logits + moe_topk. Grid: E blocks of 128 threads (one expert each); dynamic
-// shared memory 2 E floats per warp.
+// shared memory: topk_block's scratch.
+#define ROUTE_C 10  // 16-byte chunks of a row one moe_route thread loads at once (128 threads)
 extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, float eps,
                                      float* xn, const float* gw, float* logits, int T, int E, int H,
                                      const float* bias, int k, int ng, int tg, int norm,
@@ -1342,16 +1411,39 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
     float acc[8], ss[8];
 #pragma unroll
     for (int r = 0; r < 8; r++) acc[r] = ss[r] = 0.f;
-#pragma unroll 2
-    for (int h = threadIdx.x * 4; h < H; h += 512) {
-      float4 wv = *(const float4*)(wr + h), nv = *(const float4*)(nw + h);
-      wv = make_float4(wv.x * nv.x, wv.y * nv.y, wv.z * nv.z, wv.w * nv.w);
+    if (T == 1) {
+      // one token: all of a thread's 16-byte chunks of the weights and the row loaded at once (H
+      // up to 5,120 in one pass); the loop below took four dependent rounds of loads, 5 µs at
+      // batch 1 (run 73's timeline; with several rows it stays faster than this, run 76)
+      for (int hb = 0; hb < H; hb += 512 * ROUTE_C) {
+        float4 wv[ROUTE_C], nv[ROUTE_C], xv[ROUTE_C];
 #pragma unroll
-      for (int r = 0; r < 8; r++) {
-        if (t0 + r < T) {
-          float4 xv = *(const float4*)(x + (size_t)(t0 + r) * ldx + h);
-          acc[r] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
-          ss[r] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+        for (int i = 0; i < ROUTE_C; i++) {
+          int h = hb + (i * 128 + threadIdx.x) * 4;
+          const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
+          wv[i] = h < H ? *(const float4*)(wr + h) : z4;
+          nv[i] = h < H ? *(const float4*)(nw + h) : z4;
+          xv[i] = h < H ? *(const float4*)(x + h) : z4;
+        }
+#pragma unroll
+        for (int i = 0; i < ROUTE_C; i++) {
+          float4 w = wv[i], n = nv[i], v = xv[i];
+          acc[0] += w.x * n.x * v.x + w.y * n.y * v.y + w.z * n.z * v.z + w.w * n.w * v.w;
+          ss[0] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+      }
+    } else {
+#pragma unroll 2
+      for (int h = threadIdx.x * 4; h < H; h += 512) {
+        float4 wv = *(const float4*)(wr + h), nv = *(const float4*)(nw + h);
+        wv = make_float4(wv.x * nv.x, wv.y * nv.y, wv.z * nv.z, wv.w * nv.w);
+#pragma unroll
+        for (int r = 0; r < 8; r++) {
+          if (t0 + r < T) {
+            float4 xv = *(const float4*)(x + (size_t)(t0 + r) * ldx + h);
+            acc[r] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+            ss[r] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+          }
         }
       }
     }
@@ -1392,9 +1484,9 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
   TRACE_MARK(2);
   __threadfence();  // every block's logits (read through L2) after their counts
   if (threadIdx.x == 0) *done = 0;
-  for (int t = warp; t < T; t += 4)
-    topk_token(logits, bias, t, E, k, ng, tg, norm, rscale, ids, wts, tsh + warp * 2 * E);
-  TRACE_MARK(3);
+  for (int t0 = 0; t0 < T; t0 += TOPK_TOKENS)
+    topk_block(logits, bias, t0, min(T, t0 + TOPK_TOKENS), E, k, ng, tg, norm, rscale, ids, wts,
+               tsh TRACE_ARG);
   TRACE_FLUSH();
 }
 
@@ -1531,110 +1623,6 @@ __device__ void quant_cols_warp(const float* xf, int c0, int c1, u16* q, float* 
   if (lane == 0) *sc = s;
 }
 
-// One input row prepared by the whole block with one pass over global memory: the row (SiLU·up
-// applied for in_mode 2) and the norm weight (in_mode 1) are read with 16-byte loads, several per
-// thread in flight, into shared scratch xf / wf [K]; the norm, the scales and the rounding then run
-// from shared memory (a loop of dependent global loads per pass cost several µs a row). Output:
-// e4m3 values (as f16 bits) q [kp] and one scale per `group` columns in sc, as prep_rows makes
-// them, when group > 0 (a multiple of 4); else f32 rounded to bf16 in xs [kp] (xs may be xf). K,
-// up_off and the row start are multiples of 4 floats. Ends with a barrier.
-__device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mode,
-                          const float* __restrict__ w, float eps, int up_off, int group, float* xf,
-                          float* wf, u16* q, float* sc, float* xs, float* red) {
-  int tid = threadIdx.x, bd = blockDim.x;
-  const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
-  float ss = 0.f;
-  for (int base = 0; base < K; base += 16 * bd) {
-    float4 a[4], u[4], wv[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      int j = base + 4 * (i * bd + tid);
-      bool ok = j < K;
-      a[i] = ok ? *(const float4*)(xr + j) : z4;
-      u[i] = (ok && in_mode == 2) ? *(const float4*)(xr + j + up_off) : z4;
-      wv[i] = (ok && in_mode == 1) ? *(const float4*)(w + j) : z4;
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      int j = base + 4 * (i * bd + tid);
-      if (j >= K) continue;
-      float4 v = a[i];
-      if (in_mode == 2) {
-        v.x = silu(v.x) * u[i].x;
-        v.y = silu(v.y) * u[i].y;
-        v.z = silu(v.z) * u[i].z;
-        v.w = silu(v.w) * u[i].w;
-      }
-      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      *(float4*)(xf + j) = v;
-      if (in_mode == 1) *(float4*)(wf + j) = wv[i];
-    }
-  }
-  __syncthreads();
-  float rs = 1.f;
-  if (in_mode == 1) rs = rsqrtf(block_sum(ss, red) / (float)K + eps);
-#define ROW_VAL(j) (in_mode == 1 ? xf[j] * rs * wf[j] : xf[j])
-  if (group <= 0) {
-    for (int j = tid; j < kp; j += bd) xs[j] = j < K ? bf2f(f2bf(ROW_VAL(j))) : 0.f;
-    __syncthreads();
-    return;
-  }
-#undef ROW_VAL
-  // the norm applied in place first (the same products as ROW_VAL), so the values are final
-  if (in_mode == 1) {
-    for (int j = 4 * tid; j < K; j += 4 * bd) {
-      float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
-      *(float4*)(xf + j) =
-          make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
-    }
-    __syncthreads();
-  }
-  int ng = (K + group - 1) / group;
-  if (ng == 1) {
-    float am = 0.f;
-    for (int j = 4 * tid; j < K; j += 4 * bd) am = fmaxf(am, amax4(*(const float4*)(xf + j)));
-    float s = e4m3_scale(block_max(am, red));
-    for (int j = 4 * tid; j < K; j += 4 * bd)
-      *(uint2*)(q + j) = quant4(*(const float4*)(xf + j), s);
-    if (tid == 0) sc[0] = s;
-  } else {
-    int wid = tid >> 5, nw = bd >> 5;
-    for (int g = wid; g < ng; g += nw)
-      quant_cols_warp(xf, g * group, min(g * group + group, K), q, sc + g);
-  }
-  for (int j = K + tid; j < kp; j += bd) q[j] = 0;
-  __syncthreads();
-}
-
-// One SiLU·up row (a MoE slot's gate|up output) quantized to e4m3 by one warp, the same way:
-// 16-byte loads into the warp's scratch xf [K] first, then the scales and bytes from there.
-__device__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp, int up_off,
-                                  int group, float* xf, u16* q, float* sc) {
-  int lane = threadIdx.x & 31;
-  const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int base = 0; base < K; base += 8 * 128) {
-    float4 a[8], u[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-      int j = base + 4 * (i * 32 + lane);
-      a[i] = j < K ? *(const float4*)(xr + j) : z4;
-      u[i] = j < K ? *(const float4*)(xr + j + up_off) : z4;
-    }
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-      int j = base + 4 * (i * 32 + lane);
-      if (j >= K) continue;
-      *(float4*)(xf + j) = make_float4(silu(a[i].x) * u[i].x, silu(a[i].y) * u[i].y,
-                                       silu(a[i].z) * u[i].z, silu(a[i].w) * u[i].w);
-    }
-  }
-  __syncwarp();
-  for (int c0 = 0, g = 0; c0 < K; c0 += group, g++)
-    quant_cols_warp(xf, c0, min(c0 + group, K), q, sc + g);
-  for (int j = K + lane; j < kp; j += 32) q[j] = 0;
-  __syncwarp();
-}
-
 // A warp's FP8 weight bytes, streamed through shared memory: cp.async copies (L2 only) of its 16
 // channels' K steps of FP8V_W bytes run FP8V_D - 1 steps ahead of the mma loop, in a ring of
 // FP8V_D slots [16 rows][FP8V_W bytes]. Each copy instruction of the warp reads whole
@@ -1712,7 +1700,8 @@ struct Fp8vStream {
     issued++;
   }
 
-  // The first FP8V_D - 1 steps (the weights are constant: before PDL_WAIT and the row staging).
+  // The first FP8V_D - 1 steps: called once the staged rows' loads have landed (load_row,
+  // stage_swiglu_warp), so they stream in while the rows are rounded.
   __device__ void start() {
 #pragma unroll
     for (int i = 0; i < FP8V_D - 1; i++) issue();
@@ -1727,6 +1716,135 @@ struct Fp8vStream {
     return ring + (taken++ % FP8V_D) * FP8V_SLOT;
   }
 };
+
+// One input row prepared by the whole block, in two calls, so a caller can start its weight
+// stream in between (its copies then stream in while the row is rounded; issued before the row's
+// loads, 32-108 KB of copies an SM sat ahead of them in the SM's queue to memory, and loading the
+// row took 2.2-4.9 µs where it takes about 0.5 a pass without them: run 72's timeline).
+// load_row: the row (SiLU·up applied for in_mode 2) and the norm weight (in_mode 1) read with
+// 16-byte loads, 12 a thread in flight (one pass for K <= 12,288 at 256 threads: a pass a dependent
+// round trip to L2), into shared scratch xf / wf [K]; returns the thread's share of the sum of
+// squares (for in_mode 1). Ends with a barrier.
+// round_row: the norm, the scales and the rounding, from shared memory. Output: e4m3 values (as
+// f16 bits) q [kp] and one scale per `group` columns in sc, as prep_rows makes them, when
+// group > 0 (a multiple of 4); else f32 rounded to bf16 in xs [kp] (xs may be xf). Ends with a
+// barrier.
+// K, up_off and the row start are multiples of 4 floats.
+#define ROW_NB 12  // 16-byte loads a thread has in flight in load_row
+__device__ float load_row(const float* __restrict__ xr, int K, int in_mode,
+                          const float* __restrict__ w, int up_off, float* xf, float* wf) {
+  int tid = threadIdx.x, bd = blockDim.x;
+  const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  constexpr int H = ROW_NB / 2;
+  int per = in_mode == 0 ? ROW_NB : H;  // row chunks a pass (modes 1, 2: then as many of w / up)
+  float ss = 0.f;
+  for (int base = 0; base < K; base += 4 * bd * per) {
+    float4 a[ROW_NB];
+#pragma unroll
+    for (int i = 0; i < ROW_NB; i++) {
+      bool second = in_mode != 0 && i >= H;  // the norm weight's or the up half's chunk
+      int j = base + 4 * ((second ? i - H : i) * bd + tid);
+      const float* src = !second ? xr + j : (in_mode == 1 ? w + j : xr + j + up_off);
+      a[i] = j < K ? *(const float4*)src : z4;
+    }
+#pragma unroll
+    for (int c = 0; c < ROW_NB; c++) {
+      if (c >= per) break;
+      int j = base + 4 * (c * bd + tid);
+      if (j >= K) continue;
+      float4 v = a[c];
+      if (in_mode == 2) {
+        float4 u = a[c < H ? c + H : c];
+        v = make_float4(silu(v.x) * u.x, silu(v.y) * u.y, silu(v.z) * u.z, silu(v.w) * u.w);
+      }
+      ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      *(float4*)(xf + j) = v;
+      if (in_mode == 1) *(float4*)(wf + j) = a[c < H ? c + H : c];
+    }
+  }
+  __syncthreads();
+  return ss;
+}
+
+__device__ void round_row(float ss, int K, int kp, int in_mode, float eps, int group, float* xf,
+                          const float* wf, u16* q, float* sc, float* xs, float* red) {
+  int tid = threadIdx.x, bd = blockDim.x;
+  float rs = 1.f;
+  if (in_mode == 1) rs = rsqrtf(block_sum(ss, red) / (float)K + eps);
+#define ROW_VAL(j) (in_mode == 1 ? xf[j] * rs * wf[j] : xf[j])
+  if (group <= 0) {
+    for (int j = tid; j < kp; j += bd) xs[j] = j < K ? bf2f(f2bf(ROW_VAL(j))) : 0.f;
+    __syncthreads();
+    return;
+  }
+#undef ROW_VAL
+  // the norm applied in place first (the same products as ROW_VAL), so the values are final
+  if (in_mode == 1) {
+    for (int j = 4 * tid; j < K; j += 4 * bd) {
+      float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
+      *(float4*)(xf + j) =
+          make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
+    }
+    __syncthreads();
+  }
+  int ng = (K + group - 1) / group;
+  if (ng == 1) {
+    float am = 0.f;
+    for (int j = 4 * tid; j < K; j += 4 * bd) am = fmaxf(am, amax4(*(const float4*)(xf + j)));
+    float s = e4m3_scale(block_max(am, red));
+    for (int j = 4 * tid; j < K; j += 4 * bd)
+      *(uint2*)(q + j) = quant4(*(const float4*)(xf + j), s);
+    if (tid == 0) sc[0] = s;
+  } else {
+    int wid = tid >> 5, nw = bd >> 5;
+    for (int g = wid; g < ng; g += nw)
+      quant_cols_warp(xf, g * group, min(g * group + group, K), q, sc + g);
+  }
+  for (int j = K + tid; j < kp; j += bd) q[j] = 0;
+  __syncthreads();
+}
+
+// load_row then round_row, for callers with no weight stream to start.
+__device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mode,
+                          const float* __restrict__ w, float eps, int up_off, int group, float* xf,
+                          float* wf, u16* q, float* sc, float* xs, float* red) {
+  float ss = load_row(xr, K, in_mode, w, up_off, xf, wf);
+  round_row(ss, K, kp, in_mode, eps, group, xf, wf, q, sc, xs, red);
+}
+
+// One SiLU·up row (a MoE slot's gate|up output) quantized to e4m3 by one warp, the same way:
+// 16-byte loads into the warp's scratch xf [K] first, then the scales and bytes from there; the
+// warp's weight stream ws starts once the loads have landed.
+__device__ __forceinline__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp,
+                                                  int up_off,
+                                  int group, float* xf, u16* q, float* sc, Fp8vStream& ws
+                                  TRACE_PARAM) {
+  int lane = threadIdx.x & 31;
+  const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int base = 0; base < K; base += 8 * 128) {
+    float4 a[8], u[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      int j = base + 4 * (i * 32 + lane);
+      a[i] = j < K ? *(const float4*)(xr + j) : z4;
+      u[i] = j < K ? *(const float4*)(xr + j + up_off) : z4;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      int j = base + 4 * (i * 32 + lane);
+      if (j >= K) continue;
+      *(float4*)(xf + j) = make_float4(silu(a[i].x) * u[i].x, silu(a[i].y) * u[i].y,
+                                       silu(a[i].z) * u[i].z, silu(a[i].w) * u[i].w);
+    }
+  }
+  __syncwarp();
+  TRACE_MARK_P(2);
+  ws.start();
+  for (int c0 = 0, g = 0; c0 < K; c0 += group, g++)
+    quant_cols_warp(xf, c0, min(c0 + group, K), q, sc + g);
+  for (int j = K + lane; j < kp; j += 32) q[j] = 0;
+  __syncwarp();
+}
 
 // The stream's next chunk (the warp's 16 channels from c0) against M <= 8 rows of e4m3 values as
 // f16 (ah, stride kp; scales asc, ng per row), over its steps [s0, s1). A step is FP8V_W / 64
@@ -1835,16 +1953,17 @@ extern "C" __global__ void __launch_bounds__(256, 2)
   fp8v_slice(nsteps, S, si, smode, bk_blk, s0, s1);
   // evict-first copies at one row only (at 2-8 rows they measured 0.5-1% slower, run 71)
   Fp8vStream ws(fsm + warp * FP8V_RING, W, ldw, N, kp, s0, s1, cfirst, cstride, nch, M == 1);
-  ws.start();
   PDL_WAIT();
   TRACE_MARK(1);
   for (int r = 0; r < M; r++) {
     const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
-    stage_row(xr, K, kp, in_mode, nw, eps, up_off, group, xf, wf, aq + (size_t)r * kp,
-              asc + r * ng, 0, red);
+    float ss = load_row(xr, K, in_mode, nw, up_off, xf, wf);
+    TRACE_MARK(2);
+    if (r == 0) ws.start();  // once the row's loads have landed (load_row)
+    round_row(ss, K, kp, in_mode, eps, group, xf, wf, aq + (size_t)r * kp, asc + r * ng, 0, red);
   }
   PDL_TRIGGER();  // the next kernel's blocks may come in (and copy constant data) during the loop
-  TRACE_MARK(2);
+  TRACE_MARK(3);
   for (int ch = 0; ch < nch; ch++) {
     int c0 = cfirst + ch * cstride;
     float acc[4];
@@ -1877,7 +1996,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         *o = v;
     }
   }
-  TRACE_MARK(3);
+  TRACE_MARK(4);
   TRACE_FLUSH();
 }
 
@@ -2022,7 +2141,6 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   if (FLAT) down = 0;  // gate|up's alone: no down paths compiled in
   TRACE_DECL(TAG_MOE_GU + down);
   PDL_WAIT();  // the expert ids come from the previous kernels
-  TRACE_MARK(1);
   extern __shared__ __align__(16) u8 msm[];
   __shared__ float red[32];
   int tok = blockIdx.y, lane = threadIdx.x & 31, j = threadIdx.x >> 5;
@@ -2066,15 +2184,20 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     // the shared one), whose weights L2 then keeps for the next token's blocks (evict-first
     // copies, and evict-normal ones too, made batch 4-8 slower: runs 69, 70)
     Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16, T == 1);
-    ws.start();  // in flight while staging
-    if (down)
+    TRACE_MARK(1);
+    if (down)  // each warp starts its stream once its own row's loads have landed
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
-                        sc_s + j * ng);
+                        sc_s + j * ng, ws TRACE_ARG);
     else
-      stage_row(x + (size_t)tok * ldx, K, kp, 0, 0, 0.f, 0, group, xf, 0, my_q, sc_s, 0, red);
+    {
+      float ss = load_row(x + (size_t)tok * ldx, K, 0, 0, 0, xf, 0);
+      TRACE_MARK(2);
+      ws.start();
+      round_row(ss, K, kp, 0, 0.f, group, xf, 0, my_q, sc_s, 0, red);
+    }
     const float* my_sc = sc_s + srow * ng;
     PDL_TRIGGER();  // the next kernel's blocks may come in during the loop
-    TRACE_MARK(2);
+    TRACE_MARK(3);
     for (int c0 = cb; c0 < ce; c0 += 16) {
       float acc[4];
       fp8v_dots(ws, c0, my_q, my_sc, ng, 1, smode, swj, bn_blk, bk_blk / 64, acc);
@@ -2093,6 +2216,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     }
   } else {
     float* xs = (float*)my_row;
+    TRACE_MARK(1);
     PDL_TRIGGER();
     if (down) {
       const float* xr = x + (size_t)row * ldx;
@@ -2116,7 +2240,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       }
     }
   }
-  TRACE_MARK(3);
+  TRACE_MARK(4);
   if (!down) {
     TRACE_FLUSH();
     return;

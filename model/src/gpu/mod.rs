@@ -25,7 +25,7 @@ pub mod weights;
 pub use blaslt::BlasLt;
 pub use device::{DevBuf, Gpu};
 pub use engine::{
-    gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, GpuModel,
-    GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
+    gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, topk_smem,
+    GpuModel, GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
 pub use gemv::{gemv_launch, gemv_max_rows, ActRows, MoeGemv, MoeGemvConfig, GEMV_MAX_ROWS};
