@@ -1201,7 +1201,6 @@ impl GpuModel {
             (64, true, true) => attn!(attn_f8h_d64)?,
             (_, true, true) => attn!(attn_f8h_d128)?,
         }
-
         if splits > 1 && !fused {
             // a tile holds at most 64 (row, head) pairs: 8 blocks of 8 warps
             launch!(g, attn_combine, (tiles as u32, nkv as u32, 8), (256, 1, 1), 0;

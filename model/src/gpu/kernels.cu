@@ -1271,6 +1271,10 @@ extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, c
 // L2 (moe_route reads other blocks' results). Scratch sh: TOPK_TOKENS * (2 E + 64) floats
 // (topk_smem in engine.rs). Ends with a barrier (the scratch is reused by the next call).
 #define TOPK_TOKENS 8
+// Whether value u at index j ranks above value v at index i (higher first, ties to the lower index).
+__device__ __forceinline__ int ranks_above(float u, int j, float v, int i) {
+  return (u > v) | ((u == v) & (j < i));
+}
 __device__ void topk_block(const float* logits, const float* bias, int t0, int t1, int E, int k,
                            int ng, int tg, int norm, float rscale, int* ids, float* wts,
                            float* sh TRACE_PARAM) {
@@ -1325,7 +1329,7 @@ __device__ void topk_block(const float* logits, const float* bias, int t0, int t
       float v = gs[t * 32 + g];
       for (int j = 0; j < ng; j++) {
         float u = gs[t * 32 + j];
-        r += (u > v) | ((u == v) & (j < g));
+        r += ranks_above(u, j, v, g);
       }
       if (r >= tg)
         for (int e = g * per; e < (g + 1) * per; e++) ch[t * E + e] = NEG_INF;
@@ -1342,13 +1346,11 @@ __device__ void topk_block(const float* logits, const float* bias, int t0, int t
 #pragma unroll 4
       for (int j = 0; j < E; j += 4) {
         float4 u = *(const float4*)(c + j);
-        r += (u.x > v) | ((u.x == v) & (j < e));
-        r += (u.y > v) | ((u.y == v) & (j + 1 < e));
-        r += (u.z > v) | ((u.z == v) & (j + 2 < e));
-        r += (u.w > v) | ((u.w == v) & (j + 3 < e));
+        r += ranks_above(u.x, j, v, e) + ranks_above(u.y, j + 1, v, e) +
+             ranks_above(u.z, j + 2, v, e) + ranks_above(u.w, j + 3, v, e);
       }
     } else {
-      for (int j = 0; j < E; j++) r += (c[j] > v) | ((c[j] == v) & (j < e));
+      for (int j = 0; j < E; j++) r += ranks_above(c[j], j, v, e);
     }
     if (r < k) {
       pick[t * 32 + r] = e;
@@ -1388,7 +1390,7 @@ extern "C" __global__ void moe_topk(const float* logits, const float* bias, int 
 // post-attention RMSNorm folded into the router product, logits[t, e] = rs_t · Σ_h x[t, h] nw[h]
 // gw[e, h] with rs_t = rsqrt(mean x[t]² + eps); each block also writes its slice of the normed rows
 // xn = x · rs · nw (prep_rows' formula) for the experts; then, in the last block to finish (a
-// counter in `done`, left at zero for the next launch), topk_token for every token. It replaces
+// counter in `done`, left at zero for the next launch), topk_block for every token. It replaces
 // prep_rows + router_logits + moe_topk. Grid: E blocks of 128 threads (one expert each); dynamic
 // shared memory: topk_block's scratch.
 #define ROUTE_C 10  // 16-byte chunks of a row one moe_route thread loads at once (128 threads)
@@ -1414,7 +1416,8 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
     if (T == 1) {
       // one token: all of a thread's 16-byte chunks of the weights and the row loaded at once (H
       // up to 5,120 in one pass); the loop below took four dependent rounds of loads, 5 µs at
-      // batch 1 (run 73's timeline; with several rows it stays faster than this, run 76)
+      // batch 1 (run 73's timeline). Several rows keep that loop: loaded a row at a time after
+      // the weights, the dot products took 15.4 against 9.0 µs at batch 8 (run 76)
       for (int hb = 0; hb < H; hb += 512 * ROUTE_C) {
         float4 wv[ROUTE_C], nv[ROUTE_C], xv[ROUTE_C];
 #pragma unroll
@@ -1816,9 +1819,8 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
 // 16-byte loads into the warp's scratch xf [K] first, then the scales and bytes from there; the
 // warp's weight stream ws starts once the loads have landed.
 __device__ __forceinline__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp,
-                                                  int up_off,
-                                  int group, float* xf, u16* q, float* sc, Fp8vStream& ws
-                                  TRACE_PARAM) {
+                                                  int up_off, int group, float* xf, u16* q,
+                                                  float* sc, Fp8vStream& ws TRACE_PARAM) {
   int lane = threadIdx.x & 31;
   const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int base = 0; base < K; base += 8 * 128) {
@@ -2188,11 +2190,10 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     if (down)  // each warp starts its stream once its own row's loads have landed
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
                         sc_s + j * ng, ws TRACE_ARG);
-    else
-    {
+    else {
       float ss = load_row(x + (size_t)tok * ldx, K, 0, 0, 0, xf, 0);
       TRACE_MARK(2);
-      ws.start();
+      ws.start();  // once the row's loads have landed
       round_row(ss, K, kp, 0, 0.f, group, xf, 0, my_q, sc_s, 0, red);
     }
     const float* my_sc = sc_s + srow * ng;
