@@ -503,86 +503,119 @@ fn decode_weight_bytes(c: &Glm4MoeConfig, b: usize) -> f64 {
     total + 2.0 * h * c.vocab_size as f64 // BF16 LM head
 }
 
+/// The engine's switches that need no restart, as `--sweep` sets them.
+#[derive(Clone, Copy)]
+struct Switches {
+    attn_blocks_per_sm: usize,
+    pdl_graph_batch: usize,
+    gemv_rows: usize,
+    moe_gemv_tokens: usize,
+    moe_flat: bool,
+    attn_trigger: usize,
+}
+
+impl Switches {
+    fn of(m: &GpuModel) -> Self {
+        Self {
+            attn_blocks_per_sm: m.attn_blocks_per_sm(),
+            pdl_graph_batch: m.pdl_graph_batch(),
+            gemv_rows: m.gemv().0,
+            moe_gemv_tokens: m.gemv().1,
+            moe_flat: m.moe_flat(),
+            attn_trigger: m.attn_trigger(),
+        }
+    }
+
+    fn apply(&self, m: &mut GpuModel) {
+        m.set_attn_blocks_per_sm(self.attn_blocks_per_sm);
+        m.set_pdl_graph_batch(self.pdl_graph_batch);
+        m.set_gemv(self.gemv_rows, self.moe_gemv_tokens);
+        m.set_moe_flat(self.moe_flat);
+        m.set_attn_trigger(self.attn_trigger);
+    }
+
+    fn json(&self) -> Value {
+        json!({"attn_blocks_per_sm": self.attn_blocks_per_sm,
+            "pdl_graph_batch": self.pdl_graph_batch.min(1 << 20), "gemv_rows": self.gemv_rows,
+            "moe_gemv_tokens": self.moe_gemv_tokens, "moe_flat": self.moe_flat,
+            "attn_trigger": self.attn_trigger})
+    }
+}
+
 /// Graph-replayed decode steps (context 1,024) under each setting of the engine's switches that
 /// need no restart: the defaults first and last (drift), then each alternative on its own.
 fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     let mut opts = bench_options();
     opts.cuda_graphs = true;
     let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
-    /// (attention blocks an SM, PDL in graphs up to this batch, GEMV rows, MoE GEMV tokens, flat
-    /// MoE gate|up)
-    type Setting = (usize, usize, usize, usize, bool);
-    let defaults: Setting = (
-        m.attn_blocks_per_sm(),
-        m.pdl_graph_batch(),
-        m.gemv().0,
-        m.gemv().1,
-        m.moe_flat(),
-    );
-    let (per_sm, pdl, rows, tokens, flat) = defaults;
-    let mut variants: Vec<(String, Setting)> = vec![("defaults".into(), defaults)];
+    let d = Switches::of(&m);
+    let mut variants: Vec<(String, Switches)> = vec![("defaults".into(), d)];
+    let mut vary = |name: String, f: &dyn Fn(&mut Switches)| {
+        let mut s = d;
+        f(&mut s);
+        variants.push((name, s));
+    };
     for (name, p) in [("PDL in no graph", 0), ("PDL in every graph", usize::MAX)] {
-        if p != pdl {
-            variants.push((name.into(), (per_sm, p, rows, tokens, flat)));
+        if p != d.pdl_graph_batch {
+            vary(name.into(), &|s| s.pdl_graph_batch = p);
         }
     }
-    variants.extend([(
-        format!("flat MoE gate|up {}", !flat),
-        (per_sm, pdl, rows, tokens, !flat),
-    )]);
-    for n in [2usize, 8].into_iter().filter(|&n| n != per_sm) {
-        variants.push((
-            format!("attention: {n} blocks an SM"),
-            (n, pdl, rows, tokens, flat),
-        ));
+    vary(format!("flat MoE gate|up {}", !d.moe_flat), &|s| {
+        s.moe_flat = !d.moe_flat
+    });
+    for (at, name) in [
+        (0, "after its keys"),
+        (1, "at its first tile"),
+        (2, "at exit"),
+    ] {
+        if at != d.attn_trigger {
+            vary(format!("attention triggers {name}"), &|s| {
+                s.attn_trigger = at
+            });
+        }
+    }
+    for n in [2usize, 8]
+        .into_iter()
+        .filter(|&n| n != d.attn_blocks_per_sm)
+    {
+        vary(format!("attention: {n} blocks an SM"), &|s| {
+            s.attn_blocks_per_sm = n
+        });
     }
     // (2 and 4 rows measured slower at batch 2-4 in runs 57-58)
-    if rows != 8 {
-        variants.push((
-            "dense GEMV up to 8 rows".into(),
-            (per_sm, pdl, 8, tokens, flat),
-        ));
+    if d.gemv_rows != 8 {
+        vary("dense GEMV up to 8 rows".into(), &|s| s.gemv_rows = 8);
     }
     // the other of the two MoE GEMV limits measured (4, 8)
-    let t = if tokens == 8 { 4 } else { 8 };
-    variants.push((
-        format!("MoE GEMV up to {t} tokens"),
-        (per_sm, pdl, rows, t, flat),
-    ));
-    variants.push(("defaults (again)".into(), defaults));
+    let t = if d.moe_gemv_tokens == 8 { 4 } else { 8 };
+    vary(format!("MoE GEMV up to {t} tokens"), &|s| {
+        s.moe_gemv_tokens = t
+    });
+    variants.push(("defaults (again)".into(), d));
     let (bs, nb, ctx) = (m.block_size(), m.num_blocks(), 1024usize);
     let batches = [1usize, 2, 4, 8, 16, 64];
-    println!(
-        "defaults: attention {per_sm} blocks an SM, PDL in graphs up to batch {pdl}, GEMV {rows} rows, MoE GEMV {tokens} tokens, flat MoE gate|up {flat}"
-    );
+    println!("defaults: {}", d.json());
     println!(
         "\n| setting | {} |",
         batches.map(|b| format!("batch {b} ms")).join(" | ")
     );
     println!("|---|{}", "---|".repeat(batches.len()));
     let mut out = vec![];
-    for (name, (n, pdl_graphs, r, t, fl)) in variants {
-        m.set_attn_blocks_per_sm(n);
-        m.set_pdl_graph_batch(pdl_graphs);
-        m.set_gemv(r, t);
-        m.set_moe_flat(fl);
+    for (name, s) in variants {
+        s.apply(&mut m);
         let mut cells = vec![];
         for b in batches {
             let batch = DecodeBatch::new(b, ctx.div_ceil(bs) + 1, nb);
             let ms = time_steps(&mut m, &batch.seqs(ctx), &batch.sampling(), 3, 30)?;
             cells.push(format!("{ms:.3}"));
             out.push(
-                json!({"setting": name, "attn_blocks_per_sm": n, "pdl_graph_batch": pdl_graphs.min(1 << 20),
-                "gemv_rows": r, "moe_gemv_tokens": t, "moe_flat": fl, "decode_batch": b,
+                json!({"setting": name, "switches": s.json(), "decode_batch": b,
                 "context": ctx, "graph_ms": ms}),
             );
         }
         println!("| {name} | {} |", cells.join(" | "));
     }
-    m.set_attn_blocks_per_sm(per_sm);
-    m.set_pdl_graph_batch(pdl);
-    m.set_gemv(rows, tokens);
-    m.set_moe_flat(flat);
+    d.apply(&mut m);
     Ok(Value::Array(out))
 }
 

@@ -12,15 +12,16 @@ step's layers:
   start  p90 of the warps' entry after the launch's first entry (block dispatch)
   m1..m7 median per warp of mark k minus the warp's previous mark taken (what the marks are: below)
   tail   last warp's last mark minus the median warp's last mark
-Marks: GEMV 1 after the PDL wait, 2 rows loaded, 3 rows staged, 4 main loop done; MoE 1 after
-the PDL wait, the expert ids and the weight stream's start, 2 row loaded, 3 staged, 4 main loop
-done; attention 1 metadata read, 2 after the PDL wait, 3 first key tile landed, 4 key loop done,
-5 split written, 6 splits merged; routing 1 dot products done, (last block) 2 counted, 3 scores
-in shared memory, 4 top-k done; RoPE 1 done.
+Marks: GEMV 1 after the PDL wait, 2 rows loaded, 3 rows staged, 4 dependents triggered, 5 main
+loop done; MoE 1 after the PDL wait, the expert ids and the weight stream's start, 2 row loaded,
+3 staged, 4 dependents triggered, 5 main loop done; attention 1 metadata read, 2 after the PDL
+wait, 3 first key tile landed, 4 key loop done, 5 dependents triggered, 6 split written, 7 splits
+merged; routing 1 dot products done, 2 dependents triggered, (last block) 3 counted, 4 scores in
+shared memory, 5 top-k done; RoPE 1 done. (Runs 72-81 had no "triggered" marks: --before-82.)
 
-    ops/perf/trace_summary.py OUT-b1.bin [--layer N] [--marks 4]
+    ops/perf/trace_summary.py OUT-b1.bin [--layer N] [--marks 4 | --before-82]
 (N: print that layer's launches one by one; --marks 4 reads the archives before run 72, whose
-records held four marks)
+records held four marks; --before-82 labels runs 72-81, which had no marks around the PDL triggers)
 """
 import statistics as st
 import struct
@@ -30,13 +31,18 @@ TAGS = {1: "gemv", 2: "rope", 3: "attn", 4: "route", 5: "moe_gu", 6: "moe_dn"}
 # marks a record (TRACE_MARKS in kernels.cu), mark 0 at entry
 NMARK = int(sys.argv[sys.argv.index("--marks") + 1]) if "--marks" in sys.argv else 8
 MARKS = {
-    "gemv": ["wait", "load", "stage", "loop"],
-    "moe_gu": ["wait+ids", "load", "stage", "loop"],
-    "moe_dn": ["wait+ids", "load", "stage", "loop"],
-    "attn": ["meta", "wait", "tile 1 in", "keys", "write", "merge"],
-    "route": ["dots", "(last) count", "scores", "top-k"],
+    "gemv": ["wait", "load", "stage", "trigger", "loop"],
+    "moe_gu": ["wait+ids", "load", "stage", "trigger", "loop"],
+    "moe_dn": ["wait+ids", "load", "stage", "trigger", "loop"],
+    "attn": ["meta", "wait", "tile 1 in", "keys", "trigger", "write", "merge"],
+    "route": ["dots", "trigger", "(last) count", "scores", "top-k"],
     "rope": ["done"],
 }
+if "--before-82" in sys.argv:  # runs 72-81: no marks around the PDL triggers
+    MARKS = {"gemv": ["wait", "load", "stage", "loop"], "moe_gu": ["wait+ids", "load", "stage", "loop"],
+             "moe_dn": ["wait+ids", "load", "stage", "loop"],
+             "attn": ["meta", "wait", "tile 1 in", "keys", "write", "merge"],
+             "route": ["dots", "(last) count", "scores", "top-k"], "rope": ["done"]}
 if NMARK == 4:  # the marks before run 72
     MARKS = {"gemv": ["wait", "stage", "loop"], "moe_gu": ["wait", "stage", "loop"],
              "moe_dn": ["wait", "stage", "loop"], "attn": ["main", "merge"],

@@ -328,6 +328,9 @@ pub struct GpuModel {
     /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`): fewer
     /// splits mean fewer partial results to merge, more mean shorter blocks.
     attn_blocks_per_sm: usize,
+    /// Where the attention kernel lets the next kernel's blocks in (`GLMFLEET_ATTN_TRIGGER`): 0
+    /// after its key tiles, 1 once a block's first tile has landed, 2 as it exits.
+    attn_trigger: usize,
     /// Decode graphs of buckets up to this many sequences are captured with PDL (when
     /// [`Gpu::pdl`]; `GLMFLEET_PDL_GRAPH_BATCH`, 0 none). With the kernels triggering their
     /// dependents late (kernels.cu) it paid at batch 1-4 and cost 1.5-2% at 8-16 (runs 67, 69:
@@ -567,6 +570,7 @@ impl GpuModel {
                 DEFAULT_ATTN_BLOCKS_PER_SM,
             ),
             pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
+            attn_trigger: env_usize("GLMFLEET_ATTN_TRIGGER", 0).min(2),
             mtp,
         };
         m.g.sync()?;
@@ -745,6 +749,16 @@ impl GpuModel {
 
     pub fn attn_blocks_per_sm(&self) -> usize {
         self.attn_blocks_per_sm
+    }
+
+    /// Where attention triggers its dependents ([`GpuModel::attn_trigger`]).
+    pub fn attn_trigger(&self) -> usize {
+        self.attn_trigger
+    }
+
+    /// Sets [`GpuModel::attn_trigger`] (0-2; captured graphs are dropped).
+    pub fn set_attn_trigger(&mut self, at: usize) {
+        set_baked(&mut self.graphs, &mut self.attn_trigger, at.min(2));
     }
 
     pub fn set_cuda_graphs(&mut self, on: bool) {
@@ -1187,7 +1201,7 @@ impl GpuModel {
                     ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
                     ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
                     self.opts.block_size as i32, ws.o.p(), part, done, nh as i32, nkv as i32,
-                    (d as f32).powf(-0.5))
+                    (d as f32).powf(-0.5), self.attn_trigger as i32)
             };
         }
         match (d, self.opts.kv_fp8, self.fp8_attn_f16) {

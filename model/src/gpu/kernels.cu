@@ -723,17 +723,21 @@ __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsp
     f[p] = ok ? ld_cg(e) : NEG_INF;
     L[p] = ok ? ld_cg(e + 1) : 0.f;
   }
-  load(0);  // with the (m, l) loads: one round trip to L2 fewer
-#pragma unroll
-  for (int p = 0; p < MERGE_P; p++) {
-    float mx = warp_max(f[p]);
-    f[p] = f[p] == NEG_INF ? 0.f : __expf(f[p] - mx);
-    L[p] = warp_sum(L[p] * f[p]);
-  }
+  // one copy of the loads' code (it is cold in the last block of every layer): the first slice's
+  // loads go out in the loop's first pass, with the (m, l) loads still in flight (one round trip
+  // to L2 fewer than after them)
+#pragma unroll 1
   for (int d0 = 0; d0 < D; d0 += 64) {
     int d = d0 + 2 * lane;
     float2 a[MERGE_P];
-    if (d0 > 0) load(d0);
+    load(d0);
+    if (d0 == 0)
+#pragma unroll
+      for (int p = 0; p < MERGE_P; p++) {
+        float mx = warp_max(f[p]);
+        f[p] = f[p] == NEG_INF ? 0.f : __expf(f[p] - mx);
+        L[p] = warp_sum(L[p] * f[p]);
+      }
 #pragma unroll
     for (int p = 0; p < MERGE_P; p++) a[p] = make_float2(0.f, 0.f);
 #pragma unroll
@@ -823,7 +827,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
                                           const int* tiles, const int* ntiles, const int* row_seq,
                                           const int* pos, const int* btab, const int* btab_stride,
                                           int bs, float* out, float* part, int* done, int nh,
-                                          int nkv, float scale) {
+                                          int nkv, float scale, int trig) {
   constexpr int KT = 64;
   constexpr int KS = D + 8;        // bf16 row stride (elements): 16-byte rows, conflict-free
   constexpr int K8 = D + 16;       // fp8 row stride (bytes)
@@ -1024,7 +1028,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     } else {
       asm volatile("cp.async.wait_group 0;");
     }
-    if (kt == kt0) TRACE_MARK(3);
+    if (kt == kt0) {
+      TRACE_MARK(3);
+      if (trig == 1) PDL_TRIGGER();
+    }
     const u16* Ks;
     if (F8) {  // widen this thread's own chunks (visible to it after the wait)
       const u8* b = smem + st * STAGE8;
@@ -1057,7 +1064,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       key_tile(IntC<KT / 8>(), Ks, Ks + KT * KS, kt, 0);
   }
   TRACE_MARK(4);
-  PDL_TRIGGER();  // the next kernel's blocks may come in during the writes and the split merge
+  // the next kernel's blocks may come in during the writes and the split merge (trig 0), or
+  // during the key tiles (1); with 2 they come in as this grid exits
+  if (trig == 0) PDL_TRIGGER();
+  TRACE_MARK(5);
   if (wsplit) {  // merge the four warps' states (the stages are free once every copy has landed)
     asm volatile("cp.async.wait_group 0;");
     __syncthreads();
@@ -1100,35 +1110,41 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
         out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
       }
     }
-    TRACE_MARK(5);
-    if (part && done) merge_splits();
     TRACE_MARK(6);
+    if (part && done) merge_splits();
+    TRACE_MARK(7);
     TRACE_FLUSH();
     return;
   }
+  // Each of the lane's two rows as D / 8 float2 stores from one base pointer (dims 8 dt + 2 tig,
+  // + 1), behind one branch a row: this epilogue's code is cold at every layer, and unrolled as 64
+  // scalar stores, each with its own address and checks, the warps took 3.6 µs through it at
+  // batch 1 (run 82's timeline), three of the four with nothing to store.
 #pragma unroll
-  for (int dt = 0; dt < D / 8; dt++)
+  for (int h = 0; h < 2; h++) {
+    if (!(h ? vB : vA)) continue;
+    int m = h ? mB : mA;
+    float* dst = part ? part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2)
+                      : out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
+    float l = lrow[h];
+    bool keep = part || l > 0.f;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      int h = i >> 1;
-      if (!(h ? vB : vA)) continue;
-      int m = h ? mB : mA;
-      int dim = dt * 8 + tig * 2 + (i & 1);
-      if (part) {
-        float* pb = part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2);
-        pb[dim] = o[dt][i];
-        if (dt == 0 && tig == 0 && (i & 1) == 0) {
-          pb[D] = mrow[h];
-          pb[D + 1] = lrow[h];
-        }
-      } else {
-        out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] =
-            lrow[h] > 0.f ? o[dt][i] / lrow[h] : 0.f;
+    for (int dt = 0; dt < D / 8; dt++) {
+      float a = o[dt][2 * h], b = o[dt][2 * h + 1];
+      if (!part) {
+        a = keep ? a / l : 0.f;
+        b = keep ? b / l : 0.f;
       }
+      *(float2*)(dst + dt * 8 + tig * 2) = make_float2(a, b);
     }
-  TRACE_MARK(5);
-  if (part && done) merge_splits();
+    if (part && tig == 0) {
+      dst[D] = mrow[h];
+      dst[D + 1] = l;
+    }
+  }
   TRACE_MARK(6);
+  if (part && done) merge_splits();
+  TRACE_MARK(7);
   TRACE_FLUSH();
 }
 
@@ -1138,9 +1154,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #define ATTN_ARGS                                                                              \
   const float *q, const void *kc, const void *vc, const int *tiles, const int *ntiles,         \
       const int *row_seq, const int *pos, const int *btab, const int *btab_stride, int bs,     \
-      float *out, float *part, int *done, int nh, int nkv, float scale
-#define ATTN_PASS \
-  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale
+      float *out, float *part, int *done, int nh, int nkv, float scale, int trig
+#define ATTN_PASS                                                                              \
+  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale, \
+      trig
 #define ATTN_KERNELS(D)                                                                        \
   extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
     attn_impl<D, false, false>(ATTN_PASS);                                                     \
@@ -1305,7 +1322,7 @@ __device__ void topk_block(const float* logits, const float* bias, int t0, int t
   // ranks form a permutation unless scores are NaN: then unranked picks stay in range
   for (int i = tid; i < nt * 32; i += bd) pick[i] = (i & 31) % E;
   __syncthreads();
-  TRACE_MARK_P(3);
+  TRACE_MARK_P(4);
   if (ng > 1) {
     int per = E / ng;
     for (int i = tid; i < nt * ng; i += bd) {
@@ -1371,7 +1388,7 @@ __device__ void topk_block(const float* logits, const float* bias, int t0, int t
     wts[(size_t)(t0 + t) * k + r] = w * rscale;
   }
   __syncthreads();
-  TRACE_MARK_P(4);
+  TRACE_MARK_P(5);
 }
 
 // topk_block for one token a block (grid T; dynamic shared memory: its scratch): many tokens rank
@@ -1475,8 +1492,9 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
     }
     __syncthreads();
   }
-  PDL_TRIGGER();  // the next kernel's blocks may come in during the last block's top-k
   TRACE_MARK(1);
+  PDL_TRIGGER();  // the next kernel's blocks may come in during the last block's top-k
+  TRACE_MARK(2);
   __threadfence();  // this block's logits before its count
   if (threadIdx.x == 0) last = atomicAdd(done, 1) == (int)gridDim.x - 1;
   __syncthreads();
@@ -1484,7 +1502,7 @@ extern "C" __global__ void moe_route(const float* x, int ldx, const float* nw, f
     TRACE_FLUSH();
     return;
   }
-  TRACE_MARK(2);
+  TRACE_MARK(3);
   __threadfence();  // every block's logits (read through L2) after their counts
   if (threadIdx.x == 0) *done = 0;
   for (int t0 = 0; t0 < T; t0 += TOPK_TOKENS)
@@ -1964,8 +1982,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     if (r == 0) ws.start();  // once the row's loads have landed (load_row)
     round_row(ss, K, kp, in_mode, eps, group, xf, wf, aq + (size_t)r * kp, asc + r * ng, 0, red);
   }
-  PDL_TRIGGER();  // the next kernel's blocks may come in (and copy constant data) during the loop
   TRACE_MARK(3);
+  PDL_TRIGGER();  // the next kernel's blocks may come in (and copy constant data) during the loop
+  TRACE_MARK(4);
   for (int ch = 0; ch < nch; ch++) {
     int c0 = cfirst + ch * cstride;
     float acc[4];
@@ -1998,7 +2017,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         *o = v;
     }
   }
-  TRACE_MARK(4);
+  TRACE_MARK(5);
   TRACE_FLUSH();
 }
 
@@ -2197,8 +2216,9 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       round_row(ss, K, kp, 0, 0.f, group, xf, 0, my_q, sc_s, 0, red);
     }
     const float* my_sc = sc_s + srow * ng;
-    PDL_TRIGGER();  // the next kernel's blocks may come in during the loop
     TRACE_MARK(3);
+    PDL_TRIGGER();  // the next kernel's blocks may come in during the loop
+    TRACE_MARK(4);
     for (int c0 = cb; c0 < ce; c0 += 16) {
       float acc[4];
       fp8v_dots(ws, c0, my_q, my_sc, ng, 1, smode, swj, bn_blk, bk_blk / 64, acc);
@@ -2219,6 +2239,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     float* xs = (float*)my_row;
     TRACE_MARK(1);
     PDL_TRIGGER();
+    TRACE_MARK(4);
     if (down) {
       const float* xr = x + (size_t)row * ldx;
       for (int c = lane; c < kp; c += 32)
@@ -2241,7 +2262,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       }
     }
   }
-  TRACE_MARK(4);
+  TRACE_MARK(5);
   if (!down) {
     TRACE_FLUSH();
     return;
