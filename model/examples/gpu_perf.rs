@@ -6,10 +6,11 @@
 //! together with the PyTorch/cuBLAS counterparts; the notes are in `ops/perf/`.
 //!
 //! Usage: gpu_perf CONFIG_DIR [OUT.json] [--kernels-only | --model-only | --ncu-step B,B,... |
-//! --sweep | --trace-step B,B,...]
+//! --sweep | --sweep-defaults | --trace-step B,B,...]
 //!
 //! `--sweep` times the graph-replayed decode step at batch 1–64 under each setting of the switches
-//! that need no restart (attention key splits, PDL in graphs, GEMV rows and tokens), in one process.
+//! that need no restart (attention key splits, PDL in graphs, GEMV rows and tokens), in one process;
+//! `--sweep-defaults` the defaults only (twice), for comparing kernel builds across processes.
 //!
 //! `--ncu-step` runs one eager decode step per batch size (context 1,024) between
 //! cuProfilerStart/Stop, for `ncu --profile-from-start off` to time every kernel of a step.
@@ -61,8 +62,9 @@ fn main() -> Res<()> {
         }
         (None, None) => {}
     }
-    if args.iter().any(|a| a == "--sweep") {
-        let rows = decode_sweep(&cfg)?;
+    let defaults_only = args.iter().any(|a| a == "--sweep-defaults");
+    if defaults_only || args.iter().any(|a| a == "--sweep") {
+        let rows = decode_sweep(&cfg, defaults_only)?;
         if let Some(path) = out {
             std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
         }
@@ -360,6 +362,7 @@ fn moe_gemv_bench(
             ids: idb.p(),
             wts: wtb.p(),
             flat: true,
+            paired: true,
         };
         let cfg = moe.config(g, t, h).ok_or("the MoE GEMV does not apply")?;
         let us = time_us(g, 3, 50, || {
@@ -511,7 +514,7 @@ struct Switches {
     gemv_rows: usize,
     moe_gemv_tokens: usize,
     moe_flat: bool,
-    attn_trigger: usize,
+    moe_paired: bool,
 }
 
 impl Switches {
@@ -522,7 +525,7 @@ impl Switches {
             gemv_rows: m.gemv().0,
             moe_gemv_tokens: m.gemv().1,
             moe_flat: m.moe_flat(),
-            attn_trigger: m.attn_trigger(),
+            moe_paired: m.moe_paired(),
         }
     }
 
@@ -531,29 +534,33 @@ impl Switches {
         m.set_pdl_graph_batch(self.pdl_graph_batch);
         m.set_gemv(self.gemv_rows, self.moe_gemv_tokens);
         m.set_moe_flat(self.moe_flat);
-        m.set_attn_trigger(self.attn_trigger);
+        m.set_moe_paired(self.moe_paired);
     }
 
     fn json(&self) -> Value {
         json!({"attn_blocks_per_sm": self.attn_blocks_per_sm,
             "pdl_graph_batch": self.pdl_graph_batch.min(1 << 20), "gemv_rows": self.gemv_rows,
             "moe_gemv_tokens": self.moe_gemv_tokens, "moe_flat": self.moe_flat,
-            "attn_trigger": self.attn_trigger})
+            "moe_paired": self.moe_paired})
     }
 }
 
 /// Graph-replayed decode steps (context 1,024) under each setting of the engine's switches that
-/// need no restart: the defaults first and last (drift), then each alternative on its own.
-fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
+/// need no restart: the defaults first and last (drift), then each alternative on its own. With
+/// `defaults_only` (`--sweep-defaults`) just the defaults, twice: the A/B of builds or kernel
+/// variants (`GLMFLEET_KERNEL_DEFINES`), a process each.
+fn decode_sweep(c: &Glm4MoeConfig, defaults_only: bool) -> Res<Value> {
     let mut opts = bench_options();
     opts.cuda_graphs = true;
     let mut m = GpuModel::dummy(c.clone(), &opts, 42, false)?;
     let d = Switches::of(&m);
     let mut variants: Vec<(String, Switches)> = vec![("defaults".into(), d)];
     let mut vary = |name: String, f: &dyn Fn(&mut Switches)| {
-        let mut s = d;
-        f(&mut s);
-        variants.push((name, s));
+        if !defaults_only {
+            let mut s = d;
+            f(&mut s);
+            variants.push((name, s));
+        }
     };
     for (name, p) in [("PDL in no graph", 0), ("PDL in every graph", usize::MAX)] {
         if p != d.pdl_graph_batch {
@@ -563,18 +570,11 @@ fn decode_sweep(c: &Glm4MoeConfig) -> Res<Value> {
     vary(format!("flat MoE gate|up {}", !d.moe_flat), &|s| {
         s.moe_flat = !d.moe_flat
     });
-    for (at, name) in [
-        (0, "after its keys"),
-        (1, "at its first tile"),
-        (2, "at exit"),
-    ] {
-        if at != d.attn_trigger {
-            vary(format!("attention triggers {name}"), &|s| {
-                s.attn_trigger = at
-            });
-        }
-    }
-    for n in [2usize, 8]
+    vary(
+        format!("flat MoE gate|up applies SiLU·up {}", !d.moe_paired),
+        &|s| s.moe_paired = !d.moe_paired,
+    );
+    for n in [1usize, 2, 8]
         .into_iter()
         .filter(|&n| n != d.attn_blocks_per_sm)
     {

@@ -490,14 +490,15 @@ fn moe_gemv_matches_reference() {
         let sgu = GpuLinear::upload(&g, &[vec![&shared.0, &shared.1]]).unwrap();
         let sdn = GpuLinear::upload(&g, &[vec![&shared.2]]).unwrap();
         // up to 8 tokens: the GEMV path the engine takes up to 8 (runs 57/58); one token also
-        // with gate|up flat (moe_gemv_fp8_flat)
-        for (t, flat) in [
-            (1usize, false),
-            (1, true),
-            (2, false),
-            (3, false),
-            (4, false),
-            (8, false),
+        // with gate|up flat (moe_gemv_fp8_flat), applying SiLU·up itself (paired) or not
+        for (t, flat, paired) in [
+            (1usize, false, false),
+            (1, true, false),
+            (1, true, true),
+            (2, false, false),
+            (3, false, false),
+            (4, false, false),
+            (8, false, false),
         ] {
             let xn: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
             let x0: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -521,10 +522,12 @@ fn moe_gemv_matches_reference() {
                 ids: idb.p(),
                 wts: wtb.p(),
                 flat,
+                paired,
             };
             let cfg = moe.config(&g, t, h).expect("the MoE GEMV applies");
             let fp8 = !matches!(kind, Kind::Bf16);
             assert_eq!(cfg.flat().is_some(), flat && fp8, "flat gate|up at t={t}");
+            assert_eq!(cfg.paired(), paired && fp8, "paired gate|up at t={t}");
             moe.launch(&g, &cfg, t, (xnb.p(), h), f1.p(), xb.p())
                 .unwrap();
             let mut got = vec![0f32; t * h];
@@ -547,9 +550,10 @@ fn moe_gemv_matches_reference() {
             }
             // e4m3 rounding of SiLU·up can flip a step where the f32 and f64 gate|up differ
             let err = rel_l2(&got, &want);
-            let how = cfg
-                .flat()
-                .map_or(String::new(), |w| format!(" (flat, {w} warps)"));
+            let how = cfg.flat().map_or(String::new(), |w| {
+                let p = if cfg.paired() { ", SiLU·up" } else { "" };
+                format!(" (flat, {w} warps{p})")
+            });
             eprintln!("moe gemv {name} t={t}{how}: rel L2 {err:.2e}");
             assert!(err < 1e-3, "moe gemv {name} t={t}{how}: rel L2 {err:e}");
         }

@@ -3,9 +3,11 @@
 # model benchmarks, the cuBLAS/PyTorch counterparts, and `bench serve` against one replica of
 # GLM-4.5-Air-FP8 with dummy weights. Binaries come prebuilt in .gpu/ (ops/perf/gpu-build.sh here).
 #
-#   ops/perf/gpu.sh [tests] [spec] [perf] [sweep] [trace] [ncu] [torch] [bench] [guide] [sampling] [fleet] [routing]
+#   ops/perf/gpu.sh [tests] [spec] [perf] [sweep] [variants] [trace] [ncu] [torch] [bench] [guide] [sampling] [fleet] [routing]
 #   (tests perf torch bench when none is named)
 #   sweep: the batch 1-64 decode step under each setting of the switches that need no restart (gpu_perf --sweep)
+#   variants: the same step's defaults under each kernel build in KERNEL_VARIANTS, a process each ("|" between
+#   builds, each a GLMFLEET_KERNEL_DEFINES value, "-" for none: e.g. "-|GLMFLEET_ATTN_LONE=1|-")
 #   trace: each kernel's timeline inside one graph-replayed decode step at TRACE_BATCHES (1,8,64), with the
 #   kernels built with their timeline marks (GLMFLEET_TRACE=1; trace_summary.py tabulates it)
 #   guide: the recipe guide's prompt-heavy 8000/1000 and decode-heavy 1000/8000 (GUIDE_PROMPTS, 16 each)
@@ -63,6 +65,17 @@ fi
 if has sweep; then
   echo "== decode step at batch 1-64 under each switch setting (gpu_perf --sweep)"
   timeout 300 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy "$LOG/sweep.json" --sweep 2>&1 | tee "$LOG/sweep.log"
+fi
+if has variants; then
+  echo "== decode step at batch 1-64 under each kernel build (gpu_perf --sweep-defaults)"
+  IFS='|' read -ra vs <<< "${KERNEL_VARIANTS:--}"
+  i=0
+  for v in "${vs[@]}"; do
+    i=$((i + 1)); [ "$v" = "-" ] && v=""
+    echo "-- build $i: GLMFLEET_KERNEL_DEFINES='$v'"
+    GLMFLEET_KERNEL_DEFINES="$v" timeout 200 "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy \
+      "$LOG/variant-$i.json" --sweep-defaults 2>&1 | tee "$LOG/variant-$i.log" | grep -E '^\||defaults:'
+  done
 fi
 if has trace; then
   echo "== step timeline: each kernel's phases in one decode step (GLMFLEET_TRACE=1 gpu_perf --trace-step)"

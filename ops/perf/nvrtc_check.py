@@ -2,7 +2,8 @@
 """Compile model/src/gpu/kernels.cu with NVRTC on a machine without a GPU (the libnvrtc that
 `pip install torch` brings), as the engine does at start-up: catches compile errors before a device
 run. Prints NVRTC's log; with --ptx FILE writes the PTX; --trace compiles the step-timeline build
-(GLMFLEET_TRACE).   ops/perf/nvrtc_check.py [--arch sm_90] [--trace]"""
+(GLMFLEET_TRACE); the defines in GLMFLEET_KERNEL_DEFINES are passed as the engine passes them.
+    ops/perf/nvrtc_check.py [--arch sm_90] [--trace] [--ptx FILE]"""
 import ctypes, glob, sys, os
 
 arch = sys.argv[sys.argv.index("--arch") + 1] if "--arch" in sys.argv else "sm_90"
@@ -18,6 +19,7 @@ assert nv.nvrtcCreateProgram(ctypes.byref(prog), src, b"kernels.cu", 0, None, No
 opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]  # as model/src/gpu/device.rs
 if "--trace" in sys.argv:
     opts.append(b"-DGLMFLEET_TRACE")
+opts += [b"-D" + d.encode() for d in os.environ.get("GLMFLEET_KERNEL_DEFINES", "").split()]
 arr = (ctypes.c_char_p * len(opts))(*opts)
 rc = nv.nvrtcCompileProgram(prog, len(opts), arr)
 n = ctypes.c_size_t()

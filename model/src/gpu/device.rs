@@ -184,6 +184,11 @@ impl Gpu {
         if std::env::var("GLMFLEET_L2_HINT").is_ok_and(|v| v == "0") {
             options.push("-DGLMFLEET_NO_L2_HINT".into());
         }
+        // compile-time kernel variants for A/B runs ("NAME=VALUE ..."; the kernels' #ifndef
+        // defaults otherwise)
+        if let Ok(defs) = std::env::var("GLMFLEET_KERNEL_DEFINES") {
+            options.extend(defs.split_whitespace().map(|d| format!("-D{d}")));
+        }
         let ptx = compile_ptx_with_opts(
             SOURCE,
             CompileOptions {

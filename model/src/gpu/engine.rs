@@ -231,10 +231,13 @@ const ATTN_PART_ITEMS: usize = 4096;
 /// Most key splits of one (tile, KV head) (`attn_merge` merges up to 16).
 const ATTN_MAX_SPLITS: usize = 16;
 
-/// Default of `GpuModel::attn_blocks_per_sm`: one block an SM. On the H200 (runs 52-54, context
-/// 1,024) it beat the former 8 at batch 4-64 (batch 8: 19.4-20.0 against 20.7-22.1 ms, batch 64:
-/// 41.0-42.7 against 44.0-45.9) and matched it at batch 1-2, where both give 16 splits or nearly.
-const DEFAULT_ATTN_BLOCKS_PER_SM: usize = 1;
+/// Attention blocks an SM that key splits aim for by default ([`GpuModel::attn_blocks_per_sm`]
+/// 0): two for steps of up to this many attention tiles (decode: sequences), one beyond. On the
+/// H200 (context 1,024) one beat the former 8 at batch 4-64 (runs 52-54; batch 8: 19.4-20.0
+/// against 20.7-22.1 ms, batch 64: 41.0-42.7 against 44.0-45.9), and two beat one at batch 2 and
+/// 4 in all four sweeps of runs 79-83 (-0.4 to -2.8%, -0.8 to -3.0%), were mixed at 8 and lost at
+/// 16 and 64 (+1.6%, +0.4%). At batch 1 both give 16 splits.
+const ATTN_TWO_BLOCKS_TILES: usize = 4;
 
 /// Default of [`GpuModel::pdl_graph_batch`]: PDL in decode graphs up to batch 4.
 const DEFAULT_PDL_GRAPH_BATCH: usize = 4;
@@ -325,12 +328,13 @@ pub struct GpuModel {
     /// Whether one token's MoE gate|up runs with its units spread evenly over the SMs
     /// ([`crate::gpu::MoeGemvConfig::flat`]; `GLMFLEET_MOE_FLAT=0` turns it off).
     moe_flat: bool,
-    /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`): fewer
-    /// splits mean fewer partial results to merge, more mean shorter blocks.
+    /// Whether that flat gate|up applies SiLU·up itself ([`crate::gpu::MoeGemvConfig::paired`];
+    /// `GLMFLEET_MOE_PAIRED=0` leaves it to the down kernel).
+    moe_paired: bool,
+    /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`; 0, the
+    /// default, by the step's tiles: [`ATTN_TWO_BLOCKS_TILES`]): fewer splits mean fewer partial
+    /// results to merge, more mean shorter blocks.
     attn_blocks_per_sm: usize,
-    /// Where the attention kernel lets the next kernel's blocks in (`GLMFLEET_ATTN_TRIGGER`): 0
-    /// after its key tiles, 1 once a block's first tile has landed, 2 as it exits.
-    attn_trigger: usize,
     /// Decode graphs of buckets up to this many sequences are captured with PDL (when
     /// [`Gpu::pdl`]; `GLMFLEET_PDL_GRAPH_BATCH`, 0 none). With the kernels triggering their
     /// dependents late (kernels.cu) it paid at batch 1-4 and cost 1.5-2% at 8-16 (runs 67, 69:
@@ -565,12 +569,9 @@ impl GpuModel {
             gemv_rows: env_usize("GLMFLEET_GEMV_ROWS", DEFAULT_GEMV_ROWS).min(GEMV_MAX_ROWS),
             moe_gemv_tokens: env_usize("GLMFLEET_MOE_GEMV_TOKENS", DEFAULT_MOE_GEMV_TOKENS),
             moe_flat: std::env::var("GLMFLEET_MOE_FLAT").map_or(true, |v| v != "0"),
-            attn_blocks_per_sm: env_usize(
-                "GLMFLEET_ATTN_BLOCKS_PER_SM",
-                DEFAULT_ATTN_BLOCKS_PER_SM,
-            ),
+            moe_paired: std::env::var("GLMFLEET_MOE_PAIRED").map_or(true, |v| v != "0"),
+            attn_blocks_per_sm: env_usize("GLMFLEET_ATTN_BLOCKS_PER_SM", 0),
             pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
-            attn_trigger: env_usize("GLMFLEET_ATTN_TRIGGER", 0).min(2),
             mtp,
         };
         m.g.sync()?;
@@ -727,6 +728,16 @@ impl GpuModel {
         set_baked(&mut self.graphs, &mut self.moe_flat, on);
     }
 
+    /// Whether the flat gate|up applies SiLU·up ([`GpuModel::moe_paired`]).
+    pub fn moe_paired(&self) -> bool {
+        self.moe_paired
+    }
+
+    /// Sets [`GpuModel::moe_paired`] (captured graphs are dropped).
+    pub fn set_moe_paired(&mut self, on: bool) {
+        set_baked(&mut self.graphs, &mut self.moe_paired, on);
+    }
+
     /// The device the model runs on.
     pub fn gpu(&self) -> &Gpu {
         &self.g
@@ -742,23 +753,14 @@ impl GpuModel {
         set_baked(&mut self.graphs, &mut self.pdl_graph_batch, n);
     }
 
-    /// Attention blocks an SM that key splits aim for (A/B runs; captured graphs are dropped).
+    /// Attention blocks an SM that key splits aim for, 0 by the step's tiles (A/B runs; captured
+    /// graphs are dropped).
     pub fn set_attn_blocks_per_sm(&mut self, n: usize) {
         set_baked(&mut self.graphs, &mut self.attn_blocks_per_sm, n);
     }
 
     pub fn attn_blocks_per_sm(&self) -> usize {
         self.attn_blocks_per_sm
-    }
-
-    /// Where attention triggers its dependents ([`GpuModel::attn_trigger`]).
-    pub fn attn_trigger(&self) -> usize {
-        self.attn_trigger
-    }
-
-    /// Sets [`GpuModel::attn_trigger`] (0-2; captured graphs are dropped).
-    pub fn set_attn_trigger(&mut self, at: usize) {
-        set_baked(&mut self.graphs, &mut self.attn_trigger, at.min(2));
     }
 
     pub fn set_cuda_graphs(&mut self, on: bool) {
@@ -1187,7 +1189,12 @@ impl GpuModel {
         self.mark("RoPE + KV write")?;
         // tiles: at most one per row (exactly one per row for a padded decode bucket)
         let tiles = tiles.min(t);
-        let splits = ws.attn_splits(tiles, nkv, g.sm_count, self.attn_blocks_per_sm);
+        let per_sm = match self.attn_blocks_per_sm {
+            0 if tiles <= ATTN_TWO_BLOCKS_TILES => 2,
+            0 => 1,
+            n => n,
+        };
+        let splits = ws.attn_splits(tiles, nkv, g.sm_count, per_sm);
         let part = if splits > 1 { ws.attn_part.p() } else { 0 };
         // one-row tiles (decode): the attention kernel's last split block merges the splits
         // (batch 1: 6.66 against 6.77 ms a step, runs 44/46); several rows: attn_combine
@@ -1201,7 +1208,7 @@ impl GpuModel {
                     ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
                     ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
                     self.opts.block_size as i32, ws.o.p(), part, done, nh as i32, nkv as i32,
-                    (d as f32).powf(-0.5), self.attn_trigger as i32)
+                    (d as f32).powf(-0.5))
             };
         }
         match (d, self.opts.kv_fp8, self.fp8_attn_f16) {
@@ -1268,6 +1275,7 @@ impl GpuModel {
                 ids: ws.ids.p(),
                 wts: ws.wts.p(),
                 flat: self.moe_flat,
+                paired: self.moe_paired,
             };
             let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
             if let Some(cfg) = experts.config(g, t, h).filter(|_| fits) {

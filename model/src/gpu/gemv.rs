@@ -216,6 +216,8 @@ pub struct MoeGemv<'a> {
     /// Whether one token's gate|up may run as `moe_gemv_fp8_flat` (FP8): units of (slot, 16
     /// channels) spread evenly over the SMs ([`MoeGemvConfig::flat`]).
     pub flat: bool,
+    /// Whether the flat gate|up also applies SiLU·up itself ([`MoeGemvConfig::paired`]).
+    pub paired: bool,
 }
 
 impl MoeGemv<'_> {
@@ -297,6 +299,8 @@ impl MoeGemv<'_> {
         // units with one block an SM, but no fewer than the slots (the other kernel's block, which
         // also keeps small models' blocks several warps wide), when its rings and staging fit
         let mut flat = None;
+        // paired: a unit is 8 channels' gate and up rows, whose SiLU·up it writes
+        let paired = self.paired && gu.parts[1] * 2 == gu.n;
         if fp8 && self.flat && t == 1 {
             let units = slots * gu.n.div_ceil(16);
             let warps = units.div_ceil(g.sm_count).max(slots);
@@ -311,6 +315,7 @@ impl MoeGemv<'_> {
             smode,
             bn,
             bk,
+            paired: paired && flat.is_some(),
             flat,
             parts,
         })
@@ -345,10 +350,16 @@ impl MoeGemv<'_> {
             (0i32, gu, cfg.parts[0], sh_gu),
             (1i32, dn, cfg.parts[1], sh_dn),
         ] {
-            let (input, ld_in, k_in, up_off) = if down == 0 {
-                (xn, ldx, gu.k, 0usize)
+            // up_off: where a gate|up row's up half starts, for the kernel that applies SiLU·up
+            let (input, ld_in, k_in) = if down == 0 {
+                (xn, ldx, gu.k)
             } else {
-                (f1, gu.n, self.inter, gu.parts[1])
+                (f1, gu.n, self.inter)
+            };
+            let up_off = if (down == 0) == cfg.paired {
+                gu.parts[1]
+            } else {
+                0
             };
             let (output, ldo) = if down == 0 { (f1, gu.n) } else { (x, ldx) };
             let (w_gstride, sw_gstride) = stride(l);
@@ -388,6 +399,9 @@ pub struct MoeGemvConfig {
     bk: i32,
     /// One token's gate|up as `moe_gemv_fp8_flat`: (warps a block, blocks).
     flat: Option<(usize, usize)>,
+    /// Whether the flat gate|up writes SiLU(gate)·up (its units 8 channels' gate and up rows),
+    /// so the down kernel loads half a row and applies no SiLU (`moe_gemv_impl`).
+    paired: bool,
     parts: [(usize, usize, usize); 2],
 }
 
@@ -395,5 +409,10 @@ impl MoeGemvConfig {
     /// Whether gate|up runs as `moe_gemv_fp8_flat`, and with how many warps a block.
     pub fn flat(&self) -> Option<usize> {
         self.flat.map(|(warps, _)| warps)
+    }
+
+    /// Whether the flat gate|up applies SiLU·up ([`MoeGemv::paired`]).
+    pub fn paired(&self) -> bool {
+        self.paired
     }
 }

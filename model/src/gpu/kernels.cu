@@ -696,6 +696,14 @@ __device__ __forceinline__ float2 ld_cg2(const float* p) {
 // last block, made a 7.4 µs tail, run 63.) Read through L2: the splits were written by other
 // blocks.
 #define MERGE_P 3
+
+// Where the attention's output of (row, head) pair m of a (tile, kv head) goes: G query heads a
+// KV head, the tile's rows from row0.
+__device__ __forceinline__ float* attn_out_row(float* out, int row0, int m, int G, int nh,
+                                               int kvh, int D) {
+  return out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
+}
+
 template <typename OutOf>
 __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsplit, int D,
                            OutOf o_of) {
@@ -827,7 +835,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
                                           const int* tiles, const int* ntiles, const int* row_seq,
                                           const int* pos, const int* btab, const int* btab_stride,
                                           int bs, float* out, float* part, int* done, int nh,
-                                          int nkv, float scale, int trig) {
+                                          int nkv, float scale) {
   constexpr int KT = 64;
   constexpr int KS = D + 8;        // bf16 row stride (elements): 16-byte rows, conflict-free
   constexpr int K8 = D + 16;       // fp8 row stride (bytes)
@@ -852,6 +860,12 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       for (int i = tid; i < G * D; i += blockDim.x) out[((size_t)row0 * nh + kvh * G) * D + i] = 0.f;
     return;
   }
+  // where (row, head) pair m of the tile puts its output, and where this block puts its split's
+  // (O, m, l) of pair m (D + 2 floats)
+  auto out_row = [&](int m) { return attn_out_row(out, row0, m, G, nh, kvh, D); };
+  auto part_row = [&](int m) {
+    return part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2);
+  };
   // the last of the pair's split blocks to get here merges the splits, a warp per MERGE_P (row,
   // head) pairs (a block-wide merge, (m, l) of all pairs first, then 4 outputs a thread over all
   // splits, was slower: 30.8 against 23.4 µs at batch 1, run 47)
@@ -867,9 +881,8 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     if (tid == 0) *cnt = 0;
     const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
     int nw = blockDim.x >> 5;
-    auto o_of = [&](int m) { return out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D; };
     for (int m = warp; m < nrows * G; m += MERGE_P * nw)
-      attn_merge(pb, m, nw, nrows * G, nsplit, D, o_of);
+      attn_merge(pb, m, nw, nrows * G, nsplit, D, out_row);
   };
   int nkeys = pos[row0 + nrows - 1] + 1;
   int nkt = (nkeys + KT - 1) / KT;
@@ -878,7 +891,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // decode over several key tiles: every warp holds the same <= 16 pairs and takes a quarter of
   // each tile, and the block merges the four warps' states. With one tile (batch 1 at 1,024 keys:
   // 16 splits of one tile) warp 0 takes the whole tile and writes its state itself: that merge
-  // was 3.9 µs of the attention's 12 at batch 1 (run 72's timeline).
+  // was 3.9 µs of the attention's 12 at batch 1 (run 72's timeline), and with the split's merge
+  // as it is now 5.57-5.62 against 5.45-5.48 ms a step (run 85). Warp 0 taking the tile a
+  // quarter at a time (a quarter of the code) spilled the kernel: 5.79 ms.
   bool wsplit = nrows * G <= 16 && kt1 - kt0 > 1;
   int mA = (wsplit ? 0 : warp) * 16 + gid, mB = mA + 8;
   int rA = mA / G, rB = mB / G;
@@ -1028,10 +1043,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     } else {
       asm volatile("cp.async.wait_group 0;");
     }
-    if (kt == kt0) {
-      TRACE_MARK(3);
-      if (trig == 1) PDL_TRIGGER();
-    }
+    if (kt == kt0) TRACE_MARK(3);
     const u16* Ks;
     if (F8) {  // widen this thread's own chunks (visible to it after the wait)
       const u8* b = smem + st * STAGE8;
@@ -1064,9 +1076,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       key_tile(IntC<KT / 8>(), Ks, Ks + KT * KS, kt, 0);
   }
   TRACE_MARK(4);
-  // the next kernel's blocks may come in during the writes and the split merge (trig 0), or
-  // during the key tiles (1); with 2 they come in as this grid exits
-  if (trig == 0) PDL_TRIGGER();
+  // the next kernel's blocks may come in during the writes and the split merge (triggering at
+  // the first tile or at exit was no faster, run 83)
+  PDL_TRIGGER();
   TRACE_MARK(5);
   if (wsplit) {  // merge the four warps' states (the stages are free once every copy has landed)
     asm volatile("cp.async.wait_group 0;");
@@ -1100,14 +1112,14 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
           a += sO[(w * 16 + m) * D + dim] * f;
         }
       if (part) {
-        float* pb = part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2);
+        float* pb = part_row(m);
         pb[dim] = a;
         if (dim == 0) {
           pb[D] = M;
           pb[D + 1] = L;
         }
       } else {
-        out[((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D + dim] = L > 0.f ? a / L : 0.f;
+        out_row(m)[dim] = L > 0.f ? a / L : 0.f;
       }
     }
     TRACE_MARK(6);
@@ -1124,16 +1136,14 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   for (int h = 0; h < 2; h++) {
     if (!(h ? vB : vA)) continue;
     int m = h ? mB : mA;
-    float* dst = part ? part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2)
-                      : out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D;
+    float* dst = part ? part_row(m) : out_row(m);
     float l = lrow[h];
-    bool keep = part || l > 0.f;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
       float a = o[dt][2 * h], b = o[dt][2 * h + 1];
       if (!part) {
-        a = keep ? a / l : 0.f;
-        b = keep ? b / l : 0.f;
+        a = l > 0.f ? a / l : 0.f;
+        b = l > 0.f ? b / l : 0.f;
       }
       *(float2*)(dst + dt * 8 + tig * 2) = make_float2(a, b);
     }
@@ -1154,10 +1164,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #define ATTN_ARGS                                                                              \
   const float *q, const void *kc, const void *vc, const int *tiles, const int *ntiles,         \
       const int *row_seq, const int *pos, const int *btab, const int *btab_stride, int bs,     \
-      float *out, float *part, int *done, int nh, int nkv, float scale, int trig
+      float *out, float *part, int *done, int nh, int nkv, float scale
 #define ATTN_PASS                                                                              \
-  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale, \
-      trig
+  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale
 #define ATTN_KERNELS(D)                                                                        \
   extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
     attn_impl<D, false, false>(ATTN_PASS);                                                     \
@@ -1188,7 +1197,7 @@ extern "C" __global__ void attn_combine(const float* part, const int* tiles, con
   int G = nh / nkv;
   int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const float* pb = part + ((size_t)tile * nkv + kvh) * nsplit * 64 * (D + 2);
-  auto o_of = [&](int m) { return out + ((size_t)(row0 + m / G) * nh + kvh * G + m % G) * D; };
+  auto o_of = [&](int m) { return attn_out_row(out, row0, m, G, nh, kvh, D); };
   int step = nw * gridDim.z;
   for (int m = blockIdx.z * nw + warp; m < nrows * G; m += MERGE_P * step)
     attn_merge(pb, m, step, nrows * G, nsplit, D, o_of);
@@ -1668,21 +1677,25 @@ __device__ void quant_cols_warp(const float* xf, int c0, int c1, u16* q, float* 
 #define FP8V_D 4    // ring slots a warp
 #define FP8V_SLOT (16 * FP8V_W)
 #define FP8V_RING (FP8V_D * FP8V_SLOT)
+// A chunk is 16 weight rows from its first channel; with pair_off, 8 channels' rows and the rows
+// pair_off past them (an expert's gate and up rows of the same channels: moe_gemv_impl's paired
+// gate|up), the mma's rows 8-15. Rows of channels at or past n_end read as zeros.
 struct Fp8vStream {
   u8* ring;
   const u8* W;
   size_t ldw;
-  int n_end, kp, s0, s1, cstride, nchunks;
+  int n_end, kp, s0, s1, cstride, nchunks, pair_off;
   int ic, is, ichunk;  // the next step to copy: chunk index ichunk (channels from ic), step is
   int issued, taken;
   bool once;  // copies with an L2 evict-first policy (pol)
   u64 pol;
 
   __device__ Fp8vStream(u8* ring_, const u8* W_, size_t ldw_, int n_end_, int kp_, int s0_,
-                        int s1_, int cfirst, int cstride_, int nchunks_, bool once_)
+                        int s1_, int cfirst, int cstride_, int nchunks_, bool once_,
+                        int pair_off_ = 0)
       : ring(ring_), W(W_), ldw(ldw_), n_end(n_end_), kp(kp_), s0(s0_), s1(s1_),
-        cstride(cstride_), nchunks(nchunks_), ic(cfirst), is(s0_), ichunk(s1_ > s0_ ? 0 : nchunks_),
-        issued(0), taken(0), once(once_) {
+        cstride(cstride_), nchunks(nchunks_), pair_off(pair_off_), ic(cfirst), is(s0_),
+        ichunk(s1_ > s0_ ? 0 : nchunks_), issued(0), taken(0), once(once_) {
 #ifdef GLMFLEET_NO_L2_HINT
     once = false;
 #endif
@@ -1697,8 +1710,9 @@ struct Fp8vStream {
 #pragma unroll
       for (int it = 0; it < FP8V_W / 32; it++) {
         int i = it * 32 + lane, r = i / (FP8V_W / 16), c = i % (FP8V_W / 16);
-        int kb = is * FP8V_W + c * 16, row = ic + r;
-        bool ok = kb < kp && row < n_end;
+        int n = ic + (pair_off ? r & 7 : r);  // the row's channel
+        int kb = is * FP8V_W + c * 16, row = n + (pair_off && r >= 8 ? pair_off : 0);
+        bool ok = kb < kp && n < n_end;
         const u8* src = W + (ok ? (size_t)row * ldw + kb : 0);
         u32 dst = slot + r * FP8V_W + ((c ^ ((r & 1) << 2)) << 4);
         if (once)
@@ -1833,28 +1847,47 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
   round_row(ss, K, kp, in_mode, eps, group, xf, wf, q, sc, xs, red);
 }
 
-// One SiLU·up row (a MoE slot's gate|up output) quantized to e4m3 by one warp, the same way:
-// 16-byte loads into the warp's scratch xf [K] first, then the scales and bytes from there; the
-// warp's weight stream ws starts once the loads have landed.
+// One SiLU·up row (a MoE slot's gate|up output; up_off 0: SiLU·up itself, as the paired
+// gate|up writes it) quantized to e4m3 by one warp, the same way: 16-byte loads into the warp's
+// scratch xf [K] first, then the scales and bytes from there; the warp's weight stream ws starts
+// once the loads have landed. A lane has 16 loads in flight: with up_off 0 they cover 2,048
+// columns (one round trip to L2 for GLM-4.5-Air's 1,408), else 1,024 of each half.
 __device__ __forceinline__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp,
                                                   int up_off, int group, float* xf, u16* q,
                                                   float* sc, Fp8vStream& ws TRACE_PARAM) {
   int lane = threadIdx.x & 31;
   const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int base = 0; base < K; base += 8 * 128) {
-    float4 a[8], u[8];
+  constexpr int NL = 8, PL = 12;  // 16-byte loads a lane has in flight: of a and u, of a plain row
+  if (up_off == 0) {
+    for (int base = 0; base < K; base += PL * 128) {
+      float4 a[PL];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-      int j = base + 4 * (i * 32 + lane);
-      a[i] = j < K ? *(const float4*)(xr + j) : z4;
-      u[i] = j < K ? *(const float4*)(xr + j + up_off) : z4;
+      for (int i = 0; i < PL; i++) {
+        int j = base + 4 * (i * 32 + lane);
+        a[i] = j < K ? *(const float4*)(xr + j) : z4;
+      }
+#pragma unroll
+      for (int i = 0; i < PL; i++) {
+        int j = base + 4 * (i * 32 + lane);
+        if (j < K) *(float4*)(xf + j) = a[i];
+      }
     }
+  } else {
+    for (int base = 0; base < K; base += NL * 128) {
+      float4 a[NL], u[NL];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-      int j = base + 4 * (i * 32 + lane);
-      if (j >= K) continue;
-      *(float4*)(xf + j) = make_float4(silu(a[i].x) * u[i].x, silu(a[i].y) * u[i].y,
-                                       silu(a[i].z) * u[i].z, silu(a[i].w) * u[i].w);
+      for (int i = 0; i < NL; i++) {
+        int j = base + 4 * (i * 32 + lane);
+        a[i] = j < K ? *(const float4*)(xr + j) : z4;
+        u[i] = j < K ? *(const float4*)(xr + j + up_off) : z4;
+      }
+#pragma unroll
+      for (int i = 0; i < NL; i++) {
+        int j = base + 4 * (i * 32 + lane);
+        if (j >= K) continue;
+        *(float4*)(xf + j) = make_float4(silu(a[i].x) * u[i].x, silu(a[i].y) * u[i].y,
+                                         silu(a[i].z) * u[i].z, silu(a[i].w) * u[i].w);
+      }
     }
   }
   __syncwarp();
@@ -1914,9 +1947,11 @@ __device__ void fp8v_dots(Fp8vStream& ws, int c0, const u16* ah, const float* as
         in_blk = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-          int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
+          // the fragment row's channel, and its weight row (Fp8vStream)
+          int n = c0 + gid + (i >= 2 && !ws.pair_off ? 8 : 0), m = tig * 2 + (i & 1);
+          int wr = n + (i >= 2 ? ws.pair_off : 0);
           float f = (m < M && n < ws.n_end)
-                        ? asc[m * ng + kblk] * sw[(size_t)(n / bn_blk) * ng + kblk]
+                        ? asc[m * ng + kblk] * sw[(size_t)(wr / bn_blk) * ng + kblk]
                         : 0.f;
           acc[i] += part[i] * f;
           part[i] = 0.f;
@@ -1979,7 +2014,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     const float* xr = x + (size_t)(rows ? rows[r] : r) * ldx;
     float ss = load_row(xr, K, in_mode, nw, up_off, xf, wf);
     TRACE_MARK(2);
-    if (r == 0) ws.start();  // once the row's loads have landed (load_row)
+    // once the row's loads have landed (load_row); once the rows were staged, batch 1 took
+    // 5.60-5.66 against 5.45-5.50 ms (run 85)
+    if (r == 0) ws.start();
     round_row(ss, K, kp, in_mode, eps, group, xf, wf, aq + (size_t)r * kp, asc + r * ng, 0, red);
   }
   TRACE_MARK(3);
@@ -2137,14 +2174,17 @@ GEMV_BF16_KERNEL(4)
 // slot j of the token (its j-th routed expert; warp k the shared expert when Wsh is given, with
 // the same shapes and format). No plan, no gathered copy, no combine launch.
 // down 0 (gate|up): the token's normed row x[tok] is staged once for all warps; slot j writes
-//   out[tok * k + j] and the shared expert out[T * k + tok] (row stride ldo).
+//   out[tok * k + j] and the shared expert out[T * k + tok] (row stride ldo). FLAT with up_off
+//   (the up rows' offset, N / 2): "paired", a chunk is 8 channels' gate and up rows (one mma's
+//   16 rows, Fp8vStream::pair_off) and the slot writes SiLU(gate)·up, up_off columns, so the
+//   down kernel loads half the row and no SiLU (its row load took 3.8 µs at batch 1, run 83).
 // down 1: slot j stages its own row of x (the gate|up output, rows numbered as above) as
-//   SiLU(gate)·x[+up_off]; the block then adds sum_j wts[tok, j] * y_j (+ the shared y) to
-//   out[tok] (moe_combine fused, no atomics: one block owns each output element).
+//   SiLU(gate)·x[+up_off] (up_off 0: as it is); the block then adds sum_j wts[tok, j] * y_j (+ the
+//   shared y) to out[tok] (moe_combine fused, no atomics: one block owns each output element).
 // FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales, the weights streamed
 // through a ring per warp (Fp8vStream); BF16: rows as f32.
 // FLAT (FP8 gate|up, one token: moe_gemv_fp8_flat): warp w of block b takes unit b * warps + w of
-// the token's slots x chunks of 16 channels (slot-major; warps past the last unit idle), so the
+// the token's slots x chunks (slot-major; warps past the last unit idle), so the
 // host can size blocks to give every SM the same number of units (GLM-4.5-Air: 9 x 176 = 1,584 =
 // 132 SMs x 12 warps). Slot-per-warp blocks of 16 channels put 176 blocks on 132 SMs, whose doubly
 // loaded SMs finished 8 µs after the rest (run 59's timeline).
@@ -2166,12 +2206,14 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   __shared__ float red[32];
   int tok = blockIdx.y, lane = threadIdx.x & 31, j = threadIdx.x >> 5;
   int slots = blockDim.x >> 5, nrows = down ? slots : 1;  // (FLAT: warps, not slots)
-  int cb = blockIdx.x * cpb, ce = min(N, cb + cpb);
+  bool paired = FLAT && up_off > 0;  // (in moe_gemv_fp8 too it spilled: 96 registers)
+  int nout = paired ? up_off : N, cw = paired ? 8 : 16;  // output columns, columns a chunk
+  int cb = blockIdx.x * cpb, ce = min(nout, cb + cpb);
   if (FLAT) {
-    int nchunk = (N + 15) / 16, u = blockIdx.x * slots + j;
+    int nchunk = (nout + cw - 1) / cw, u = blockIdx.x * slots + j;
     j = u / nchunk;
-    cb = (u % nchunk) * 16;
-    ce = min(N, cb + 16);
+    cb = (u % nchunk) * cw;
+    ce = min(nout, cb + cw);
     if (j >= k + (Wsh ? 1 : 0)) {  // idle: no weights, but at the block's barriers
       j = 0;
       ce = cb;
@@ -2204,7 +2246,8 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     // one token reads each expert's weights once; several share the experts they pick (and all
     // the shared one), whose weights L2 then keeps for the next token's blocks (evict-first
     // copies, and evict-normal ones too, made batch 4-8 slower: runs 69, 70)
-    Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, 16, (ce - cb + 15) / 16, T == 1);
+    Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, cw, (ce - cb + cw - 1) / cw, T == 1,
+                  paired ? up_off : 0);
     TRACE_MARK(1);
     if (down)  // each warp starts its stream once its own row's loads have landed
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
@@ -2219,10 +2262,21 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     TRACE_MARK(3);
     PDL_TRIGGER();  // the next kernel's blocks may come in during the loop
     TRACE_MARK(4);
-    for (int c0 = cb; c0 < ce; c0 += 16) {
+    for (int c0 = cb; c0 < ce; c0 += cw) {
       float acc[4];
       fp8v_dots(ws, c0, my_q, my_sc, ng, 1, smode, swj, bn_blk, bk_blk / 64, acc);
       if (tig != 0) continue;
+      if (paired) {  // acc[0] channel c0 + gid's gate, acc[2] its up (the row's only token)
+        int n = c0 + gid;
+        if (n >= ce) continue;
+        float gt = acc[0], up = acc[2];
+        if (smode == 1) {
+          gt *= my_sc[0] * swj[n];
+          up *= my_sc[0] * swj[n + up_off];
+        }
+        out[(size_t)row * ldo + n] = silu(gt) * up;
+        continue;
+      }
 #pragma unroll
       for (int i = 0; i < 4; i += 2) {
         int n = c0 + gid + (i >= 2 ? 8 : 0);
