@@ -571,7 +571,7 @@ fn decode_sweep(c: &Glm4MoeConfig, defaults_only: bool) -> Res<Value> {
         s.moe_flat = !d.moe_flat
     });
     vary(
-        format!("flat MoE gate|up applies SiLU·up {}", !d.moe_paired),
+        format!("MoE GEMV gate|up applies SiLU·up {}", !d.moe_paired),
         &|s| s.moe_paired = !d.moe_paired,
     );
     for n in [1usize, 2, 8]

@@ -469,7 +469,8 @@ fn moe_gemv_matches_reference() {
         ("fp8-channel", Kind::Channel),
         ("fp8-block-128", Kind::Block(128, 128)),
     ];
-    let (h, inter, e, k) = (256, 128, 6, 3);
+    // inter: three 128-column activation groups (FP8 block scales) in the down kernel's row
+    let (h, inter, e, k) = (256, 384, 6, 3);
     for (name, kind) in &kinds {
         let mk = |rng: &mut rand::rngs::StdRng| {
             (
@@ -490,14 +491,18 @@ fn moe_gemv_matches_reference() {
         let sgu = GpuLinear::upload(&g, &[vec![&shared.0, &shared.1]]).unwrap();
         let sdn = GpuLinear::upload(&g, &[vec![&shared.2]]).unwrap();
         // up to 8 tokens: the GEMV path the engine takes up to 8 (runs 57/58); one token also
-        // with gate|up flat (moe_gemv_fp8_flat), applying SiLU·up itself (paired) or not
+        // with gate|up flat (moe_gemv_fp8_flat); FP8 gate|up applying SiLU·up itself (paired,
+        // the engine's default) and not
         for (t, flat, paired) in [
-            (1usize, false, false),
-            (1, true, false),
+            (1usize, false, true),
+            (1, false, false),
             (1, true, true),
-            (2, false, false),
+            (1, true, false),
+            (2, false, true),
+            (3, false, true),
             (3, false, false),
-            (4, false, false),
+            (4, false, true),
+            (8, false, true),
             (8, false, false),
         ] {
             let xn: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
@@ -550,10 +555,12 @@ fn moe_gemv_matches_reference() {
             }
             // e4m3 rounding of SiLU·up can flip a step where the f32 and f64 gate|up differ
             let err = rel_l2(&got, &want);
-            let how = cfg.flat().map_or(String::new(), |w| {
-                let p = if cfg.paired() { ", SiLU·up" } else { "" };
-                format!(" (flat, {w} warps{p})")
-            });
+            let mut how = cfg
+                .flat()
+                .map_or(String::new(), |w| format!(" (flat, {w} warps)"));
+            if cfg.paired() {
+                how += " (SiLU·up in gate|up)";
+            }
             eprintln!("moe gemv {name} t={t}{how}: rel L2 {err:.2e}");
             assert!(err < 1e-3, "moe gemv {name} t={t}{how}: rel L2 {err:e}");
         }

@@ -235,9 +235,10 @@ const ATTN_MAX_SPLITS: usize = 16;
 /// 0): two for steps of up to this many attention tiles (decode: sequences), one beyond. On the
 /// H200 (context 1,024) one beat the former 8 at batch 4-64 (runs 52-54; batch 8: 19.4-20.0
 /// against 20.7-22.1 ms, batch 64: 41.0-42.7 against 44.0-45.9), and two beat one at batch 2 and
-/// 4 in all four sweeps of runs 79-83 (-0.4 to -2.8%, -0.8 to -3.0%), were mixed at 8 and lost at
-/// 16 and 64 (+1.6%, +0.4%). At batch 1 both give 16 splits.
-const ATTN_TWO_BLOCKS_TILES: usize = 4;
+/// 4 in all seven sweeps of runs 79-87 (-0.4 to -3.0%), at 8 in the three of runs 85-87 (-0.5 to
+/// -1.1%; -1.5 to +0.3% in runs 79-83), and lost at 16 (+1.2 to +2.1%, runs 85-87). At batch 1
+/// both give 16 splits.
+const ATTN_TWO_BLOCKS_TILES: usize = 8;
 
 /// Default of [`GpuModel::pdl_graph_batch`]: PDL in decode graphs up to batch 4.
 const DEFAULT_PDL_GRAPH_BATCH: usize = 4;
@@ -328,8 +329,9 @@ pub struct GpuModel {
     /// Whether one token's MoE gate|up runs with its units spread evenly over the SMs
     /// ([`crate::gpu::MoeGemvConfig::flat`]; `GLMFLEET_MOE_FLAT=0` turns it off).
     moe_flat: bool,
-    /// Whether that flat gate|up applies SiLU·up itself ([`crate::gpu::MoeGemvConfig::paired`];
-    /// `GLMFLEET_MOE_PAIRED=0` leaves it to the down kernel).
+    /// Whether the FP8 MoE GEMV's gate|up applies SiLU·up itself
+    /// ([`crate::gpu::MoeGemvConfig::paired`]; `GLMFLEET_MOE_PAIRED=0` leaves it to the down
+    /// kernel).
     moe_paired: bool,
     /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`; 0, the
     /// default, by the step's tiles: [`ATTN_TWO_BLOCKS_TILES`]): fewer splits mean fewer partial
@@ -728,7 +730,7 @@ impl GpuModel {
         set_baked(&mut self.graphs, &mut self.moe_flat, on);
     }
 
-    /// Whether the flat gate|up applies SiLU·up ([`GpuModel::moe_paired`]).
+    /// Whether the MoE GEMV's gate|up applies SiLU·up ([`GpuModel::moe_paired`]).
     pub fn moe_paired(&self) -> bool {
         self.moe_paired
     }

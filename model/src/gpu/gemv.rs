@@ -20,7 +20,7 @@ use crate::launch;
 /// Most rows the dense GEMV takes (FP8 weights; BF16: [`gemv_max_rows`]).
 pub const GEMV_MAX_ROWS: usize = 8;
 
-/// Shared memory of one warp's FP8 weight ring in `gemv_fp8` and `moe_gemv_fp8` (`FP8V_RING` in
+/// Shared memory of one warp's FP8 weight ring in `gemv_fp8` and `moe_gemv_fp8_*` (`FP8V_RING` in
 /// `kernels.cu`: `FP8V_D` slots of 16 rows × `FP8V_W` bytes).
 const FP8V_RING_BYTES: usize = 4 * 16 * 128;
 
@@ -216,7 +216,7 @@ pub struct MoeGemv<'a> {
     /// Whether one token's gate|up may run as `moe_gemv_fp8_flat` (FP8): units of (slot, 16
     /// channels) spread evenly over the SMs ([`MoeGemvConfig::flat`]).
     pub flat: bool,
-    /// Whether the flat gate|up also applies SiLU·up itself ([`MoeGemvConfig::paired`]).
+    /// Whether the FP8 gate|up also applies SiLU·up itself ([`MoeGemvConfig::paired`]).
     pub paired: bool,
 }
 
@@ -285,22 +285,30 @@ impl MoeGemv<'_> {
         // channels per block so the blocks of all tokens are resident at once: two blocks per SM
         // (the kernels' launch bounds) where shared memory allows, else one (whole groups of 16
         // for FP8)
-        let fit = |rows: usize, l: &GpuLinear, group: usize| {
+        // paired: a chunk is 8 channels' gate and up rows, whose SiLU·up it writes
+        let paired = fp8 && self.paired && gu.parts[1] * 2 == gu.n;
+        let (gu_cols, gu_unit) = if paired {
+            (gu.parts[1], 8)
+        } else {
+            (gu.n, unit)
+        };
+        let fit = |rows: usize, l: &GpuLinear, group: usize, cols: usize, unit: usize| {
             [2usize, 1].into_iter().find_map(|bps| {
-                let cpb = (l.n * t).div_ceil(bps * g.sm_count).div_ceil(unit).max(1) * unit;
+                let cpb = (cols * t).div_ceil(bps * g.sm_count).div_ceil(unit).max(1) * unit;
                 let bytes = smem(slots, rows, l, group, cpb);
                 let fits =
                     bytes <= g.gemv_smem && g.blocks_per_sm(bytes + MOE_GEMV_STATIC_SMEM, 2) >= bps;
                 fits.then_some((group, cpb, bytes))
             })
         };
-        let mut parts = [fit(1, gu, gu_group)?, fit(slots, dn, dn_group)?];
+        let mut parts = [
+            fit(1, gu, gu_group, gu_cols, gu_unit)?,
+            fit(slots, dn, dn_group, dn.n, unit)?,
+        ];
         // one token's gate|up: the fewest warps a block (at most 16) that cover the slots x chunks
         // units with one block an SM, but no fewer than the slots (the other kernel's block, which
         // also keeps small models' blocks several warps wide), when its rings and staging fit
         let mut flat = None;
-        // paired: a unit is 8 channels' gate and up rows, whose SiLU·up it writes
-        let paired = self.paired && gu.parts[1] * 2 == gu.n;
         if fp8 && self.flat && t == 1 {
             let units = slots * gu.n.div_ceil(16);
             let warps = units.div_ceil(g.sm_count).max(slots);
@@ -315,7 +323,7 @@ impl MoeGemv<'_> {
             smode,
             bn,
             bk,
-            paired: paired && flat.is_some(),
+            paired,
             flat,
             parts,
         })
@@ -364,9 +372,14 @@ impl MoeGemv<'_> {
             let (output, ldo) = if down == 0 { (f1, gu.n) } else { (x, ldx) };
             let (w_gstride, sw_gstride) = stride(l);
             let flat = cfg.flat.filter(|_| down == 0);
+            let cols = if down == 0 && cfg.paired {
+                gu.parts[1]
+            } else {
+                l.n
+            };
             let (grid, block) = match flat {
                 Some((warps, blocks)) => ((blocks as u32, 1, 1), (32 * warps as u32, 1, 1)),
-                None => ((l.n.div_ceil(cpb) as u32, t as u32, 1), block),
+                None => ((cols.div_ceil(cpb) as u32, t as u32, 1), block),
             };
             let ldw = (l.kp * l.elem_bytes()) as i32;
             macro_rules! go {
@@ -380,8 +393,10 @@ impl MoeGemv<'_> {
             }
             if flat.is_some() {
                 go!(moe_gemv_fp8_flat)?;
+            } else if cfg.fp8 && down == 0 {
+                go!(moe_gemv_fp8_gu)?;
             } else if cfg.fp8 {
-                go!(moe_gemv_fp8)?;
+                go!(moe_gemv_fp8_dn)?;
             } else {
                 go!(moe_gemv_bf16)?;
             }
@@ -399,7 +414,7 @@ pub struct MoeGemvConfig {
     bk: i32,
     /// One token's gate|up as `moe_gemv_fp8_flat`: (warps a block, blocks).
     flat: Option<(usize, usize)>,
-    /// Whether the flat gate|up writes SiLU(gate)·up (its units 8 channels' gate and up rows),
+    /// Whether the FP8 gate|up writes SiLU(gate)·up (its chunks 8 channels' gate and up rows),
     /// so the down kernel loads half a row and applies no SiLU (`moe_gemv_impl`).
     paired: bool,
     parts: [(usize, usize, usize); 2],
@@ -411,7 +426,7 @@ impl MoeGemvConfig {
         self.flat.map(|(warps, _)| warps)
     }
 
-    /// Whether the flat gate|up applies SiLU·up ([`MoeGemv::paired`]).
+    /// Whether the gate|up applies SiLU·up ([`MoeGemv::paired`]).
     pub fn paired(&self) -> bool {
         self.paired
     }

@@ -1850,8 +1850,10 @@ __device__ void stage_row(const float* __restrict__ xr, int K, int kp, int in_mo
 // One SiLU·up row (a MoE slot's gate|up output; up_off 0: SiLU·up itself, as the paired
 // gate|up writes it) quantized to e4m3 by one warp, the same way: 16-byte loads into the warp's
 // scratch xf [K] first, then the scales and bytes from there; the warp's weight stream ws starts
-// once the loads have landed. A lane has 16 loads in flight: with up_off 0 they cover 2,048
-// columns (one round trip to L2 for GLM-4.5-Air's 1,408), else 1,024 of each half.
+// once the loads have landed. A lane has 12 loads in flight with up_off 0, 1,536 columns (one
+// round trip to L2 for GLM-4.5-Air's 1,408 and GLM-4.5's 1,536), else 8 of each half. (Rounding
+// that row from registers instead of shared memory measured the same: 3.1 against 3.4 µs of
+// loads and staging at batch 1, run 89.)
 __device__ __forceinline__ void stage_swiglu_warp(const float* __restrict__ xr, int K, int kp,
                                                   int up_off, int group, float* xf, u16* q,
                                                   float* sc, Fp8vStream& ws TRACE_PARAM) {
@@ -2174,7 +2176,8 @@ GEMV_BF16_KERNEL(4)
 // slot j of the token (its j-th routed expert; warp k the shared expert when Wsh is given, with
 // the same shapes and format). No plan, no gathered copy, no combine launch.
 // down 0 (gate|up): the token's normed row x[tok] is staged once for all warps; slot j writes
-//   out[tok * k + j] and the shared expert out[T * k + tok] (row stride ldo). FLAT with up_off
+//   out[tok * k + j] and the shared expert out[T * k + tok] (row stride ldo). GU (FP8 gate|up
+//   alone: moe_gemv_fp8_gu, moe_gemv_fp8_flat) with up_off
 //   (the up rows' offset, N / 2): "paired", a chunk is 8 channels' gate and up rows (one mma's
 //   16 rows, Fp8vStream::pair_off) and the slot writes SiLU(gate)·up, up_off columns, so the
 //   down kernel loads half the row and no SiLU (its row load took 3.8 µs at batch 1, run 83).
@@ -2191,7 +2194,7 @@ GEMV_BF16_KERNEL(4)
 // Dynamic shared memory: (FP8) slots weight rings of FP8V_RING bytes, the
 // staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K floats of
 // staging scratch per staged row.
-template <bool FP8, bool FLAT>
+template <bool FP8, bool FLAT, bool GU>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
                               int kp, int up_off, int group, const u8* __restrict__ W,
@@ -2199,14 +2202,16 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
                               long long sw_gstride, const u8* __restrict__ Wsh,
                               const float* __restrict__ swsh, int smode, int bn_blk, int bk_blk,
                               int N, int cpb, float* __restrict__ out, int ldo, int down) {
-  if (FLAT) down = 0;  // gate|up's alone: no down paths compiled in
+  // FP8: gate|up (GU) and down are separate kernels, each without the other's paths
+  if (GU) down = 0;
+  else if (FP8) down = 1;
   TRACE_DECL(TAG_MOE_GU + down);
   PDL_WAIT();  // the expert ids come from the previous kernels
   extern __shared__ __align__(16) u8 msm[];
   __shared__ float red[32];
   int tok = blockIdx.y, lane = threadIdx.x & 31, j = threadIdx.x >> 5;
   int slots = blockDim.x >> 5, nrows = down ? slots : 1;  // (FLAT: warps, not slots)
-  bool paired = FLAT && up_off > 0;  // (in moe_gemv_fp8 too it spilled: 96 registers)
+  bool paired = GU && up_off > 0;  // (with the down paths compiled in it spilled)
   int nout = paired ? up_off : N, cw = paired ? 8 : 16;  // output columns, columns a chunk
   int cb = blockIdx.x * cpb, ce = min(nout, cb + cpb);
   if (FLAT) {
@@ -2340,16 +2345,21 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
 #define MOE_GEMV_PASS                                                                        \
   x, ldx, T, k, ids, wts, K, kp, up_off, group, W, w_gstride, ldw, sw, sw_gstride, Wsh, swsh, \
       smode, bn_blk, bk_blk, N, cpb, out, ldo, down
-// Two blocks per SM for k = 8 routed + 1 shared (GLM-4.x): 288 threads (the host checks)
-extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8(MOE_GEMV_ARGS) {
-  moe_gemv_impl<true, false>(MOE_GEMV_PASS);
+// Two blocks per SM for k = 8 routed + 1 shared (GLM-4.x): 288 threads (the host checks). FP8
+// down alone (at 96 registers, with gate|up's paths in it spilled)
+extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8_dn(MOE_GEMV_ARGS) {
+  moe_gemv_impl<true, false, false>(MOE_GEMV_PASS);
 }
-// gate|up of one token, units of (slot, 16 channels) spread evenly over up to 16 warps a block
+// gate|up alone (paired when up_off is given)
+extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8_gu(MOE_GEMV_ARGS) {
+  moe_gemv_impl<true, false, true>(MOE_GEMV_PASS);
+}
+// gate|up of one token, units of (slot, chunk) spread evenly over up to 16 warps a block
 extern "C" __global__ void __launch_bounds__(512, 1) moe_gemv_fp8_flat(MOE_GEMV_ARGS) {
-  moe_gemv_impl<true, true>(MOE_GEMV_PASS);
+  moe_gemv_impl<true, true, true>(MOE_GEMV_PASS);
 }
 extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_bf16(MOE_GEMV_ARGS) {
-  moe_gemv_impl<false, false>(MOE_GEMV_PASS);
+  moe_gemv_impl<false, false, false>(MOE_GEMV_PASS);
 }
 
 // ---------------------------------------------------------------------------------------------
