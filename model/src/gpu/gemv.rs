@@ -282,16 +282,16 @@ impl MoeGemv<'_> {
             };
             ring + rows_bytes(rows, l, group) + warps * cpb * 4 + scratch
         };
-        // channels per block so the blocks of all tokens are resident at once: two blocks per SM
-        // (the kernels' launch bounds) where shared memory allows, else one (whole groups of 16
-        // for FP8)
-        // paired: a chunk is 8 channels' gate and up rows, whose SiLU·up it writes
+        // paired: a gate|up chunk is 8 channels' gate and up rows, whose SiLU·up it writes
         let paired = fp8 && self.paired && gu.parts[1] * 2 == gu.n;
         let (gu_cols, gu_unit) = if paired {
             (gu.parts[1], 8)
         } else {
             (gu.n, unit)
         };
+        // output channels per block so the blocks of all tokens are resident at once: two blocks
+        // per SM (the kernels' launch bounds) where shared memory allows, else one (whole chunks
+        // for FP8)
         let fit = |rows: usize, l: &GpuLinear, group: usize, cols: usize, unit: usize| {
             [2usize, 1].into_iter().find_map(|bps| {
                 let cpb = (cols * t).div_ceil(bps * g.sm_count).div_ceil(unit).max(1) * unit;
