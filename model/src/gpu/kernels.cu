@@ -2184,8 +2184,8 @@ GEMV_BF16_KERNEL(4)
 // down 1: slot j stages its own row of x (the gate|up output, rows numbered as above) as
 //   SiLU(gate)·x[+up_off] (up_off 0: as it is); the block then adds sum_j wts[tok, j] * y_j (+ the
 //   shared y) to out[tok] (moe_combine fused, no atomics: one block owns each output element).
-// FP8: cpb a multiple of 16, rows staged as e4m3 values in f16 + scales, the weights streamed
-// through a ring per warp (Fp8vStream); BF16: rows as f32.
+// FP8: cpb a multiple of a chunk's output columns (16; 8 paired), rows staged as e4m3 values in
+// f16 + scales, the weights streamed through a ring per warp (Fp8vStream); BF16: rows as f32.
 // FLAT (FP8 gate|up, one token: moe_gemv_fp8_flat): warp w of block b takes unit b * warps + w of
 // the token's slots x chunks (slot-major; warps past the last unit idle), so the
 // host can size blocks to give every SM the same number of units (GLM-4.5-Air: 9 x 176 = 1,584 =
