@@ -515,6 +515,7 @@ struct Switches {
     moe_gemv_tokens: usize,
     moe_flat: bool,
     moe_paired: bool,
+    qkv_rope: bool,
 }
 
 impl Switches {
@@ -526,6 +527,7 @@ impl Switches {
             moe_gemv_tokens: m.gemv().1,
             moe_flat: m.moe_flat(),
             moe_paired: m.moe_paired(),
+            qkv_rope: m.qkv_rope(),
         }
     }
 
@@ -535,13 +537,14 @@ impl Switches {
         m.set_gemv(self.gemv_rows, self.moe_gemv_tokens);
         m.set_moe_flat(self.moe_flat);
         m.set_moe_paired(self.moe_paired);
+        m.set_qkv_rope(self.qkv_rope);
     }
 
     fn json(&self) -> Value {
         json!({"attn_blocks_per_sm": self.attn_blocks_per_sm,
             "pdl_graph_batch": self.pdl_graph_batch.min(1 << 20), "gemv_rows": self.gemv_rows,
             "moe_gemv_tokens": self.moe_gemv_tokens, "moe_flat": self.moe_flat,
-            "moe_paired": self.moe_paired})
+            "moe_paired": self.moe_paired, "qkv_rope": self.qkv_rope})
     }
 }
 
@@ -574,6 +577,9 @@ fn decode_sweep(c: &Glm4MoeConfig, defaults_only: bool) -> Res<Value> {
         format!("MoE GEMV gate|up applies SiLU·up {}", !d.moe_paired),
         &|s| s.moe_paired = !d.moe_paired,
     );
+    vary(format!("QKV GEMV applies RoPE {}", !d.qkv_rope), &|s| {
+        s.qkv_rope = !d.qkv_rope
+    });
     for n in [1usize, 2, 8]
         .into_iter()
         .filter(|&n| n != d.attn_blocks_per_sm)

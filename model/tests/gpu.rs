@@ -14,9 +14,10 @@ use common::{fixture, floats, ids, prompt_seqs, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
-    gemm_launch, gemv_launch, prep_threads, router_launch, sample_launch, sample_part_bytes,
-    topk_smem, ActRows, BlasLt, DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv,
-    SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
+    gemm_launch, gemv_launch, gemv_qkv_launch, paired_rows, prep_threads, rope_kv_launch,
+    router_launch, sample_launch, sample_part_bytes, topk_smem, ActRows, BlasLt, DevBuf, Gpu,
+    GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv, QkvOut, SampleSpecs, StepOutput,
+    ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{min_p_log, sample_host, truncation_threshold, DeviceSampling};
@@ -449,6 +450,171 @@ fn gemv_kernels_match_reference() {
                 );
             }
             eprintln!("gemv {name} n={n} k={k}: rows {row_counts:?} match");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE and the KV-cache write
+
+/// NeoX RoPE of one head's first `rot` dims at `pos`: the angle in f32 as the kernels take it,
+/// the rest in f64.
+fn rope_head(x: &[f32], pos: i32, rot: usize, theta: f32) -> Vec<f32> {
+    let half = rot / 2;
+    let mut y = x.to_vec();
+    for i in 0..half {
+        let a = pos as f32 * (1.0 / theta.powf((2 * i) as f32 / rot as f32));
+        let (s, c) = (a as f64).sin_cos();
+        let (x1, x2) = (x[i] as f64, x[i + half] as f64);
+        y[i] = (x1 * c - x2 * s) as f32;
+        y[i + half] = (x2 * c + x1 * s) as f32;
+    }
+    y
+}
+
+/// The QKV GEMV with RoPE and the cache writes as its epilogue (rotary rows paired), and
+/// `rope_kv` after a GEMM over the paired and the checkpoint row order, against the projection
+/// turned on the host: q, and the K and V caches (BF16 and FP8), at 1-3 and 8 tokens, the second
+/// without a cache slot.
+#[test]
+fn qkv_rope_matches_reference() {
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let (nh, nkv, d, rot, h, theta) = (4usize, 2usize, 128usize, 64usize, 256usize, 10_000f32);
+    let slots_n = 20;
+    for (name, kind) in weight_kinds() {
+        let mut parts: Vec<Linear<Cpu>> = vec![];
+        for n in [nh * d, nkv * d, nkv * d] {
+            let mut l = random_linear(&mut rng, &kind, n, h);
+            let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            l.bias = Some(Tensor::from_data(
+                TensorData::new(b, [n]),
+                &Default::default(),
+            ));
+            parts.push(l);
+        }
+        let fused = vec![parts.iter().collect::<Vec<_>>()];
+        let plain = GpuLinear::upload(&g, &fused).unwrap();
+        let heads = (nh, nkv, d, rot);
+        let order = move |p: &[usize], n: usize| paired_rows(n, heads, p[1]);
+        let (paired, applied) = GpuLinear::upload_ordered(&g, &fused, Some(&order)).unwrap();
+        // 32-row scale blocks: the order would move rows across them
+        assert_eq!(applied, !matches!(kind, Kind::Block(32, _)), "{name}");
+        for kv_fp8 in [false, true] {
+            for t in [1usize, 2, 3, 8] {
+                let x: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                let pos: Vec<i32> = (0..t).map(|i| 37 + 101 * i as i32).collect();
+                let slots: Vec<i32> = (0..t)
+                    .map(|i| if i == 1 { -1 } else { (2 * i + 1) as i32 })
+                    .collect();
+                // the host's q and caches (f32; the caches compared after rounding below)
+                let ys: Vec<Vec<f32>> = parts.iter().map(|p| reference_gemm(&x, t, p)).collect();
+                let bias = |p: &Linear<Cpu>| -> Vec<f32> {
+                    p.bias
+                        .as_ref()
+                        .unwrap()
+                        .to_data()
+                        .convert::<f32>()
+                        .to_vec()
+                        .unwrap()
+                };
+                let mut want_q = vec![0f32; t * nh * d];
+                let mut want_kv = [vec![0f32; slots_n * nkv * d], vec![0f32; slots_n * nkv * d]];
+                for tok in 0..t {
+                    for (pi, p) in parts.iter().enumerate() {
+                        let (heads, b) = (if pi == 0 { nh } else { nkv }, bias(p));
+                        for hd in 0..heads {
+                            let row: Vec<f32> = (0..d)
+                                .map(|j| ys[pi][tok * heads * d + hd * d + j] + b[hd * d + j])
+                                .collect();
+                            let row = if pi < 2 {
+                                rope_head(&row, pos[tok], rot, theta)
+                            } else {
+                                row
+                            };
+                            if pi == 0 {
+                                want_q[(tok * nh + hd) * d..][..d].copy_from_slice(&row);
+                            } else if slots[tok] >= 0 {
+                                let at = (slots[tok] as usize * nkv + hd) * d;
+                                want_kv[pi - 1][at..at + d].copy_from_slice(&row);
+                            }
+                        }
+                    }
+                }
+                let round = |v: f32| {
+                    if kv_fp8 {
+                        e4m3_to_f32(f32_to_e4m3(v))
+                    } else {
+                        bf16_round(v)
+                    }
+                };
+                let elem = if kv_fp8 { 1 } else { 2 };
+                let (pb, sb, xb) = (
+                    DevBuf::from_host(&g, &pos).unwrap(),
+                    DevBuf::from_host(&g, &slots).unwrap(),
+                    DevBuf::from_host(&g, &x).unwrap(),
+                );
+                for path in ["QKV GEMV + RoPE", "rope_kv, paired rows", "rope_kv"] {
+                    let q = DevBuf::zeros(&g, t * nh * d * 4).unwrap();
+                    let kc = DevBuf::zeros(&g, slots_n * nkv * d * elem).unwrap();
+                    let vc = DevBuf::zeros(&g, slots_n * nkv * d * elem).unwrap();
+                    let out = QkvOut {
+                        pos: pb.p(),
+                        slots: sb.p(),
+                        q: q.p(),
+                        kc: kc.p(),
+                        vc: vc.p(),
+                        nh: nh as i32,
+                        nkv: nkv as i32,
+                        d: d as i32,
+                        rot: rot as i32,
+                        kv_fp8: i32::from(kv_fp8),
+                        theta,
+                    };
+                    let lin = if path == "rope_kv" { &plain } else { &paired };
+                    let offs = (lin.parts[1], lin.parts[2]);
+                    if path == "QKV GEMV + RoPE" {
+                        let a = ActRows::plain(xb.p(), h, t, h);
+                        let fp8_gemv = applied && !matches!(kind, Kind::Bf16);
+                        let ran = gemv_qkv_launch(&g, &paired, &a, &out, offs).unwrap();
+                        assert_eq!(ran, fp8_gemv, "{name}: the GEMV takes paired FP8 weights");
+                        if !ran {
+                            continue;
+                        }
+                    } else {
+                        if path != "rope_kv" && !applied {
+                            continue;
+                        }
+                        let f1 = DevBuf::from_host(&g, &run_gemm(&g, lin, &x, t, None)).unwrap();
+                        let src = (f1.p(), lin.n, offs.0, offs.1);
+                        rope_kv_launch(&g, t, src, &out, (0, 0, 1e-6), path != "rope_kv").unwrap();
+                    }
+                    let mut got_q = vec![0f32; t * nh * d];
+                    g.download(q.p(), &mut got_q).unwrap();
+                    let what = format!("{name} {path} t={t} kv_fp8={kv_fp8}");
+                    let err = rel_l2(&got_q, &want_q);
+                    assert!(err < 1e-4, "{what}: q rel L2 {err:e}");
+                    for (cache, want, part) in [(&kc, &want_kv[0], "k"), (&vc, &want_kv[1], "v")] {
+                        let got: Vec<f32> = if kv_fp8 {
+                            let mut b = vec![0u8; slots_n * nkv * d];
+                            g.download(cache.p(), &mut b).unwrap();
+                            b.iter().map(|&v| e4m3_to_f32(v)).collect()
+                        } else {
+                            let mut b = vec![0u16; slots_n * nkv * d];
+                            g.download(cache.p(), &mut b).unwrap();
+                            b.iter()
+                                .map(|&v| half::bf16::from_bits(v).to_f32())
+                                .collect()
+                        };
+                        let want: Vec<f32> = want.iter().map(|&v| round(v)).collect();
+                        // a value at a rounding boundary may round either way
+                        let err = rel_l2(&got, &want);
+                        let tol = if kv_fp8 { 2e-2 } else { 2e-3 };
+                        assert!(err < tol, "{what}: {part} cache rel L2 {err:e}");
+                    }
+                    println!("{what}: ok");
+                }
+            }
         }
     }
 }

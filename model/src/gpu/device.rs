@@ -60,6 +60,7 @@ funcs!(
     moe_plan,
     moe_combine,
     gemv_fp8,
+    gemv_fp8_qkv,
     gemv_bf16_1,
     gemv_bf16_2,
     gemv_bf16_3,
@@ -253,6 +254,7 @@ impl Gpu {
             .map_err(dev_err("reading the shared memory of an SM"))? as usize;
         for func in [
             &f.gemv_fp8,
+            &f.gemv_fp8_qkv,
             &f.gemv_bf16_1,
             &f.gemv_bf16_2,
             &f.gemv_bf16_3,

@@ -27,7 +27,8 @@ use crate::config::{Glm4MoeConfig, Quantization};
 use crate::error::{ModelError, Result};
 use crate::gpu::blaslt::BlasLt;
 use crate::gpu::device::{attn_smem, dev_err, gemm_smem, DevBuf, Gpu};
-use crate::gpu::gemv::{gemv_launch, ActRows, MoeGemv, GEMV_MAX_ROWS};
+use crate::gpu::gemv::{gemv_launch, gemv_qkv_launch, ActRows, MoeGemv, GEMV_MAX_ROWS};
+use crate::gpu::rope::{paired_rows, pairs_rotary_rows, rope_kv_launch, QkvOut};
 use crate::gpu::weights::{fill_const, GpuLinear, WeightFormat, FMT_F32};
 use crate::launch;
 use crate::loader::{ParamSource, WeightLoader};
@@ -115,6 +116,9 @@ struct Parts {
 struct GpuLayer {
     in_norm: DevBuf,
     qkv: GpuLinear,
+    /// Whether the rotary rows of `qkv`'s q and k heads are stored paired
+    /// ([`crate::gpu::rope`]): RoPE can then run in the batch-1 QKV GEMV.
+    qkv_paired: bool,
     q_norm: Option<DevBuf>,
     k_norm: Option<DevBuf>,
     o: GpuLinear,
@@ -333,6 +337,10 @@ pub struct GpuModel {
     /// ([`crate::gpu::MoeGemvConfig::paired`]; `GLMFLEET_MOE_PAIRED=0` leaves it to the down
     /// kernel).
     moe_paired: bool,
+    /// Whether the batch-1 QKV GEMV applies RoPE and writes q and the KV cache itself, where the
+    /// layer's rotary rows are paired ([`crate::gpu::rope`]; `GLMFLEET_QKV_ROPE=0` leaves it to
+    /// `rope_kv`).
+    qkv_rope: bool,
     /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`; 0, the
     /// default, by the step's tiles: [`ATTN_TWO_BLOCKS_TILES`]): fewer splits mean fewer partial
     /// results to merge, more mean shorter blocks.
@@ -572,6 +580,7 @@ impl GpuModel {
             moe_gemv_tokens: env_usize("GLMFLEET_MOE_GEMV_TOKENS", DEFAULT_MOE_GEMV_TOKENS),
             moe_flat: std::env::var("GLMFLEET_MOE_FLAT").map_or(true, |v| v != "0"),
             moe_paired: std::env::var("GLMFLEET_MOE_PAIRED").map_or(true, |v| v != "0"),
+            qkv_rope: std::env::var("GLMFLEET_QKV_ROPE").map_or(true, |v| v != "0"),
             attn_blocks_per_sm: env_usize("GLMFLEET_ATTN_BLOCKS_PER_SM", 0),
             pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
             mtp,
@@ -738,6 +747,16 @@ impl GpuModel {
     /// Sets [`GpuModel::moe_paired`] (captured graphs are dropped).
     pub fn set_moe_paired(&mut self, on: bool) {
         set_baked(&mut self.graphs, &mut self.moe_paired, on);
+    }
+
+    /// Whether the batch-1 QKV GEMV applies RoPE itself ([`GpuModel::qkv_rope`]).
+    pub fn qkv_rope(&self) -> bool {
+        self.qkv_rope
+    }
+
+    /// Sets [`GpuModel::qkv_rope`] (captured graphs are dropped).
+    pub fn set_qkv_rope(&mut self, on: bool) {
+        set_baked(&mut self.graphs, &mut self.qkv_rope, on);
     }
 
     /// The device the model runs on.
@@ -1178,17 +1197,38 @@ impl GpuModel {
         );
         let qkv = &layer.qkv;
         let a = ActRows::plain(ws.x.p(), h, t, h).normed(layer.in_norm.p(), c.rms_norm_eps);
-        self.linear(qkv, a, ws.f1.p(), qkv.n, 0, "QKV GEMM")?;
         let (kc, vc) = (&self.kv[li].0, &self.kv[li].1);
-        let heads = nh + 2 * nkv;
-        launch!(g, rope_kv, (t as u32, heads.div_ceil(8) as u32, 1), (256, 1, 1), 8 * d * 4;
-            ws.f1.p(), qkv.n as i32, qkv.parts[1] as i32, qkv.parts[2] as i32,
-            ws.meta_at(Meta::Pos), ws.meta_at(Meta::Slots),
-            layer.q_norm.as_ref().map_or(0, |b| b.p()), layer.k_norm.as_ref().map_or(0, |b| b.p()),
-            c.rms_norm_eps, ws.q.p(), kc.p(), vc.p(),
-            nh as i32, nkv as i32, d as i32, c.rotary_dim() as i32, c.rope_theta,
-            i32::from(self.opts.kv_fp8))?;
-        self.mark("RoPE + KV write")?;
+        let out = QkvOut {
+            pos: ws.meta_at(Meta::Pos),
+            slots: ws.meta_at(Meta::Slots),
+            q: ws.q.p(),
+            kc: kc.p(),
+            vc: vc.p(),
+            nh: nh as i32,
+            nkv: nkv as i32,
+            d: d as i32,
+            rot: c.rotary_dim() as i32,
+            kv_fp8: i32::from(self.opts.kv_fp8),
+            theta: c.rope_theta,
+        };
+        let parts = (qkv.parts[1], qkv.parts[2]);
+        if layer.qkv_paired
+            && self.qkv_rope
+            && t <= self.gemv_rows
+            && gemv_qkv_launch(g, qkv, &a, &out, parts)?
+        {
+            self.mark("QKV GEMV + RoPE + KV write")?;
+        } else {
+            self.linear(qkv, a, ws.f1.p(), qkv.n, 0, "QKV GEMM")?;
+            let norms = (
+                layer.q_norm.as_ref().map_or(0, |b| b.p()),
+                layer.k_norm.as_ref().map_or(0, |b| b.p()),
+                c.rms_norm_eps,
+            );
+            let src = (ws.f1.p(), qkv.n, parts.0, parts.1);
+            rope_kv_launch(g, t, src, &out, norms, layer.qkv_paired)?;
+            self.mark("RoPE + KV write")?;
+        }
         // tiles: at most one per row (exactly one per row for a padded decode bucket)
         let tiles = tiles.min(t);
         let per_sm = match self.attn_blocks_per_sm {
@@ -1882,6 +1922,8 @@ fn dummy_layer(
             c.attention_bias,
             next(),
         )?,
+        // random rows: any order is theirs
+        qkv_paired: pairs_rotary_rows(c),
         q_norm: c.use_qk_norm.then(|| ones(g, d)).transpose()?,
         k_norm: c.use_qk_norm.then(|| ones(g, d)).transpose()?,
         o: GpuLinear::dummy(g, fmt, &[h], nh * d, 1, false, next())?,
@@ -1898,6 +1940,18 @@ fn fill_bf16(g: &Gpu, b: &DevBuf, n: usize, seed: u64, amp: f32) -> Result<()> {
 
 fn upload_layer(g: &Gpu, c: &Glm4MoeConfig, l: &DecoderLayer<CpuBackend>) -> Result<GpuLayer> {
     let a = &l.attn;
+    let heads = (
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.rotary_dim(),
+    );
+    let order = move |parts: &[usize], n: usize| paired_rows(n, heads, parts[1]);
+    let (qkv, qkv_paired) = GpuLinear::upload_ordered(
+        g,
+        &[vec![&a.q, &a.k, &a.v]],
+        pairs_rotary_rows(c).then_some(&order),
+    )?;
     let vec =
         |t: &burn::tensor::Tensor<CpuBackend, 1>| -> Result<DevBuf> { f32_buf(g, &tensor_f32(t)?) };
     let mlp = match &l.mlp {
@@ -1928,7 +1982,8 @@ fn upload_layer(g: &Gpu, c: &Glm4MoeConfig, l: &DecoderLayer<CpuBackend>) -> Res
     };
     Ok(GpuLayer {
         in_norm: vec(&l.input_norm)?,
-        qkv: GpuLinear::upload(g, &[vec![&a.q, &a.k, &a.v]])?,
+        qkv,
+        qkv_paired,
         q_norm: a.q_norm.as_ref().map(vec).transpose()?,
         k_norm: a.k_norm.as_ref().map(vec).transpose()?,
         o: GpuLinear::upload(g, &[vec![&a.o]])?,

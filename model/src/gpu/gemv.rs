@@ -14,6 +14,7 @@
 
 use crate::error::Result;
 use crate::gpu::device::Gpu;
+use crate::gpu::rope::QkvOut;
 use crate::gpu::weights::{GpuLinear, WeightFormat};
 use crate::launch;
 
@@ -117,6 +118,70 @@ pub fn gemv_max_rows(w: &GpuLinear) -> usize {
     }
 }
 
+/// The FP8 GEMV's grid and K split S for `w` at `smem` bytes of dynamic shared memory. A block
+/// is 8 warps: 8 / S groups of 16 channels (a chunk), each group's K split over S warps. No more
+/// blocks than are resident at once: a block takes every grid-th chunk, its rings streaming on
+/// from one to the next. S evens out the chunks over the resident blocks (the largest share of
+/// chunks by the fewest; ties to the smaller S).
+fn fp8_grid(g: &Gpu, w: &GpuLinear, smem: usize) -> ((u32, u32, u32), usize) {
+    let groups = w.n.div_ceil(16);
+    let resident = (g.blocks_per_sm(smem + GEMV_FP8_STATIC_SMEM, 2) * g.sm_count).max(1);
+    let share = |s: usize| {
+        let chunks = groups.div_ceil(8 / s);
+        chunks as f64 / (chunks.div_ceil(resident) * resident) as f64
+    };
+    let s = [1usize, 2, 4, 8].into_iter().fold(1, |best, s| {
+        if share(s) > share(best) + 1e-9 {
+            s
+        } else {
+            best
+        }
+    });
+    ((groups.div_ceil(8 / s).min(resident) as u32, 1, 1), s)
+}
+
+/// Dynamic shared memory of the FP8 GEMV for rows `a` of `w` (activation `group`): the 8 warps'
+/// weight rings, the staged rows, then the staging scratch (the row, and the norm weight for
+/// mode 1). BF16: the rows as f32, and the norm weight.
+fn gemv_smem(w: &GpuLinear, a: &ActRows, fp8: bool, group: usize) -> usize {
+    let norm = if a.mode == 1 { a.k * 4 } else { 0 };
+    if fp8 {
+        8 * FP8V_RING_BYTES + fp8_rows_bytes(a.n, w.kp, w.k, group) + a.k * 4 + norm
+    } else {
+        a.n * w.kp * 4 + norm
+    }
+}
+
+/// The QKV projection of the `a.n` tokens with RoPE and the KV-cache write as its epilogue
+/// (`gemv_fp8_qkv`; `crate::gpu::rope`): `w` FP8 with q at row 0, k at `k_off` and v at `v_off`,
+/// the rotary rows of q and k paired ([`crate::gpu::rope::paired_rows`]). Ok(false), launching
+/// nothing, where the FP8 GEMV does not apply (BF16 weights included).
+pub fn gemv_qkv_launch(
+    g: &Gpu,
+    w: &GpuLinear,
+    a: &ActRows,
+    out: &QkvOut,
+    (k_off, v_off): (usize, usize),
+) -> Result<bool> {
+    let Some((true, smode, bn, bk, group)) = format_args(w) else {
+        return Ok(false);
+    };
+    if a.n == 0 || a.n > GEMV_MAX_ROWS || w.groups != 1 || a.k != w.k || !a.aligned() {
+        return Ok(false);
+    }
+    let smem = gemv_smem(w, a, true, group);
+    if smem > g.gemv_smem {
+        return Ok(false);
+    }
+    let (grid, s) = fp8_grid(g, w, smem);
+    launch!(g, gemv_fp8_qkv, grid, (256, 1, 1), smem;
+        a.x, a.ldx as i32, a.rows, a.n as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
+        a.up_off as i32, group as i32, w.w.p(), (w.kp * w.elem_bytes()) as i32, w.scales_ptr(),
+        smode, bn, bk, w.bias_ptr(), w.n as i32, s as i32, 0u64, 0i32, 0i32, *out, k_off as i32,
+        v_off as i32)?;
+    Ok(true)
+}
+
 /// `out[r] (= or += by omode 0 / 1) a[r] · Wᵀ (+ bias)` for the `a.n` rows as one GEMV launch.
 /// Ok(false), launching nothing, when it does not apply: more rows than [`gemv_max_rows`], grouped
 /// weights, a block format it does not take, or rows too long for shared memory.
@@ -135,38 +200,14 @@ pub fn gemv_launch(
     if m == 0 || m > gemv_max_rows(w) || w.groups != 1 || a.k != w.k || !a.aligned() {
         return Ok(false);
     }
-    // the staged rows, then the staging scratch (the row, and the norm weight for mode 1); FP8:
-    // the 8 warps' weight rings first
-    let norm = if a.mode == 1 { a.k * 4 } else { 0 };
-    let smem = if fp8 {
-        8 * FP8V_RING_BYTES + fp8_rows_bytes(m, w.kp, w.k, group) + a.k * 4 + norm
-    } else {
-        m * w.kp * 4 + norm
-    };
+    let smem = gemv_smem(w, a, fp8, group);
     if smem > g.gemv_smem {
         return Ok(false);
     }
     let (sw, bias) = (w.scales_ptr(), w.bias_ptr());
     let ldw = (w.kp * w.elem_bytes()) as i32;
     if fp8 {
-        // a block is 8 warps: 8 / S groups of 16 channels (a chunk), each group's K split over S
-        // warps. No more blocks than are resident at once: a block takes every grid-th chunk, its
-        // rings streaming on from one to the next. S evens out the chunks over the resident
-        // blocks (the largest share of chunks by the fewest; ties to the smaller S).
-        let groups = w.n.div_ceil(16);
-        let resident = (g.blocks_per_sm(smem + GEMV_FP8_STATIC_SMEM, 2) * g.sm_count).max(1);
-        let share = |s: usize| {
-            let chunks = groups.div_ceil(8 / s);
-            chunks as f64 / (chunks.div_ceil(resident) * resident) as f64
-        };
-        let s = [1usize, 2, 4, 8].into_iter().fold(1, |best, s| {
-            if share(s) > share(best) + 1e-9 {
-                s
-            } else {
-                best
-            }
-        });
-        let grid = (groups.div_ceil(8 / s).min(resident) as u32, 1, 1);
+        let (grid, s) = fp8_grid(g, w, smem);
         launch!(g, gemv_fp8, grid, (256, 1, 1), smem;
             a.x, a.ldx as i32, a.rows, m as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
             a.up_off as i32, group as i32, w.w.p(), ldw, sw, smode, bn, bk, bias, w.n as i32,

@@ -591,17 +591,61 @@ extern "C" __global__ void __launch_bounds__(256) gemm_bf16_m64(GEMM_ARGS) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// QK-norm (optional), partial NeoX RoPE and the KV-cache write (BF16, or E4M3 with unit scale when
-// kv_fp8, as vLLM's fp8 KV cache without calibrated scales). qkv [T, ldq] f32 holds q at column 0,
-// k at k_off, v at v_off. One warp per (token, head) over q, k and v heads; q goes to q_out
-// [T, nh * d]; k and v to the caches at slots[t] (skipped when < 0).
-extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_off, const int* pos,
-                                   const int* slots, const float* qn, const float* kn, float eps,
-                                   float* q_out, void* kc, void* vc, int nh, int nkv, int d, int rot,
-                                   float theta, int kv_fp8) {
+// Partial NeoX RoPE: dims j and j + rot / 2 (j < rot / 2) of a q or k head turn by pos * theta^(-2j
+// / rot). Its cos and sin, for rope_kv and the QKV GEMV's epilogue alike.
+__device__ __forceinline__ void rope_cs(float p, int j, int rot, float theta, float& c,
+                                        float& s) {
+  float a = p * (1.0f / powf(theta, (float)(2 * j) / (float)rot));
+  c = cosf(a);
+  s = sinf(a);
+}
+
+// "Paired" rotary dims (GpuLayer::qkv_paired): the QKV weight's first rot rows of each q and k head
+// are stored so that a 16-row chunk of the GEMV holds 8 rotary pairs, dim j at row r and its
+// partner j + rot / 2 at row r + 8 (rot a multiple of 16). The row where head dim j is stored.
+__device__ __forceinline__ int rope_row(int j, int rot) {
+  int half = rot / 2, hi = j >= half, i = hi ? j - half : j;
+  return j < rot ? (i >> 3) * 16 + hi * 8 + (i & 7) : j;
+}
+
+// Where q, k and v of a step go: q [T, nh * d] f32; k and v to the caches [slots, nkv, d] at
+// slots[t] (skipped when < 0), BF16, or E4M3 with unit scale when kv_fp8 (vLLM's fp8 KV cache
+// without calibrated scales). Passed by value from the host (gpu/rope.rs QkvOut).
+struct QkvOut {
+  const int* pos;
+  const int* slots;
+  float* q;
+  void* kc;
+  void* vc;
+  int nh, nkv, d, rot, kv_fp8;
+  float theta;
+};
+
+// Head dim j of token t's head hi of kind 0 (q), 1 (k) or 2 (v), value v.
+__device__ __forceinline__ void qkv_put(const QkvOut& o, int kind, int t, int hi, int j, float v) {
+  if (kind == 0) {
+    o.q[((size_t)t * o.nh + hi) * o.d + j] = v;
+    return;
+  }
+  int slot = o.slots[t];
+  if (slot < 0) return;
+  size_t i = ((size_t)slot * o.nkv + hi) * o.d + j;
+  void* c = kind == 1 ? o.kc : o.vc;
+  if (o.kv_fp8)
+    ((u8*)c)[i] = f2e4m3(v);
+  else
+    ((u16*)c)[i] = f2bf(v);
+}
+
+// QK-norm (optional), partial NeoX RoPE and the KV-cache write. qkv [T, ldq] f32 holds q at column
+// 0, k at k_off, v at v_off (rotary dims paired, rope_row, when `paired`). One warp per (token,
+// head) over q, k and v heads (qkv_put).
+extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_off, QkvOut o,
+                                   const float* qn, const float* kn, float eps, int paired) {
   TRACE_DECL(TAG_ROPE);
   PDL_ENTRY();
   extern __shared__ float hbuf[];
+  int nh = o.nh, nkv = o.nkv, d = o.d, rot = o.rot;
   int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int head = blockIdx.y * 8 + warp;
   if (head >= nh + 2 * nkv) return;
@@ -621,19 +665,11 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
     hi = head - nh - nkv;
     src = qkv + (size_t)t * ldq + v_off + hi * d;
   }
-  int slot = slots[t];
   if (kind == 2) {
-    if (slot >= 0)
-      for (int j = lane; j < d; j += 32) {
-        size_t o = ((size_t)slot * nkv + hi) * d + j;
-        if (kv_fp8)
-          ((u8*)vc)[o] = f2e4m3(src[j]);
-        else
-          ((u16*)vc)[o] = f2bf(src[j]);
-      }
+    for (int j = lane; j < d; j += 32) qkv_put(o, 2, t, hi, j, src[j]);
     return;
   }
-  for (int j = lane; j < d; j += 32) hb[j] = src[j];
+  for (int j = lane; j < d; j += 32) hb[j] = src[paired ? rope_row(j, rot) : j];
   __syncwarp();
   const float* nw = kind == 0 ? qn : kn;
   if (nw) {
@@ -646,7 +682,7 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
     __syncwarp();
   }
   int half = rot / 2;
-  float p = (float)pos[t];
+  float p = (float)o.pos[t];
   float outv[8];
 #pragma unroll
   for (int i = 0; i < 8; i++) {
@@ -654,10 +690,8 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
     if (j >= d) break;
     float v = hb[j];
     if (j < rot) {
-      int fi = j < half ? j : j - half;
-      float inv = 1.0f / powf(theta, (float)(2 * fi) / (float)rot);
-      float a = p * inv;
-      float c = cosf(a), s = sinf(a);
+      float c, s;
+      rope_cs(p, j < half ? j : j - half, rot, o.theta, c, s);
       v = j < half ? hb[j] * c - hb[j + half] * s : hb[j] * c + hb[j - half] * s;
     }
     outv[i] = v;
@@ -666,15 +700,7 @@ extern "C" __global__ void rope_kv(const float* qkv, int ldq, int k_off, int v_o
   for (int i = 0; i < 8; i++) {
     int j = lane + 32 * i;
     if (j >= d) break;
-    if (kind == 0) {
-      q_out[((size_t)t * nh + hi) * d + j] = outv[i];
-    } else if (slot >= 0) {
-      size_t o = ((size_t)slot * nkv + hi) * d + j;
-      if (kv_fp8)
-        ((u8*)kc)[o] = f2e4m3(outv[i]);
-      else
-        ((u16*)kc)[o] = f2bf(outv[i]);
-    }
+    qkv_put(o, kind, t, hi, j, outv[i]);
   }
   TRACE_MARK(1);
   TRACE_FLUSH();
@@ -856,8 +882,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   int s = row_seq[row0];
   if (s < 0) {  // a padding row of a graph bucket: attends to nothing
     PDL_WAIT();
-    if (split == 0)
-      for (int i = tid; i < G * D; i += blockDim.x) out[((size_t)row0 * nh + kvh * G) * D + i] = 0.f;
+    if (split == 0) {  // the row's G heads of this KV head, consecutive
+      float* o = attn_out_row(out, row0, 0, G, nh, kvh, D);
+      for (int i = tid; i < G * D; i += blockDim.x) o[i] = 0.f;
+    }
     return;
   }
   // where (row, head) pair m of the tile puts its output, and where this block puts its split's
@@ -1980,18 +2008,76 @@ __device__ __forceinline__ void fp8v_slice(int nsteps, int S, int si, int smode,
   s1 = min(nsteps, s0 + per);
 }
 
+// The QKV GEMV's epilogue for the chunk of 16 channels from c0 (acc: the mma C fragment, rows
+// 2 tig / 2 tig + 1 of channels c0 + gid / c0 + gid + 8): scales and bias, then RoPE and the
+// writes (qkv_put). A chunk lies within one head (d a multiple of 16); channels in padding rows
+// between or after the parts are dropped.
+__device__ __forceinline__ void qkv_chunk(const QkvOut& o, int c0, const float (&acc)[4], int M,
+                                          int k_off, int v_off, int smode,
+                                          const float* asc, int ng, const float* sw,
+                                          const float* bias) {
+  int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+  int kind = 0, off = 0, heads = o.nh;
+  if (c0 >= v_off) {
+    kind = 2;
+    off = v_off;
+    heads = o.nkv;
+  } else if (c0 >= k_off) {
+    kind = 1;
+    off = k_off;
+    heads = o.nkv;
+  }
+  int hi = (c0 - off) / o.d, l0 = (c0 - off) % o.d;
+  if (hi >= heads) return;
+  bool rot = kind < 2 && l0 < o.rot;
+  // a rotary chunk holds dims i (row gid) and i + rot / 2 (row gid + 8); else dims l0 + row
+  int j0 = rot ? (l0 >> 4) * 8 + gid : l0 + gid, j1 = rot ? j0 + o.rot / 2 : j0 + 8;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    int m = tig * 2 + h;
+    if (m >= M) continue;
+    float v[2];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+      int n = c0 + gid + 8 * u;
+      v[u] = acc[h + 2 * u];
+      if (smode == 1) v[u] *= asc[m * ng] * sw[n];
+      if (bias) v[u] += bias[n];
+    }
+    if (rot) {
+      float c, s;
+      rope_cs((float)o.pos[m], j0, o.rot, o.theta, c, s);
+      float a = v[0];
+      v[0] = a * c - v[1] * s;
+      v[1] = v[1] * c + a * s;
+    }
+    qkv_put(o, kind, m, hi, j0, v[0]);
+    qkv_put(o, kind, m, hi, j1, v[1]);
+  }
+}
+
 // Dense FP8 GEMV: out[r, c] (= or += by omode 0 / 1) for M <= 8 rows (gathered through `rows`
 // when non-null) prepared by in_mode, plus bias. A block's 8 warps are 8 / S channel groups of 16,
 // each group's K split over S warps (few channels, long K: enough blocks to fill the GPU); block b
 // takes the block-sized chunks b, b + grid, ... of the N / (16 * 8 / S). bk_blk a multiple of 64
 // (smode 2). Dynamic shared memory: the weight rings (8 * FP8V_RING), M * kp f16
 // (rows) + M * ng floats (scales, 4-aligned) + K floats of scratch (2 K for in_mode 1).
-extern "C" __global__ void __launch_bounds__(256, 2)
-    gemv_fp8(const float* __restrict__ x, int ldx, const int* __restrict__ rows, int M, int K,
-             int kp, int in_mode, const float* __restrict__ nw, float eps, int up_off, int group,
-             const u8* __restrict__ W, int ldw, const float* __restrict__ sw, int smode, int bn_blk,
-             int bk_blk, const float* __restrict__ bias, int N, int S, float* __restrict__ out,
-             int ldc, int omode) {
+// QKV (gemv_fp8_qkv): the QKV projection of M tokens with rope_kv's work as its epilogue, q at
+// column 0, k at k_off, v at v_off, rotary dims paired (rope_row): a lane's fragment holds both
+// dims of a rotary pair for its two rows, so it turns them and puts q, k and v where rope_kv would
+// (qkv_put; out, ldc and omode unused).
+#define GEMV_FP8_ARGS                                                                          \
+  const float *__restrict__ x, int ldx, const int *__restrict__ rows, int M, int K, int kp,     \
+      int in_mode, const float *__restrict__ nw, float eps, int up_off, int group,             \
+      const u8 *__restrict__ W, int ldw, const float *__restrict__ sw, int smode, int bn_blk,   \
+      int bk_blk, const float *__restrict__ bias, int N, int S, float *__restrict__ out, int ldc, \
+      int omode
+#define GEMV_FP8_PASS                                                                       \
+  x, ldx, rows, M, K, kp, in_mode, nw, eps, up_off, group, W, ldw, sw, smode, bn_blk, bk_blk, \
+      bias, N, S, out, ldc, omode
+template <bool QKV>
+__device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, int k_off,
+                                              int v_off) {
   TRACE_DECL(TAG_GEMV);
   extern __shared__ __align__(16) u8 fsm[];
   __shared__ float red[32];
@@ -2042,22 +2128,34 @@ extern "C" __global__ void __launch_bounds__(256, 2)
       __syncthreads();  // kred is rewritten for the next chunk
       if (si != 0) continue;
     }
+    if (QKV) {
+      qkv_chunk(qo, c0, acc, M, k_off, v_off, smode, asc, ng, sw, bias);
+    } else {
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
-      if (m >= M || n >= N) continue;
-      float v = acc[i];
-      if (smode == 1) v *= asc[m * ng] * sw[n];
-      if (bias) v += bias[n];
-      float* o = out + (size_t)m * ldc + n;
-      if (omode == 1)
-        *o += v;
-      else
-        *o = v;
+      for (int i = 0; i < 4; i++) {
+        int n = c0 + gid + (i >= 2 ? 8 : 0), m = tig * 2 + (i & 1);
+        if (m >= M || n >= N) continue;
+        float v = acc[i];
+        if (smode == 1) v *= asc[m * ng] * sw[n];
+        if (bias) v += bias[n];
+        float* o = out + (size_t)m * ldc + n;
+        if (omode == 1)
+          *o += v;
+        else
+          *o = v;
+      }
     }
   }
   TRACE_MARK(5);
   TRACE_FLUSH();
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gemv_fp8(GEMV_FP8_ARGS) {
+  gemv_fp8_impl<false>(GEMV_FP8_PASS, QkvOut{}, 0, 0);
+}
+extern "C" __global__ void __launch_bounds__(256, 2)
+    gemv_fp8_qkv(GEMV_FP8_ARGS, QkvOut qo, int k_off, int v_off) {
+  gemv_fp8_impl<true>(GEMV_FP8_PASS, qo, k_off, v_off);
 }
 
 // 8 bf16 of a 16-byte chunk as f32.

@@ -12,6 +12,7 @@
 //! - [`device`]: context, stream, NVRTC module, device buffers and the launch helper.
 //! - [`blaslt`]: cuBLASLt for the dense GEMMs (and, for large steps, the experts), loaded at run time.
 //! - [`gemv`]: GEMVs for decode-size batches (norm/quant fused; the MoE experts in two launches).
+//! - [`rope`]: RoPE and the KV-cache write after the QKV projection (or in its GEMV's epilogue).
 //! - [`weights`]: linear layers on the device (BF16, FP8 per-channel, FP8 block), fused and grouped.
 //! - [`engine`]: the model, its workspace, the step (eager or graph) and memory planning; its `mtp`
 //!   part: the verify step and the MTP draft layer (speculative decoding).
@@ -20,6 +21,7 @@ pub mod blaslt;
 pub mod device;
 pub mod engine;
 pub mod gemv;
+pub mod rope;
 pub mod weights;
 
 pub use blaslt::BlasLt;
@@ -28,4 +30,7 @@ pub use engine::{
     gemm_launch, prep_threads, router_launch, sample_launch, sample_part_bytes, topk_smem,
     GpuModel, GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
-pub use gemv::{gemv_launch, gemv_max_rows, ActRows, MoeGemv, MoeGemvConfig, GEMV_MAX_ROWS};
+pub use gemv::{
+    gemv_launch, gemv_max_rows, gemv_qkv_launch, ActRows, MoeGemv, MoeGemvConfig, GEMV_MAX_ROWS,
+};
+pub use rope::{paired_rows, rope_kv_launch, QkvOut};

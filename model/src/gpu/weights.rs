@@ -160,6 +160,19 @@ impl GpuLinear {
     /// width in every group). FP8 parts keep their bytes and scales when every part agrees on the
     /// scheme (and block sizes suit the kernel); anything else goes to the device as BF16.
     pub fn upload(g: &Gpu, groups: &[Vec<&Linear<CpuBackend>>]) -> Result<Self> {
+        Ok(Self::upload_ordered(g, groups, None)?.0)
+    }
+
+    /// [`GpuLinear::upload`] with the fused rows stored in the order `order` gives for the parts'
+    /// row offsets and the fused rows `n` (entry `r`: the fused row stored at row `r`, a
+    /// permutation of all `n`), their scales and bias with them; and whether they are. Block
+    /// scales stay where they are: an order that moves a row out of its block of rows is not
+    /// applied.
+    pub fn upload_ordered(
+        g: &Gpu,
+        groups: &[Vec<&Linear<CpuBackend>>],
+        order: Option<&RowOrder>,
+    ) -> Result<(Self, bool)> {
         let first = &groups[0];
         let k = in_features(first[0]);
         let part_rows: Vec<usize> = first.iter().map(|l| out_features(l)).collect();
@@ -234,7 +247,23 @@ impl GpuLinear {
             }
             scales.extend(gscales);
         }
-        Ok(Self {
+        let order = order.map(|f| f(&parts, n)).filter(|order| match format {
+            WeightFormat::Fp8Block { bn, .. } => {
+                order.iter().enumerate().all(|(r, &o)| r / bn == o / bn)
+            }
+            _ => true,
+        });
+        if let Some(order) = &order {
+            reorder_rows(
+                &mut w,
+                &mut scales,
+                bias.as_mut(),
+                (n, kp * elem),
+                format,
+                order,
+            )?;
+        }
+        let linear = Self {
             format,
             n,
             k,
@@ -246,8 +275,53 @@ impl GpuLinear {
                 .then(|| DevBuf::from_host(g, &scales))
                 .transpose()?,
             bias: bias.map(|b| DevBuf::from_host(g, &b)).transpose()?,
-        })
+        };
+        Ok((linear, order.is_some()))
     }
+}
+
+/// A stored row order from a fused weight's part offsets and rows ([`GpuLinear::upload_ordered`]).
+pub type RowOrder = dyn Fn(&[usize], usize) -> Vec<usize>;
+
+/// Stores row `order[r]` of each group of `n` rows (`row_bytes` each) at row `r`, with its
+/// per-channel scale and bias (block scales stay where they are: the caller keeps each row in its
+/// block).
+fn reorder_rows(
+    w: &mut [u8],
+    scales: &mut [f32],
+    bias: Option<&mut Vec<f32>>,
+    (n, row_bytes): (usize, usize),
+    format: WeightFormat,
+    order: &[usize],
+) -> Result<()> {
+    let mut seen = vec![false; n];
+    for &o in order {
+        if o >= n || std::mem::replace(&mut seen[o], true) {
+            return Err(ModelError::Input(
+                "a row order that is not a permutation".into(),
+            ));
+        }
+    }
+    if order.len() != n {
+        return Err(ModelError::Input("a row order of the wrong length".into()));
+    }
+    for group in w.chunks_mut(n * row_bytes) {
+        let moved: Vec<u8> = order
+            .iter()
+            .flat_map(|&o| group[o * row_bytes..(o + 1) * row_bytes].iter().copied())
+            .collect();
+        group.copy_from_slice(&moved);
+    }
+    if format == WeightFormat::Fp8Channel {
+        for group in scales.chunks_mut(n) {
+            let moved: Vec<f32> = order.iter().map(|&o| group[o]).collect();
+            group.copy_from_slice(&moved);
+        }
+    }
+    if let Some(b) = bias {
+        *b = order.iter().map(|&o| b[o]).collect();
+    }
+    Ok(())
 }
 
 fn scales_len(f: WeightFormat, n: usize, k: usize) -> usize {
