@@ -403,3 +403,32 @@ pub fn fill_const(g: &Gpu, ptr: u64, n: usize, v: f32) -> Result<()> {
     let grid = ((n as u64 / 256).clamp(1, 65_535) as u32, 1, 1);
     crate::launch!(g, fill_f32, grid, (256, 1, 1), 0; ptr, n as u64, v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reorder_rows_moves_bytes_scales_and_bias_together() {
+        // two groups of 3 rows of 2 bytes; stored row r is row order[r]
+        let mut w: Vec<u8> = (0..12).collect();
+        let mut scales = vec![0.1, 0.2, 0.3, 1.1, 1.2, 1.3];
+        let mut bias = vec![10.0, 20.0, 30.0];
+        let order = [2, 0, 1];
+        let f = WeightFormat::Fp8Channel;
+        reorder_rows(&mut w, &mut scales, Some(&mut bias), (3, 2), f, &order).unwrap();
+        assert_eq!(w, [4, 5, 0, 1, 2, 3, 10, 11, 6, 7, 8, 9]);
+        assert_eq!(scales, [0.3, 0.1, 0.2, 1.3, 1.1, 1.2]);
+        assert_eq!(bias, [30.0, 10.0, 20.0]);
+        // block scales stay where they are
+        let mut blocks = vec![0.5, 0.7];
+        let f = WeightFormat::Fp8Block { bn: 128, bk: 128 };
+        reorder_rows(&mut w, &mut blocks, None, (3, 2), f, &order).unwrap();
+        assert_eq!(blocks, [0.5, 0.7]);
+        // not a permutation, or the wrong length
+        for bad in [&[0, 0, 1][..], &[0, 1][..], &[0, 1, 3][..]] {
+            let f = WeightFormat::Bf16;
+            assert!(reorder_rows(&mut w, &mut [], None, (3, 2), f, bad).is_err());
+        }
+    }
+}
