@@ -516,6 +516,7 @@ struct Switches {
     moe_flat: bool,
     moe_paired: bool,
     qkv_rope: bool,
+    attn_cluster: bool,
 }
 
 impl Switches {
@@ -528,6 +529,7 @@ impl Switches {
             moe_flat: m.moe_flat(),
             moe_paired: m.moe_paired(),
             qkv_rope: m.qkv_rope(),
+            attn_cluster: m.attn_cluster(),
         }
     }
 
@@ -538,13 +540,15 @@ impl Switches {
         m.set_moe_flat(self.moe_flat);
         m.set_moe_paired(self.moe_paired);
         m.set_qkv_rope(self.qkv_rope);
+        m.set_attn_cluster(self.attn_cluster);
     }
 
     fn json(&self) -> Value {
         json!({"attn_blocks_per_sm": self.attn_blocks_per_sm,
             "pdl_graph_batch": self.pdl_graph_batch.min(1 << 20), "gemv_rows": self.gemv_rows,
             "moe_gemv_tokens": self.moe_gemv_tokens, "moe_flat": self.moe_flat,
-            "moe_paired": self.moe_paired, "qkv_rope": self.qkv_rope})
+            "moe_paired": self.moe_paired, "qkv_rope": self.qkv_rope,
+            "attn_cluster": self.attn_cluster})
     }
 }
 
@@ -580,6 +584,10 @@ fn decode_sweep(c: &Glm4MoeConfig, defaults_only: bool) -> Res<Value> {
     vary(format!("QKV GEMV applies RoPE {}", !d.qkv_rope), &|s| {
         s.qkv_rope = !d.qkv_rope
     });
+    vary(
+        format!("attention splits merged in a cluster {}", !d.attn_cluster),
+        &|s| s.attn_cluster = !d.attn_cluster,
+    );
     for n in [1usize, 2, 8]
         .into_iter()
         .filter(|&n| n != d.attn_blocks_per_sm)

@@ -113,6 +113,10 @@ pub struct Gpu {
     /// ([`Gpu::set_capturing`]) go without it unless [`Gpu::pdl_graphs`] (the engine sets that
     /// per batch bucket: `GpuModel::pdl_graph_batch`). `GLMFLEET_PDL=0` turns it off.
     pub pdl: bool,
+    /// Kernels can run as thread-block clusters of up to 16 blocks (sm_90 and newer; the attention
+    /// kernels allow the 16 beyond the portable 8): blocks of a cluster read each other's shared
+    /// memory (`launch!`'s `cluster` form).
+    pub clusters: bool,
     /// PDL also for launches being captured into a graph ([`Gpu::set_pdl_graphs`]).
     pdl_graphs: AtomicBool,
     /// Set while a graph is being captured on our stream: launches then go without PDL, and the
@@ -266,6 +270,29 @@ impl Gpu {
         ] {
             raise_smem_limit(func, gemv_smem, "raising the GEMV shared-memory limit")?;
         }
+        let clusters = major >= 9
+            && ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH)
+                .is_ok_and(|v| v != 0);
+        if clusters {
+            for func in [
+                &f.attn_d32,
+                &f.attn_d64,
+                &f.attn_d128,
+                &f.attn_f8_d32,
+                &f.attn_f8_d64,
+                &f.attn_f8_d128,
+                &f.attn_f8h_d32,
+                &f.attn_f8h_d64,
+                &f.attn_f8h_d128,
+            ] {
+                func.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                    1,
+                )
+                .map_err(dev_err("allowing 16-block clusters"))?;
+            }
+        }
         let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -279,6 +306,7 @@ impl Gpu {
             gemv_smem,
             smem_per_sm,
             pdl: major >= 9 && std::env::var("GLMFLEET_PDL").map_or(true, |v| v != "0"),
+            clusters,
             pdl_graphs: AtomicBool::new(false),
             capturing: AtomicBool::new(false),
             staging: Mutex::new(None),
@@ -334,24 +362,35 @@ impl Gpu {
     }
 
     /// Launches `f` on our stream with `params` (pointers to each argument's value), with the
-    /// programmatic-dependent-launch attribute when [`Gpu::pdl`] and no graph is being captured
-    /// (use [`launch!`]).
+    /// programmatic-dependent-launch attribute when [`Gpu::pdl`] and no graph is being captured,
+    /// as clusters of `cluster_z` blocks along z when above 1 (use [`launch!`]).
     ///
     /// # Safety
     /// `params` must match the kernel's parameters in number, order and types.
     pub unsafe fn launch_raw(
         &self,
         f: &CudaFunction,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
+        (grid, block, smem): ((u32, u32, u32), (u32, u32, u32), u32),
+        cluster_z: u32,
         params: &mut [*mut std::ffi::c_void],
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         self.ctx.bind_to_thread()?;
-        // SAFETY: a plain C struct (id, padding, value union) for which zero is valid
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        // SAFETY: plain C structs (id, padding, value union) for which zero is valid
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n = 0;
+        if self.pdl && (self.pdl_graphs() || !self.capturing()) {
+            attrs[n].id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attrs[n].value.programmaticStreamSerializationAllowed = 1;
+            n += 1;
+        }
+        if cluster_z > 1 {
+            attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attrs[n].value.clusterDim.x = 1;
+            attrs[n].value.clusterDim.y = 1;
+            attrs[n].value.clusterDim.z = cluster_z;
+            n += 1;
+        }
         let cfg = sys::CUlaunchConfig {
             gridDimX: grid.0,
             gridDimY: grid.1,
@@ -361,8 +400,8 @@ impl Gpu {
             blockDimZ: block.2,
             sharedMemBytes: smem,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: u32::from(self.pdl && (self.pdl_graphs() || !self.capturing())),
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n as u32,
         };
         // SAFETY: the caller vouches for `params`; the config outlives the call
         unsafe {
@@ -512,11 +551,16 @@ impl DevBuf {
     }
 }
 
-/// Launches a kernel of [`Funcs`] on the GPU's stream: `launch!(gpu, name, grid, block, smem; args...)`.
-/// Pointer arguments are `u64` device addresses (0 = null).
+/// Launches a kernel of [`Funcs`] on the GPU's stream: `launch!(gpu, name, grid, block, smem; args...)`,
+/// or as clusters of `z` blocks along the grid's z (which it must divide; [`Gpu::clusters`]):
+/// `launch!(gpu, name, grid, block, smem, cluster z; args...)`. Pointer arguments are `u64` device
+/// addresses (0 = null).
 #[macro_export]
 macro_rules! launch {
-    ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {{
+    ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {
+        $crate::launch!($g, $f, $grid, $block, $smem, cluster 1u32; $($arg),*)
+    };
+    ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr, cluster $cz:expr; $($arg:expr),* $(,)?) => {{
         let g: &$crate::gpu::Gpu = &$g;
         let (grid, block, smem): ((u32, u32, u32), (u32, u32, u32), u32) =
             ($grid, $block, ($smem) as u32);
@@ -525,7 +569,8 @@ macro_rules! launch {
         $( let a = $arg; params.push(&a as *const _ as *mut ::core::ffi::c_void); )*
         let f = &g.f.$f;
         // SAFETY: the kernel's parameters are these values in this order (kernels.cu)
-        unsafe { g.launch_raw(f, grid, block, smem, &mut params) }
+        let cz: u32 = $cz;
+        unsafe { g.launch_raw(f, (grid, block, smem), cz, &mut params) }
             .map_err($crate::gpu::device::dev_err(stringify!($f)))
     }};
 }

@@ -341,6 +341,10 @@ pub struct GpuModel {
     /// layer's rotary rows are paired ([`crate::gpu::rope`]; `GLMFLEET_QKV_ROPE=0` leaves it to
     /// `rope_kv`).
     qkv_rope: bool,
+    /// Whether a decode step's attention key splits (one-row tiles, BF16 cache) run as one
+    /// thread-block cluster a (tile, KV head) that merges them in shared memory, where the device
+    /// has clusters (`GLMFLEET_ATTN_CLUSTER=0`: the last split block merges them through L2).
+    attn_cluster: bool,
     /// Attention blocks an SM that key splits aim for (`GLMFLEET_ATTN_BLOCKS_PER_SM`; 0, the
     /// default, by the step's tiles: [`ATTN_TWO_BLOCKS_TILES`]): fewer splits mean fewer partial
     /// results to merge, more mean shorter blocks.
@@ -581,6 +585,7 @@ impl GpuModel {
             moe_flat: std::env::var("GLMFLEET_MOE_FLAT").map_or(true, |v| v != "0"),
             moe_paired: std::env::var("GLMFLEET_MOE_PAIRED").map_or(true, |v| v != "0"),
             qkv_rope: std::env::var("GLMFLEET_QKV_ROPE").map_or(true, |v| v != "0"),
+            attn_cluster: std::env::var("GLMFLEET_ATTN_CLUSTER").map_or(true, |v| v != "0"),
             attn_blocks_per_sm: env_usize("GLMFLEET_ATTN_BLOCKS_PER_SM", 0),
             pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
             mtp,
@@ -757,6 +762,16 @@ impl GpuModel {
     /// Sets [`GpuModel::qkv_rope`] (captured graphs are dropped).
     pub fn set_qkv_rope(&mut self, on: bool) {
         set_baked(&mut self.graphs, &mut self.qkv_rope, on);
+    }
+
+    /// Whether decode attention merges its splits in a cluster ([`GpuModel::attn_cluster`]).
+    pub fn attn_cluster(&self) -> bool {
+        self.attn_cluster
+    }
+
+    /// Sets [`GpuModel::attn_cluster`] (captured graphs are dropped).
+    pub fn set_attn_cluster(&mut self, on: bool) {
+        set_baked(&mut self.graphs, &mut self.attn_cluster, on);
     }
 
     /// The device the model runs on.
@@ -1242,15 +1257,25 @@ impl GpuModel {
         // (batch 1: 6.66 against 6.77 ms a step, runs 44/46); several rows: attn_combine
         let fused = splits > 1 && tiles == t;
         let done = if fused { ws.attn_done.p() } else { 0 };
+        // fused splits as one thread-block cluster a (tile, kv head), merged in shared memory,
+        // when every block has an SM of its own (batch 1: 3.6% faster; batch 2-8, two blocks an
+        // SM: 3-4% slower, run 96) and the cache is BF16 (the FP8 kernels spilled with it)
+        let one_per_sm = tiles * nkv * splits <= g.sm_count;
+        let cluster = if fused && one_per_sm && self.attn_cluster && g.clusters && !self.opts.kv_fp8
+        {
+            splits as u32
+        } else {
+            1
+        };
         let grid = (tiles as u32, nkv as u32, splits as u32);
         macro_rules! attn {
             ($f:ident) => {
-                launch!(g, $f, grid, (128, 1, 1), attn_smem(d);
+                launch!(g, $f, grid, (128, 1, 1), attn_smem(d), cluster cluster;
                     ws.q.p(), kc.p(), vc.p(), ws.meta_at(Meta::AttnTiles),
                     ws.meta_at(Meta::AttnTileCount), ws.meta_at(Meta::RowSeq), ws.meta_at(Meta::Pos),
                     ws.meta_at(Meta::BlockTables), ws.meta_at(Meta::Stride),
                     self.opts.block_size as i32, ws.o.p(), part, done, nh as i32, nkv as i32,
-                    (d as f32).powf(-0.5))
+                    (d as f32).powf(-0.5), i32::from(cluster > 1))
             };
         }
         match (d, self.opts.kv_fp8, self.fp8_attn_f16) {

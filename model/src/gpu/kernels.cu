@@ -792,6 +792,50 @@ __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsp
   }
 }
 
+// Every block of the thread-block cluster has written what it shares (release), and can read the
+// others' (acquire).
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
+// attn_merge of pair m by one warp for the blocks of a thread-block cluster (attn_impl's cl):
+// split sp's (O, m, l) of the pair lies in the shared memory of the cluster's block of rank sp, at
+// cb + m (D + 2) floats (cb: the address in the shared window, the same in every block); read
+// after the cluster's barrier. The same sums in the same order as attn_merge.
+template <typename OutOf>
+__device__ void attn_merge_cluster(u32 cb, int m, int nsplit, int D, OutOf o_of) {
+  int lane = threadIdx.x & 31;
+  auto ld = [&](int sp, int off) {  // floats off, off + 1 of split sp's row of the pair
+    u32 a;
+    float2 v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+                 : "=r"(a)
+                 : "r"(cb + (u32)((m * (D + 2) + off) * 4)), "r"(sp));
+    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(a));
+    return v;
+  };
+  float2 ml = lane < nsplit ? ld(lane, D) : make_float2(NEG_INF, 0.f);
+  float mx = warp_max(ml.x);
+  float f = ml.x == NEG_INF ? 0.f : __expf(ml.x - mx);
+  float L = warp_sum(ml.y * f);
+  float inv = L > 0.f ? 1.f / L : 0.f;
+  for (int d0 = 0; d0 < D; d0 += 64) {  // every lane at every shuffle (D 32: half the lanes idle)
+    int d = d0 + 2 * lane;
+    float2 v[16];
+#pragma unroll
+    for (int sp = 0; sp < 16; sp++)
+      v[sp] = sp < nsplit && d < D ? ld(sp, d) : make_float2(0.f, 0.f);
+    float2 a = make_float2(0.f, 0.f);
+#pragma unroll
+    for (int sp = 0; sp < 16; sp++) {
+      float fs = __shfl_sync(0xffffffffu, f, sp);
+      a.x += fs * v[sp].x;
+      a.y += fs * v[sp].y;
+    }
+    if (d < D) *(float2*)(o_of(m) + d) = make_float2(a.x * inv, a.y * inv);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Paged GQA attention on tensor cores (FlashAttention-2 style), prefill and decode alike. A block
 // takes one KV head and a tile of up to QR = 64 / G consecutive query rows of one sequence: the
@@ -808,7 +852,9 @@ __device__ void attn_merge(const float* pb, int m0, int mstep, int mend, int nsp
 // blockIdx.z splits the keys
 // (flash-decoding): with part != 0 each split writes its (m, l, O); with `done` the last split
 // block of a (tile, kv head) to finish (a counter per pair, left at zero) merges them into out
-// (attn_merge), else attn_combine does.
+// (attn_merge), else attn_combine does. With cl (BF16 caches), the z blocks of a (tile, kv head)
+// are one thread-block cluster: the splits stay in their blocks' shared memory and every block
+// merges a share of the pairs from all of them after the cluster's barrier (attn_merge_cluster).
 // Dynamic shared memory: attn_smem(D) bytes (device.rs).
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
   return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
@@ -861,7 +907,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
                                           const int* tiles, const int* ntiles, const int* row_seq,
                                           const int* pos, const int* btab, const int* btab_stride,
                                           int bs, float* out, float* part, int* done, int nh,
-                                          int nkv, float scale) {
+                                          int nkv, float scale, int cl) {
   constexpr int KT = 64;
   constexpr int KS = D + 8;        // bf16 row stride (elements): 16-byte rows, conflict-free
   constexpr int K8 = D + 16;       // fp8 row stride (bytes)
@@ -890,15 +936,31 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   }
   // where (row, head) pair m of the tile puts its output, and where this block puts its split's
   // (O, m, l) of pair m (D + 2 floats)
+  // (cl: in shared memory, past the four-warp merge's sO, sM, sL; BF16 caches only: with it the
+  // FP8 kernels spilled)
+  if (F8) cl = 0;
   auto out_row = [&](int m) { return attn_out_row(out, row0, m, G, nh, kvh, D); };
+  float* cpart = (float*)smem + 4 * 16 * D + 128;
   auto part_row = [&](int m) {
+    if (cl) return cpart + (size_t)m * (D + 2);
     return part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2);
   };
   // the last of the pair's split blocks to get here merges the splits, a warp per MERGE_P (row,
   // head) pairs (a block-wide merge, (m, l) of all pairs first, then 4 outputs a thread over all
   // splits, was slower: 30.8 against 23.4 µs at batch 1, run 47)
+  // cl: the grid's z blocks of a (tile, kv head) are one thread-block cluster, which keeps the
+  // splits in shared memory and merges them there: every block its share of the pairs, a warp a
+  // pair (12 of 16 blocks at batch 1), with no count and no round trip to L2
   __shared__ int last;
   auto merge_splits = [&]() {
+    if (cl) {
+      cluster_sync();
+      int nw = blockDim.x >> 5;
+      for (int m = split * nw + warp; m < nrows * G; m += nsplit * nw)
+        attn_merge_cluster(smem_addr(cpart), m, nsplit, D, out_row);
+      cluster_sync();  // the others' reads of this block's splits are done before it leaves
+      return;
+    }
     __threadfence();  // this block's split before its count
     __syncthreads();
     int* cnt = done + (size_t)tile * nkv + kvh;
@@ -1151,7 +1213,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       }
     }
     TRACE_MARK(6);
-    if (part && done) merge_splits();
+    if (cl || (part && done)) merge_splits();
     TRACE_MARK(7);
     TRACE_FLUSH();
     return;
@@ -1181,7 +1243,7 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
     }
   }
   TRACE_MARK(6);
-  if (part && done) merge_splits();
+  if (cl || (part && done)) merge_splits();
   TRACE_MARK(7);
   TRACE_FLUSH();
 }
@@ -1192,9 +1254,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 #define ATTN_ARGS                                                                              \
   const float *q, const void *kc, const void *vc, const int *tiles, const int *ntiles,         \
       const int *row_seq, const int *pos, const int *btab, const int *btab_stride, int bs,     \
-      float *out, float *part, int *done, int nh, int nkv, float scale
-#define ATTN_PASS                                                                              \
-  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale
+      float *out, float *part, int *done, int nh, int nkv, float scale, int cl
+#define ATTN_PASS                                                                             \
+  kc, vc, q, tiles, ntiles, row_seq, pos, btab, btab_stride, bs, out, part, done, nh, nkv, scale, \
+      cl
 #define ATTN_KERNELS(D)                                                                        \
   extern "C" __global__ void __launch_bounds__(128) attn_d##D(ATTN_ARGS) {                     \
     attn_impl<D, false, false>(ATTN_PASS);                                                     \
