@@ -373,6 +373,11 @@ const DEFAULT_GEMV_ROWS: usize = 1;
 const DEFAULT_MOE_GEMV_TOKENS: usize = 8;
 
 /// A count from the environment (`default` when unset or unreadable).
+/// A switch that is on unless the environment sets it to "0".
+fn env_on(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| v != "0")
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -578,14 +583,14 @@ impl GpuModel {
             blaslt,
             spare_host: std::cell::Cell::new(Vec::new()),
             logits_ready: 0,
-            fp8_attn_f16: std::env::var("GLMFLEET_FP8_ATTN_F16").map_or(true, |v| v != "0"),
-            truncation: std::env::var("GLMFLEET_DEVICE_TRUNCATION").map_or(true, |v| v != "0"),
+            fp8_attn_f16: env_on("GLMFLEET_FP8_ATTN_F16"),
+            truncation: env_on("GLMFLEET_DEVICE_TRUNCATION"),
             gemv_rows: env_usize("GLMFLEET_GEMV_ROWS", DEFAULT_GEMV_ROWS).min(GEMV_MAX_ROWS),
             moe_gemv_tokens: env_usize("GLMFLEET_MOE_GEMV_TOKENS", DEFAULT_MOE_GEMV_TOKENS),
-            moe_flat: std::env::var("GLMFLEET_MOE_FLAT").map_or(true, |v| v != "0"),
-            moe_paired: std::env::var("GLMFLEET_MOE_PAIRED").map_or(true, |v| v != "0"),
-            qkv_rope: std::env::var("GLMFLEET_QKV_ROPE").map_or(true, |v| v != "0"),
-            attn_cluster: std::env::var("GLMFLEET_ATTN_CLUSTER").map_or(true, |v| v != "0"),
+            moe_flat: env_on("GLMFLEET_MOE_FLAT"),
+            moe_paired: env_on("GLMFLEET_MOE_PAIRED"),
+            qkv_rope: env_on("GLMFLEET_QKV_ROPE"),
+            attn_cluster: env_on("GLMFLEET_ATTN_CLUSTER"),
             attn_blocks_per_sm: env_usize("GLMFLEET_ATTN_BLOCKS_PER_SM", 0),
             pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
             mtp,

@@ -91,10 +91,13 @@ impl ActRows {
     }
 }
 
+/// (FP8, scale mode, N block, K block, activation group): [`format_args`].
+type FormatArgs = (bool, i32, i32, i32, usize);
+
 /// Kernel arguments that describe a weight's format: [`GpuLinear::scale_mode`] and the activation
 /// group (e4m3 scales per that many columns; 0 for BF16). None when the kernels do not take it:
 /// block scales whose K blocks are not whole 64-byte steps of the FP8 kernel.
-fn format_args(w: &GpuLinear) -> Option<(bool, i32, i32, i32, usize)> {
+fn format_args(w: &GpuLinear) -> Option<FormatArgs> {
     let (fp8, smode, bn, bk) = w.scale_mode();
     if smode == 2 && !bk.is_multiple_of(64) {
         return None;
@@ -152,6 +155,17 @@ fn gemv_smem(w: &GpuLinear, a: &ActRows, fp8: bool, group: usize) -> usize {
     }
 }
 
+/// The format's kernel arguments ([`format_args`]) and the dynamic shared memory of a GEMV over
+/// rows `a` of `w`; None where the GEMV kernels do not take them: more rows than
+/// [`gemv_max_rows`], grouped weights, a block format they do not take, unaligned rows, or rows
+/// too long for shared memory.
+fn gemv_fit(g: &Gpu, w: &GpuLinear, a: &ActRows) -> Option<(FormatArgs, usize)> {
+    let args = format_args(w)?;
+    let fits = a.n > 0 && a.n <= gemv_max_rows(w) && w.groups == 1 && a.k == w.k && a.aligned();
+    let smem = gemv_smem(w, a, args.0, args.4);
+    (fits && smem <= g.gemv_smem).then_some((args, smem))
+}
+
 /// The QKV projection of the `a.n` tokens with RoPE and the KV-cache write as its epilogue
 /// (`gemv_fp8_qkv`; `crate::gpu::rope`): `w` FP8 with q at row 0, k at `k_off` and v at `v_off`,
 /// the rotary rows of q and k paired ([`crate::gpu::rope::paired_rows`]). Ok(false), launching
@@ -163,16 +177,9 @@ pub fn gemv_qkv_launch(
     out: &QkvOut,
     (k_off, v_off): (usize, usize),
 ) -> Result<bool> {
-    let Some((true, smode, bn, bk, group)) = format_args(w) else {
+    let Some(((true, smode, bn, bk, group), smem)) = gemv_fit(g, w, a) else {
         return Ok(false);
     };
-    if a.n == 0 || a.n > GEMV_MAX_ROWS || w.groups != 1 || a.k != w.k || !a.aligned() {
-        return Ok(false);
-    }
-    let smem = gemv_smem(w, a, true, group);
-    if smem > g.gemv_smem {
-        return Ok(false);
-    }
     let (grid, s) = fp8_grid(g, w, smem);
     launch!(g, gemv_fp8_qkv, grid, (256, 1, 1), smem;
         a.x, a.ldx as i32, a.rows, a.n as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
@@ -194,16 +201,9 @@ pub fn gemv_launch(
     omode: i32,
 ) -> Result<bool> {
     let m = a.n;
-    let Some((fp8, smode, bn, bk, group)) = format_args(w) else {
+    let Some(((fp8, smode, bn, bk, group), smem)) = gemv_fit(g, w, a) else {
         return Ok(false);
     };
-    if m == 0 || m > gemv_max_rows(w) || w.groups != 1 || a.k != w.k || !a.aligned() {
-        return Ok(false);
-    }
-    let smem = gemv_smem(w, a, fp8, group);
-    if smem > g.gemv_smem {
-        return Ok(false);
-    }
     let (sw, bias) = (w.scales_ptr(), w.bias_ptr());
     let ldw = (w.kp * w.elem_bytes()) as i32;
     if fp8 {
