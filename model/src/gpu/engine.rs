@@ -241,7 +241,9 @@ const ATTN_MAX_SPLITS: usize = 16;
 /// against 20.7-22.1 ms, batch 64: 41.0-42.7 against 44.0-45.9), and two beat one at batch 2 and
 /// 4 in all seven sweeps of runs 79-87 (-0.4 to -3.0%), at 8 in the three of runs 85-87 (-0.5 to
 /// -1.1%; -1.5 to +0.3% in runs 79-83), and lost at 16 (+1.2 to +2.1%, runs 85-87). At batch 1
-/// both give 16 splits.
+/// both give 16 splits. Decode steps whose splits merge in a thread-block cluster (BF16 cache)
+/// aim for one at every size: batch 2 / 4 / 8 / 16 8.38 / 11.57 / 18.48 / 26.44 ms against
+/// 8.43 / 11.69 / 18.61 / 26.70 without clusters (run 98).
 const ATTN_TWO_BLOCKS_TILES: usize = 8;
 
 /// Default of [`GpuModel::pdl_graph_batch`]: PDL in decode graphs up to batch 4.
@@ -1251,8 +1253,11 @@ impl GpuModel {
         }
         // tiles: at most one per row (exactly one per row for a padded decode bucket)
         let tiles = tiles.min(t);
+        // decode steps whose splits can merge in a thread-block cluster (below) aim for one block
+        // an SM: with clusters, one beat two at batch 2-16 (runs 96, 98)
+        let cluster_ok = tiles == t && self.attn_cluster && g.clusters && !self.opts.kv_fp8;
         let per_sm = match self.attn_blocks_per_sm {
-            0 if tiles <= ATTN_TWO_BLOCKS_TILES => 2,
+            0 if tiles <= ATTN_TWO_BLOCKS_TILES && !cluster_ok => 2,
             0 => 1,
             n => n,
         };
@@ -1263,11 +1268,11 @@ impl GpuModel {
         let fused = splits > 1 && tiles == t;
         let done = if fused { ws.attn_done.p() } else { 0 };
         // fused splits as one thread-block cluster a (tile, kv head), merged in shared memory,
-        // when every block has an SM of its own (batch 1: 3.6% faster; batch 2-8, two blocks an
-        // SM: 3-4% slower, run 96) and the cache is BF16 (the FP8 kernels spilled with it)
-        let one_per_sm = tiles * nkv * splits <= g.sm_count;
-        let cluster = if fused && one_per_sm && self.attn_cluster && g.clusters && !self.opts.kv_fp8
-        {
+        // when the splits aim for one block an SM or every block has an SM of its own (batch 1:
+        // 3.6% faster; batch 2-8 aiming for two blocks an SM: 3-4% slower, run 96) and the cache
+        // is BF16 (the FP8 kernels spilled with it)
+        let one_per_sm = per_sm == 1 || tiles * nkv * splits <= g.sm_count;
+        let cluster = if fused && one_per_sm && cluster_ok {
             splits as u32
         } else {
             1

@@ -1755,17 +1755,29 @@ __device__ void quant_cols_warp(const float* xf, int c0, int c1, u16* q, float* 
 // in one phase) hit distinct banks. The steps run over `nchunks` chunks of 16 channels (c0 =
 // cfirst + i * cstride), steps [s0, s1) of each, as one pipeline: a chunk's first copies are in
 // flight during the previous chunk's last steps.
-// At batch 1 (`once`: the dense GEMVs of one row, one token's experts) the weights are copied with
-// an L2 evict-first policy, so they do not push out what the step reads again soon: activations,
-// the KV cache, metadata, the attention's split results and the kernels' own code. Without it
-// every layer's 265 MB of weights flushed the 50 MB L2, and batch 1 took 6.24-6.29 against
-// 5.94-5.99 ms (run 71, two processes on one machine; GLMFLEET_L2_HINT=0 builds without the
-// hint); the attention's timeline went 20.7 -> 15.7 µs a layer (runs 67, 69).
+// At batch 1 (`once`: the dense GEMVs of one row, one token's experts; it also picks how many
+// steps start() copies, FP8V_EARLY) the weights are copied with an L2 evict-first policy, so they
+// do not push out what the step reads again soon: activations, the KV cache, metadata, the
+// attention's split results and the kernels' own code. Without it every layer's 265 MB of weights
+// flushed the 50 MB L2, and batch 1 took 6.24-6.29 against 5.94-5.99 ms (run 71, two processes
+// on one machine; GLMFLEET_L2_HINT=0 builds without the hint); the attention's timeline went
+// 20.7 -> 15.7 µs a layer (runs 67, 69).
 // One ring a warp: FP8V_RING bytes of shared memory (FP8V_RING_BYTES in gemv.rs). 256-byte steps
 // with 3 slots were slower for the dense GEMV (run 45: QKV 31.4 against 23.8 µs in the model,
 // one block an SM).
 #define FP8V_W 128  // bytes of a row per step (a multiple of 64)
 #define FP8V_D 4    // ring slots a warp
+// Steps start() copies for one row or token (FP8V_EARLY) and for several (FP8V_EARLY_SEVERAL);
+// the first take() copies the rest. One token's GEMVs lose when their copies wait for the
+// rounding (batch 1: 5.30-5.41 ms with 0-1 steps early against 5.18-5.21 with 3), the
+// several-token MoE GEMVs win (with 1: batch 2 8.37 against 8.49-8.52, batch 8 18.69-18.73
+// against 18.92-19.00; run 100).
+#ifndef FP8V_EARLY
+#define FP8V_EARLY (FP8V_D - 1)
+#endif
+#ifndef FP8V_EARLY_SEVERAL
+#define FP8V_EARLY_SEVERAL 1
+#endif
 #define FP8V_SLOT (16 * FP8V_W)
 #define FP8V_RING (FP8V_D * FP8V_SLOT)
 // A chunk is 16 weight rows from its first channel; with pair_off, 8 channels' rows and the rows
@@ -1777,8 +1789,8 @@ struct Fp8vStream {
   size_t ldw;
   int n_end, kp, s0, s1, cstride, nchunks, pair_off;
   int ic, is, ichunk;  // the next step to copy: chunk index ichunk (channels from ic), step is
-  int issued, taken;
-  bool once;  // copies with an L2 evict-first policy (pol)
+  int issued, taken, early;  // early: steps start() copies
+  bool once;                 // copies with an L2 evict-first policy (pol)
   u64 pol;
 
   __device__ Fp8vStream(u8* ring_, const u8* W_, size_t ldw_, int n_end_, int kp_, int s0_,
@@ -1786,7 +1798,8 @@ struct Fp8vStream {
                         int pair_off_ = 0)
       : ring(ring_), W(W_), ldw(ldw_), n_end(n_end_), kp(kp_), s0(s0_), s1(s1_),
         cstride(cstride_), nchunks(nchunks_), pair_off(pair_off_), ic(cfirst), is(s0_),
-        ichunk(s1_ > s0_ ? 0 : nchunks_), issued(0), taken(0), once(once_) {
+        ichunk(s1_ > s0_ ? 0 : nchunks_), issued(0), taken(0),
+        early(once_ ? FP8V_EARLY : FP8V_EARLY_SEVERAL), once(once_) {
 #ifdef GLMFLEET_NO_L2_HINT
     once = false;
 #endif
@@ -1826,17 +1839,19 @@ struct Fp8vStream {
     issued++;
   }
 
-  // The first FP8V_D - 1 steps: called once the staged rows' loads have landed (load_row,
+  // The first `early` steps: called once the staged rows' loads have landed (load_row,
   // stage_swiglu_warp), so they stream in while the rows are rounded.
   __device__ void start() {
-#pragma unroll
-    for (int i = 0; i < FP8V_D - 1; i++) issue();
+    for (int i = 0; i < early; i++) issue();
   }
 
-  // The slot of the next step, its bytes visible to the whole warp; one more step copied.
+  // The slot of the next step, its bytes visible to the whole warp; the ring topped up to
+  // FP8V_D - 1 steps ahead of it (one step, once start's are out).
   __device__ __forceinline__ const u8* take() {
     __syncwarp();  // every lane is done with the slot the copy below rewrites
-    issue();
+    do
+      issue();
+    while (issued < taken + FP8V_D);
     asm volatile("cp.async.wait_group %0;" ::"n"(FP8V_D - 1) : "memory");
     __syncwarp();
     return ring + (taken++ % FP8V_D) * FP8V_SLOT;
