@@ -1764,7 +1764,9 @@ __device__ void quant_cols_warp(const float* xf, int c0, int c1, u16* q, float* 
 // 20.7 -> 15.7 µs a layer (runs 67, 69).
 // One ring a warp: FP8V_RING bytes of shared memory (FP8V_RING_BYTES in gemv.rs). 256-byte steps
 // with 3 slots were slower for the dense GEMV (run 45: QKV 31.4 against 23.8 µs in the model,
-// one block an SM).
+// one block an SM), and so were at batch 1 (ops/perf/2026-11-30-gpu-weight-ring.md): 8 slots for
+// the O projection (run 98, loop no shorter), the steps as 64-byte bulk copies (run 99, twice as
+// slow) and as 16-row tensor-map boxes (run 102, loops 15-20% longer).
 #define FP8V_W 128  // bytes of a row per step (a multiple of 64)
 #define FP8V_D 4    // ring slots a warp
 // Steps start() copies for one row or token (FP8V_EARLY) and for several (FP8V_EARLY_SEVERAL);
