@@ -1780,6 +1780,8 @@ __device__ void quant_cols_warp(const float* xf, int c0, int c1, u16* q, float* 
 #ifndef FP8V_EARLY_SEVERAL
 #define FP8V_EARLY_SEVERAL 1
 #endif
+static_assert(FP8V_EARLY <= FP8V_D - 1 && FP8V_EARLY_SEVERAL <= FP8V_D - 1,
+              "a step copied before its slot is read would overwrite it");
 #define FP8V_SLOT (16 * FP8V_W)
 #define FP8V_RING (FP8V_D * FP8V_SLOT)
 // A chunk is 16 weight rows from its first channel; with pair_off, 8 channels' rows and the rows
