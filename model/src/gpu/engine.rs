@@ -374,12 +374,12 @@ unsafe impl Send for Graph {}
 const DEFAULT_GEMV_ROWS: usize = 1;
 const DEFAULT_MOE_GEMV_TOKENS: usize = 8;
 
-/// A count from the environment (`default` when unset or unreadable).
 /// A switch that is on unless the environment sets it to "0".
 fn env_on(name: &str) -> bool {
     std::env::var(name).map_or(true, |v| v != "0")
 }
 
+/// A count from the environment (`default` when unset or unreadable).
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
