@@ -16,6 +16,7 @@
 #   and mixed (7 in 8 greedy, 1 in 8 with logprobs, two clients at once) against one server start,
 #   then top-p drawn on the device against a second (GLMFLEET_DEVICE_TRUNCATION=1; SAMPLING_TRUNCATION=0
 #   skips it)
+#   ncu: per-kernel times (NCU_BATCHES), NCU_SOURCE's warp-stall samples per SASS line, NCU_DETAIL's sections
 #   fleet: one replica per GPU behind the router against N × one replica served directly
 #   (fleet-scaling.sh, 1000/1000 at FLEET_CONC 128 per replica); routing: prefix-hash against round
 #   robin on prefix-repetition traffic over all GPUs (routing-compare.sh; ROUTING_PREFIXES, ROUTING_CONC and
@@ -89,11 +90,24 @@ if has trace; then
 fi
 if has ncu; then
   echo "== per-kernel times of one decode step (ncu; 4 layers stand for the model)"
-  for b in ${NCU_BATCHES:-1 64 256}; do
+  for b in ${NCU_BATCHES-1 64 256}; do
     timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
       --metrics gpu__time_duration.sum --csv "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy \
       --ncu-step "$b" > "$LOG/ncu-b$b.csv" 2> "$LOG/ncu-b$b.err"
     echo "-- batch $b"; python3 ops/perf/ncu_summary.py "$LOG/ncu-b$b.csv" 2>&1 | tee "$LOG/ncu-b$b.txt"
+  done
+  # NCU_SOURCE="BATCH:KERNEL_REGEX:SKIP" ...: one launch's warp-stall samples per SASS line (ncu_source.py)
+  for spec in ${NCU_SOURCE:-}; do
+    IFS=: read -r b k skip <<< "$spec"
+    rep="$LOG/ncu-source-b$b-${k//[^a-z0-9]/_}"
+    echo "-- source: $k at batch $b (launch $skip)"
+    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
+      --kernel-name "regex:$k" --launch-skip "${skip:-0}" --launch-count 1 --section SourceCounters \
+      --section WarpStateStats -f -o "$rep" "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy --ncu-step "$b" \
+      > "$rep.log" 2>&1
+    ncu -i "$rep.ncu-rep" --page source --print-source sass --csv > "$rep.csv" 2>&1
+    python3 ops/perf/ncu_source.py "$rep.csv" 2>&1 | tee "$rep.txt" | head -80
+    xz -f "$rep.csv"; rm -f "$rep.ncu-rep"
   done
   # NCU_DETAIL="BATCH:KERNEL_REGEX:SKIP" ...: speed-of-light, occupancy and stall reasons of one launch
   for spec in ${NCU_DETAIL:-}; do

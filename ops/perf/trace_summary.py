@@ -112,14 +112,18 @@ def describe(l):
 
 
 def name_launches(ls):
-    """Names by tag and its ordinal since the last RoPE launch (a layer's attention begins there):
-    gemv#1 is the O projection, gemv#2 the next layer's QKV (MoE layers); pre- before the first."""
+    """Names by tag and its ordinal since the layer's attention began (at its RoPE launch, or at
+    the attention itself where the QKV GEMV applies RoPE, run 92 on): gemv#1 is the O projection,
+    gemv#2 the next layer's QKV (MoE layers); pre- before the first (layer 0 is dense: its
+    launches have their own ordinals)."""
     seen = {}
     layer = 0
+    prev = None
     for l in ls:
-        if l["tag"] == "rope":
+        if l["tag"] == "rope" or (l["tag"] == "attn" and prev != "rope"):
             seen = {}
             layer += 1
+        prev = l["tag"]
         seen[l["tag"]] = seen.get(l["tag"], 0) + 1
         l["name"] = f'{"" if layer else "pre-"}{l["tag"]}#{seen[l["tag"]]}'
         l["layer"] = layer
