@@ -114,8 +114,7 @@ def describe(l):
 def name_launches(ls):
     """Names by tag and its ordinal since the layer's attention began (at its RoPE launch, or at
     the attention itself where the QKV GEMV applies RoPE, run 92 on): gemv#1 is the O projection,
-    gemv#2 the next layer's QKV (MoE layers); pre- before the first (layer 0 is dense: its
-    launches have their own ordinals)."""
+    gemv#2 the next layer's QKV (MoE layers); pre- before the first attention."""
     seen = {}
     layer = 0
     prev = None
