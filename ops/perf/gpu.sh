@@ -89,11 +89,16 @@ if has trace; then
   done
 fi
 if has ncu; then
+  # ncu over gpu_perf's one profiled decode step at batch $1; ncu's flags follow
+  ncu_step() {
+    local b=$1
+    shift
+    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off "$@" \
+      "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy --ncu-step "$b"
+  }
   echo "== per-kernel times of one decode step (ncu; 4 layers stand for the model)"
   for b in ${NCU_BATCHES-1 64 256}; do
-    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
-      --metrics gpu__time_duration.sum --csv "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy \
-      --ncu-step "$b" > "$LOG/ncu-b$b.csv" 2> "$LOG/ncu-b$b.err"
+    ncu_step "$b" --metrics gpu__time_duration.sum --csv > "$LOG/ncu-b$b.csv" 2> "$LOG/ncu-b$b.err"
     echo "-- batch $b"; python3 ops/perf/ncu_summary.py "$LOG/ncu-b$b.csv" 2>&1 | tee "$LOG/ncu-b$b.txt"
   done
   # NCU_SOURCE="BATCH:KERNEL_REGEX:SKIP" ...: one launch's warp-stall samples per SASS line (ncu_source.py)
@@ -101,10 +106,8 @@ if has ncu; then
     IFS=: read -r b k skip <<< "$spec"
     rep="$LOG/ncu-source-b$b-${k//[^a-z0-9]/_}"
     echo "-- source: $k at batch $b (launch $skip)"
-    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
-      --kernel-name "regex:$k" --launch-skip "${skip:-0}" --launch-count 1 --section SourceCounters \
-      --section WarpStateStats -f -o "$rep" "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy --ncu-step "$b" \
-      > "$rep.log" 2>&1
+    ncu_step "$b" --kernel-name "regex:$k" --launch-skip "${skip:-0}" --launch-count 1 \
+      --section SourceCounters --section WarpStateStats -f -o "$rep" > "$rep.log" 2>&1
     ncu -i "$rep.ncu-rep" --page source --print-source sass --csv > "$rep.csv" 2>&1
     python3 ops/perf/ncu_source.py "$rep.csv" 2>&1 | tee "$rep.txt" | head -80
     xz -f "$rep.csv"; rm -f "$rep.ncu-rep"
@@ -113,10 +116,9 @@ if has ncu; then
   for spec in ${NCU_DETAIL:-}; do
     IFS=: read -r b k skip <<< "$spec"
     echo "-- detail: $k at batch $b (launch $skip)"
-    timeout 200 ncu --clock-control none --cache-control none --profile-from-start off \
-      --kernel-name "regex:$k" --launch-skip "${skip:-0}" --launch-count 1 \
+    ncu_step "$b" --kernel-name "regex:$k" --launch-skip "${skip:-0}" --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section MemoryWorkloadAnalysis "$B"/gpu_perf ops/perf/glm-4.5-air-fp8-dummy --ncu-step "$b" \
+      --section MemoryWorkloadAnalysis \
       2>&1 | grep -vE '^==PROF==|^\s*$' | tee "$LOG/ncu-detail-b$b-${k//[^a-z0-9]/_}.txt" | tail -90
   done
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Where one kernel launch's warps stalled, instruction by instruction: the SASS lines of
-`ncu -i REP --page source --print-source sass --csv` (ops/perf/gpu.sh ncu with NCU_SOURCE) with the
-most warp-stall samples, the samples by stall reason, and the samples summed over runs of lines between barriers and branches
-(so a phase such as a GEMV's row staging shows as one span).
+"""Where one kernel launch's warps stalled, instruction by instruction, from
+`ncu -i REP --page source --print-source sass --csv` (ops/perf/gpu.sh ncu with NCU_SOURCE): the samples
+by stall reason, the SASS lines with the most warp-stall samples, and the samples summed over runs of
+lines between barriers and branches (so a phase such as a GEMV's row staging shows as one span).
     ops/perf/ncu_source.py SOURCE.csv [TOP]"""
 import csv
 import sys
@@ -14,8 +14,9 @@ if not rows:
     sys.exit("no CSV rows")
 # a preamble ("Kernel Name", ...) comes before the table's header
 h = next((i for i, r in enumerate(rows) if r and r[0] == "Address"), 0)
-head, body = rows[h], rows[h + 1:]
-col = {h: i for i, h in enumerate(head)}
+head = rows[h]
+body = [r for r in rows[h + 1:] if len(r) == len(head)]
+col = {name: i for i, name in enumerate(head)}
 samp = next((i for h, i in col.items() if h.startswith("Warp Stall Sampling (All")), None)
 src = col.get("Source")
 addr = col.get("Address")
@@ -30,13 +31,12 @@ def num(s):
         return 0.0
 
 
-recs = [(r[addr] if addr is not None else str(i), r[src], num(r[samp])) for i, r in enumerate(body)
-        if len(r) == len(head)]
+recs = [(r[addr] if addr is not None else str(i), r[src], num(r[samp])) for i, r in enumerate(body)]
 total = sum(s for _, _, s in recs) or 1.0
 print(f"{len(recs)} SASS lines, {total:.0f} warp-stall samples")
 # the samples by stall reason (stall_no_inst: waiting on the instruction fetch)
 reasons = [h for h in head if h.startswith("stall_") and "Not Issued" not in h]
-by = {h: sum(num(r[col[h]]) for r in body if len(r) == len(head)) for h in reasons}
+by = {h: sum(num(r[col[h]]) for r in body) for h in reasons}
 rs = sum(by.values()) or 1.0
 print("by reason: " + ", ".join(f"{h[6:]} {100 * v / rs:.1f}%" for h, v in
                                  sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.01 * rs))
