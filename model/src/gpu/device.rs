@@ -21,12 +21,20 @@ pub fn dev_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> Mode
 }
 
 macro_rules! funcs {
-    ($($name:ident),* $(,)?) => {
-        /// Every kernel of `kernels.cu`.
-        pub struct Funcs { $(pub $name: CudaFunction,)* }
+    ($($name:ident),* ; $($vname:ident [$($suffix:literal),*]),* $(,)?) => {
+        /// Every kernel of `kernels.cu`; a kernel instantiated several ways as an array of its
+        /// instantiations, named by suffix (the order its launch indexes them in).
+        pub struct Funcs {
+            $(pub $name: CudaFunction,)*
+            $(pub $vname: [CudaFunction; [$($suffix),*].len()],)*
+        }
         impl Funcs {
             fn load(m: &Arc<cudarc::driver::CudaModule>) -> Result<Self> {
-                Ok(Self { $($name: m.load_function(stringify!($name)).map_err(dev_err(stringify!($name)))?,)* })
+                let load = |name: &'static str| m.load_function(name).map_err(dev_err(name));
+                Ok(Self {
+                    $($name: load(stringify!($name))?,)*
+                    $($vname: [$(load(concat!(stringify!($vname), $suffix))?),*],)*
+                })
             }
         }
     };
@@ -59,15 +67,10 @@ funcs!(
     moe_route,
     moe_plan,
     moe_combine,
-    gemv_fp8,
-    gemv_fp8_qkv,
     gemv_bf16_1,
     gemv_bf16_2,
     gemv_bf16_3,
     gemv_bf16_4,
-    moe_gemv_fp8_dn,
-    moe_gemv_fp8_gu,
-    moe_gemv_fp8_flat,
     moe_gemv_bf16,
     sample_part,
     sample_rows,
@@ -75,8 +78,45 @@ funcs!(
     fill_fp8,
     fill_bf16,
     fill_f32,
-    fill_f32_rand,
+    fill_f32_rand;
+    // FP8 weights with per-channel (_c) or block (_b) scales (gemv::fp8_variant); the dense GEMV
+    // also per input mode 0-2, the QKV GEMV for mode 1, the MoE down for rows SiLU·up already or
+    // not (_silu)
+    gemv_fp8["_c0", "_c1", "_c2", "_b0", "_b1", "_b2"],
+    gemv_fp8_qkv["_c1", "_b1"],
+    moe_gemv_fp8_dn["_c", "_b", "_c_silu", "_b_silu"],
+    moe_gemv_fp8_gu["_c", "_b"],
+    moe_gemv_fp8_flat["_c", "_b"],
 );
+
+impl Funcs {
+    /// The kernels that stage rows in dynamic shared memory beyond the default limit.
+    fn gemv(&self) -> impl Iterator<Item = &CudaFunction> {
+        let bf16 = [&self.gemv_bf16_1, &self.gemv_bf16_2, &self.gemv_bf16_3];
+        bf16.into_iter()
+            .chain([&self.gemv_bf16_4, &self.moe_gemv_bf16])
+            .chain(self.gemv_fp8.iter())
+            .chain(self.gemv_fp8_qkv.iter())
+            .chain(self.moe_gemv_fp8_dn.iter())
+            .chain(self.moe_gemv_fp8_gu.iter())
+            .chain(self.moe_gemv_fp8_flat.iter())
+    }
+
+    /// The attention kernels with their head size.
+    fn attn(&self) -> [(&CudaFunction, usize); 9] {
+        [
+            (&self.attn_d32, 32),
+            (&self.attn_d64, 64),
+            (&self.attn_d128, 128),
+            (&self.attn_f8_d32, 32),
+            (&self.attn_f8_d64, 64),
+            (&self.attn_f8_d128, 128),
+            (&self.attn_f8h_d32, 32),
+            (&self.attn_f8h_d64, 64),
+            (&self.attn_f8h_d128, 128),
+        ]
+    }
+}
 
 /// Dynamic shared memory of the attention kernel for head size `d`: two BF16 K/V stages, or two raw
 /// FP8 stages plus the BF16 pair they are widened into (the larger of the two).
@@ -226,17 +266,7 @@ impl Gpu {
         ] {
             raise_smem_limit(func, gemm_smem(64), "raising the GEMM shared-memory limit")?;
         }
-        for (func, d) in [
-            (&f.attn_d32, 32),
-            (&f.attn_d64, 64),
-            (&f.attn_d128, 128),
-            (&f.attn_f8_d32, 32),
-            (&f.attn_f8_d64, 64),
-            (&f.attn_f8_d128, 128),
-            (&f.attn_f8h_d32, 32),
-            (&f.attn_f8h_d64, 64),
-            (&f.attn_f8h_d128, 128),
-        ] {
+        for (func, d) in f.attn() {
             raise_smem_limit(
                 func,
                 attn_smem(d),
@@ -256,18 +286,7 @@ impl Gpu {
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
             )
             .map_err(dev_err("reading the shared memory of an SM"))? as usize;
-        for func in [
-            &f.gemv_fp8,
-            &f.gemv_fp8_qkv,
-            &f.gemv_bf16_1,
-            &f.gemv_bf16_2,
-            &f.gemv_bf16_3,
-            &f.gemv_bf16_4,
-            &f.moe_gemv_fp8_dn,
-            &f.moe_gemv_fp8_gu,
-            &f.moe_gemv_fp8_flat,
-            &f.moe_gemv_bf16,
-        ] {
+        for func in f.gemv() {
             raise_smem_limit(func, gemv_smem, "raising the GEMV shared-memory limit")?;
         }
         let clusters = major >= 9
@@ -275,17 +294,7 @@ impl Gpu {
                 .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH)
                 .is_ok_and(|v| v != 0);
         if clusters {
-            for func in [
-                &f.attn_d32,
-                &f.attn_d64,
-                &f.attn_d128,
-                &f.attn_f8_d32,
-                &f.attn_f8_d64,
-                &f.attn_f8_d128,
-                &f.attn_f8h_d32,
-                &f.attn_f8h_d64,
-                &f.attn_f8h_d128,
-            ] {
+            for (func, _) in f.attn() {
                 func.set_attribute(
                     sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
                     1,
@@ -553,21 +562,22 @@ impl DevBuf {
 
 /// Launches a kernel of [`Funcs`] on the GPU's stream: `launch!(gpu, name, grid, block, smem; args...)`,
 /// or as clusters of `z` blocks along the grid's z (which it must divide; [`Gpu::clusters`]):
-/// `launch!(gpu, name, grid, block, smem, cluster z; args...)`. Pointer arguments are `u64` device
-/// addresses (0 = null).
+/// `launch!(gpu, name, grid, block, smem, cluster z; args...)`; an instantiation of a kernel
+/// instantiated several ways as `name[index]`. Pointer arguments are `u64` device addresses
+/// (0 = null).
 #[macro_export]
 macro_rules! launch {
-    ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {
-        $crate::launch!($g, $f, $grid, $block, $smem, cluster 1u32; $($arg),*)
+    ($g:expr, $f:ident $([$i:expr])?, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {
+        $crate::launch!($g, $f $([$i])?, $grid, $block, $smem, cluster 1u32; $($arg),*)
     };
-    ($g:expr, $f:ident, $grid:expr, $block:expr, $smem:expr, cluster $cz:expr; $($arg:expr),* $(,)?) => {{
+    ($g:expr, $f:ident $([$i:expr])?, $grid:expr, $block:expr, $smem:expr, cluster $cz:expr; $($arg:expr),* $(,)?) => {{
         let g: &$crate::gpu::Gpu = &$g;
         let (grid, block, smem): ((u32, u32, u32), (u32, u32, u32), u32) =
             ($grid, $block, ($smem) as u32);
         // each argument stays in its own local (shadowed, not dropped) until the launch read it
         let mut params: Vec<*mut ::core::ffi::c_void> = Vec::new();
         $( let a = $arg; params.push(&a as *const _ as *mut ::core::ffi::c_void); )*
-        let f = &g.f.$f;
+        let f = &g.f.$f $([$i])?;
         // SAFETY: the kernel's parameters are these values in this order (kernels.cu)
         let cz: u32 = $cz;
         unsafe { g.launch_raw(f, (grid, block, smem), cz, &mut params) }

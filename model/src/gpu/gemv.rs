@@ -94,6 +94,12 @@ impl ActRows {
 /// (FP8, scale mode, N block, K block, activation group): [`format_args`].
 type FormatArgs = (bool, i32, i32, i32, usize);
 
+/// Which instantiation of an FP8 GEMV kernel takes scale mode `smode` (`kernels.cu` builds them
+/// per scale format, so each holds only its own path's code): 0 per-channel, 1 block scales.
+fn fp8_variant(smode: i32) -> usize {
+    usize::from(smode == 2)
+}
+
 /// Kernel arguments that describe a weight's format: [`GpuLinear::scale_mode`] and the activation
 /// group (e4m3 scales per that many columns; 0 for BF16). None when the kernels do not take it:
 /// block scales whose K blocks are not whole 64-byte steps of the FP8 kernel.
@@ -161,15 +167,22 @@ fn gemv_smem(w: &GpuLinear, a: &ActRows, fp8: bool, group: usize) -> usize {
 /// too long for shared memory.
 fn gemv_fit(g: &Gpu, w: &GpuLinear, a: &ActRows) -> Option<(FormatArgs, usize)> {
     let args = format_args(w)?;
-    let fits = a.n > 0 && a.n <= gemv_max_rows(w) && w.groups == 1 && a.k == w.k && a.aligned();
+    let fits = a.n > 0
+        && a.n <= gemv_max_rows(w)
+        && (0..=2).contains(&a.mode)
+        && w.groups == 1
+        && a.k == w.k
+        && a.aligned();
     let smem = gemv_smem(w, a, args.0, args.4);
     (fits && smem <= g.gemv_smem).then_some((args, smem))
 }
 
 /// The QKV projection of the `a.n` tokens with RoPE and the KV-cache write as its epilogue
 /// (`gemv_fp8_qkv`; `crate::gpu::rope`): `w` FP8 with q at row 0, k at `k_off` and v at `v_off`,
-/// the rotary rows of q and k paired ([`crate::gpu::rope::paired_rows`]). Ok(false), launching
-/// nothing, where the FP8 GEMV does not apply (BF16 weights included).
+/// the rotary rows of q and k paired ([`crate::gpu::rope::paired_rows`]), over RMSNorm'd rows
+/// ([`ActRows::normed`], as the layers run it: the one input mode it is instantiated for).
+/// Ok(false), launching nothing, where it does not apply: other rows, or where the FP8 GEMV does
+/// not (BF16 weights included).
 pub fn gemv_qkv_launch(
     g: &Gpu,
     w: &GpuLinear,
@@ -180,8 +193,11 @@ pub fn gemv_qkv_launch(
     let Some(((true, smode, bn, bk, group), smem)) = gemv_fit(g, w, a) else {
         return Ok(false);
     };
+    if a.mode != 1 {
+        return Ok(false);
+    }
     let (grid, s) = fp8_grid(g, w, smem);
-    launch!(g, gemv_fp8_qkv, grid, (256, 1, 1), smem;
+    launch!(g, gemv_fp8_qkv[fp8_variant(smode)], grid, (256, 1, 1), smem;
         a.x, a.ldx as i32, a.rows, a.n as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
         a.up_off as i32, group as i32, w.w.p(), (w.kp * w.elem_bytes()) as i32, w.scales_ptr(),
         smode, bn, bk, w.bias_ptr(), w.n as i32, s as i32, 0u64, 0i32, 0i32, *out, k_off as i32,
@@ -208,7 +224,9 @@ pub fn gemv_launch(
     let ldw = (w.kp * w.elem_bytes()) as i32;
     if fp8 {
         let (grid, s) = fp8_grid(g, w, smem);
-        launch!(g, gemv_fp8, grid, (256, 1, 1), smem;
+        // instantiations by scale format, then input mode
+        let variant = 3 * fp8_variant(smode) + a.mode as usize;
+        launch!(g, gemv_fp8[variant], grid, (256, 1, 1), smem;
             a.x, a.ldx as i32, a.rows, m as i32, a.k as i32, w.kp as i32, a.mode, a.w, a.eps,
             a.up_off as i32, group as i32, w.w.p(), ldw, sw, smode, bn, bk, bias, w.n as i32,
             s as i32, out, ldc as i32, omode)?;
@@ -424,20 +442,22 @@ impl MoeGemv<'_> {
             };
             let ldw = (l.kp * l.elem_bytes()) as i32;
             macro_rules! go {
-                ($f:ident) => {
-                    launch!(g, $f, grid, block, smem;
+                ($f:ident $([$i:expr])?) => {
+                    launch!(g, $f $([$i])?, grid, block, smem;
                         input, ld_in as i32, t as i32, self.k as i32, self.ids, self.wts,
                         k_in as i32, l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride,
                         ldw, l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32,
                         cpb as i32, output, ldo as i32, down)
                 };
             }
+            let variant = fp8_variant(smode);
             if flat.is_some() {
-                go!(moe_gemv_fp8_flat)?;
+                go!(moe_gemv_fp8_flat[variant])?;
             } else if cfg.fp8 && down == 0 {
-                go!(moe_gemv_fp8_gu)?;
+                go!(moe_gemv_fp8_gu[variant])?;
             } else if cfg.fp8 {
-                go!(moe_gemv_fp8_dn)?;
+                // the _silu instantiations apply SiLU·up to unpaired gate|up rows
+                go!(moe_gemv_fp8_dn[variant + 2 * usize::from(up_off > 0)])?;
             } else {
                 go!(moe_gemv_bf16)?;
             }

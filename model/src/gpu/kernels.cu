@@ -1250,7 +1250,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
 
 // attn_d{32,64,128} over a BF16 cache; attn_f8_d{32,64,128} over an FP8 one, widened to bf16 (three
 // conversions a value), and attn_f8h_d{32,64,128} widened to f16 (half a conversion a value, f16
-// mma). Separate kernels, so each keeps its own register budget.
+// mma). Separate kernels, so each keeps its own register budget. (attn_d*_cl instantiated for
+// cluster launches, without the global-memory merge, measured the same: 116 against 167 KB of
+// code at D 128, batch 1 -0.3% / 0.0%, run 111.)
 #define ATTN_ARGS                                                                              \
   const float *q, const void *kc, const void *vc, const int *tiles, const int *ntiles,         \
       const int *row_seq, const int *pos, const int *btab, const int *btab_stride, int bs,     \
@@ -1876,8 +1878,9 @@ struct Fp8vStream {
 // barrier.
 // K, up_off and the row start are multiples of 4 floats.
 #define ROW_NB 12  // 16-byte loads a thread has in flight in load_row
-__device__ float load_row(const float* __restrict__ xr, int K, int in_mode,
-                          const float* __restrict__ w, int up_off, float* xf, float* wf) {
+__device__ __forceinline__ float load_row(const float* __restrict__ xr, int K, int in_mode,
+                                          const float* __restrict__ w, int up_off, float* xf,
+                                          float* wf) {
   int tid = threadIdx.x, bd = blockDim.x;
   const float4 z4 = make_float4(0.f, 0.f, 0.f, 0.f);
   constexpr int H = ROW_NB / 2;
@@ -1911,8 +1914,9 @@ __device__ float load_row(const float* __restrict__ xr, int K, int in_mode,
   return ss;
 }
 
-__device__ void round_row(float ss, int K, int kp, int in_mode, float eps, int group, float* xf,
-                          const float* wf, u16* q, float* sc, float* xs, float* red) {
+__device__ __forceinline__ void round_row(float ss, int K, int kp, int in_mode, float eps,
+                                          int group, float* xf, const float* wf, u16* q,
+                                          float* sc, float* xs, float* red) {
   int tid = threadIdx.x, bd = blockDim.x;
   float rs = 1.f;
   if (in_mode == 1) rs = rsqrtf(block_sum(ss, red) / (float)K + eps);
@@ -1932,7 +1936,7 @@ __device__ void round_row(float ss, int K, int kp, int in_mode, float eps, int g
     }
     __syncthreads();
   }
-  int ng = (K + group - 1) / group;
+  int ng = group >= K ? 1 : (K + group - 1) / group;
   if (ng == 1) {
     float am = 0.f;
     for (int j = 4 * tid; j < K; j += 4 * bd) am = fmaxf(am, amax4(*(const float4*)(xf + j)));
@@ -2017,9 +2021,9 @@ __device__ __forceinline__ void stage_swiglu_warp(const float* __restrict__ xr, 
 // four mmas. acc gets the mma C fragment (channels c0 + g / c0 + g + 8, rows 2t / 2t + 1): raw sums
 // (smode 1, the caller scales) or with the block scales applied (smode 2: spb sub-steps per scale
 // block, the range aligned to whole blocks). Channels at or past n_end are not scaled.
-__device__ void fp8v_dots(Fp8vStream& ws, int c0, const u16* ah, const float* asc,
-                          int ng, int M, int smode, const float* sw, int bn_blk, int spb,
-                          float (&acc)[4]) {
+__device__ __forceinline__ void fp8v_dots(Fp8vStream& ws, int c0, const u16* ah,
+                                          const float* asc, int ng, int M, int smode,
+                                          const float* sw, int bn_blk, int spb, float (&acc)[4]) {
   int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3, kp = ws.kp;
   int nsub = (kp + 63) / 64, sw_off = (gid & 1) << 2;
   float part[4] = {0.f, 0.f, 0.f, 0.f};
@@ -2157,14 +2161,35 @@ __device__ __forceinline__ void qkv_chunk(const QkvOut& o, int c0, const float (
 #define GEMV_FP8_PASS                                                                       \
   x, ldx, rows, M, K, kp, in_mode, nw, eps, up_off, group, W, ldw, sw, smode, bn_blk, bk_blk, \
       bias, N, S, out, ldc, omode
-template <bool QKV>
+// Kernels instantiated per path (the FP8 GEMVs per input mode and scale format) hold only that
+// path's code: the arguments an instantiation fixes are overwritten with constants.
+// GLMFLEET_GENERIC builds every instantiation with all the paths, as one kernel was before (an A/B
+// baseline).
+#ifdef GLMFLEET_GENERIC
+#define PATHS_FIXED false
+#else
+#define PATHS_FIXED true
+#endif
+// Instantiated per input mode IN and scale format BLK (GEMV_FP8_KERNEL; PATHS_FIXED). Batch 1
+// moved 1.5-4.5% with code compiled in that it never ran, and 16-27% of the GEMVs' stall samples
+// waited on the instruction fetch (runs 104-107, ops/perf/2026-11-30-gpu-code-layout.md); with
+// the paths fixed (these and the MoE GEMVs') batch 1-8 took 2.0-4.7% less than with all of them,
+// and those stalls 2% (runs 109-111, ops/perf/2026-12-01-gpu-kernel-instantiations.md).
+// BLK false: per-channel weight scales (smode 1) and one activation scale a row (group K); true:
+// block scales (smode 2), activation scales per `group` columns.
+template <bool QKV, int IN, bool BLK>
 __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, int k_off,
                                               int v_off) {
   TRACE_DECL(TAG_GEMV);
+  if (PATHS_FIXED) {
+    in_mode = IN;
+    smode = BLK ? 2 : 1;
+    if (!BLK) group = K;
+  }
   extern __shared__ __align__(16) u8 fsm[];
   __shared__ float red[32];
   __shared__ float4 kred[8][32];
-  int ng = (K + group - 1) / group;
+  int ng = PATHS_FIXED && !BLK ? 1 : (K + group - 1) / group;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
   u16* aq = (u16*)(fsm + 8 * FP8V_RING);
   float* asc = (float*)((u8*)aq + ((2 * M * kp + 15) & ~15));
@@ -2232,13 +2257,25 @@ __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, i
   TRACE_FLUSH();
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) gemv_fp8(GEMV_FP8_ARGS) {
-  gemv_fp8_impl<false>(GEMV_FP8_PASS, QkvOut{}, 0, 0);
-}
-extern "C" __global__ void __launch_bounds__(256, 2)
-    gemv_fp8_qkv(GEMV_FP8_ARGS, QkvOut qo, int k_off, int v_off) {
-  gemv_fp8_impl<true>(GEMV_FP8_PASS, qo, k_off, v_off);
-}
+// gemv_fp8_{c,b}{0,1,2}: per-channel (c) or block (b) scales, input mode 0-2 (the host picks,
+// gemv.rs); the QKV GEMV for normed rows (mode 1) only, the one it is used for.
+#define GEMV_FP8_KERNEL(NAME, IN, BLK)                                       \
+  extern "C" __global__ void __launch_bounds__(256, 2) NAME(GEMV_FP8_ARGS) { \
+    gemv_fp8_impl<false, IN, BLK>(GEMV_FP8_PASS, QkvOut{}, 0, 0);            \
+  }
+GEMV_FP8_KERNEL(gemv_fp8_c0, 0, false)
+GEMV_FP8_KERNEL(gemv_fp8_c1, 1, false)
+GEMV_FP8_KERNEL(gemv_fp8_c2, 2, false)
+GEMV_FP8_KERNEL(gemv_fp8_b0, 0, true)
+GEMV_FP8_KERNEL(gemv_fp8_b1, 1, true)
+GEMV_FP8_KERNEL(gemv_fp8_b2, 2, true)
+#define GEMV_FP8_QKV_KERNEL(NAME, BLK)                                                   \
+  extern "C" __global__ void __launch_bounds__(256, 2)                                   \
+      NAME(GEMV_FP8_ARGS, QkvOut qo, int k_off, int v_off) {                             \
+    gemv_fp8_impl<true, 1, BLK>(GEMV_FP8_PASS, qo, k_off, v_off);                        \
+  }
+GEMV_FP8_QKV_KERNEL(gemv_fp8_qkv_c1, false)
+GEMV_FP8_QKV_KERNEL(gemv_fp8_qkv_b1, true)
 
 // 8 bf16 of a 16-byte chunk as f32.
 __device__ __forceinline__ void bf16_chunk(uint4 v, float* f) {
@@ -2374,7 +2411,7 @@ GEMV_BF16_KERNEL(4)
 // Dynamic shared memory: (FP8) slots weight rings of FP8V_RING bytes, the
 // staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K floats of
 // staging scratch per staged row.
-template <bool FP8, bool FLAT, bool GU>
+template <bool FP8, bool FLAT, bool GU, bool BLK, bool SILU = false>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
                               int kp, int up_off, int group, const u8* __restrict__ W,
@@ -2385,6 +2422,11 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   // FP8: gate|up (GU) and down are separate kernels, each without the other's paths
   if (GU) down = 0;
   else if (FP8) down = 1;
+  if (FP8 && PATHS_FIXED) {  // the scale format as gemv_fp8_impl's BLK
+    smode = BLK ? 2 : 1;
+    if (!BLK) group = K;
+    if (!GU && !SILU) up_off = 0;  // FP8 down: its rows SiLU·up already (paired gate|up)
+  }
   TRACE_DECL(TAG_MOE_GU + down);
   PDL_WAIT();  // the expert ids come from the previous kernels
   extern __shared__ __align__(16) u8 msm[];
@@ -2406,7 +2448,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   }
   bool shared = Wsh && j == k;
   int row = shared ? T * k + tok : tok * k + j;
-  int ng = FP8 ? (K + group - 1) / group : 0;
+  int ng = FP8 ? (PATHS_FIXED && !BLK ? 1 : (K + group - 1) / group) : 0;
   size_t row_bytes = FP8 ? kp * 2 : kp * 4;
   u8* ring = msm + (threadIdx.x >> 5) * FP8V_RING;  // FP8: the weight rings come first
   u8* rows_s = msm + (FP8 ? slots * FP8V_RING : 0);
@@ -2525,21 +2567,26 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
 #define MOE_GEMV_PASS                                                                        \
   x, ldx, T, k, ids, wts, K, kp, up_off, group, W, w_gstride, ldw, sw, sw_gstride, Wsh, swsh, \
       smode, bn_blk, bk_blk, N, cpb, out, ldo, down
-// Two blocks per SM for k = 8 routed + 1 shared (GLM-4.x): 288 threads (the host checks). FP8
-// down alone (at 96 registers, with gate|up's paths in it spilled)
-extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8_dn(MOE_GEMV_ARGS) {
-  moe_gemv_impl<true, false, false>(MOE_GEMV_PASS);
-}
-// gate|up alone (paired when up_off is given)
-extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_fp8_gu(MOE_GEMV_ARGS) {
-  moe_gemv_impl<true, false, true>(MOE_GEMV_PASS);
-}
-// gate|up of one token, units of (slot, chunk) spread evenly over up to 16 warps a block
-extern "C" __global__ void __launch_bounds__(512, 1) moe_gemv_fp8_flat(MOE_GEMV_ARGS) {
-  moe_gemv_impl<true, true, true>(MOE_GEMV_PASS);
-}
+// Two blocks per SM for k = 8 routed + 1 shared (GLM-4.x): 288 threads (the host checks). Each FP8
+// kernel per scale format, _c per-channel and _b block (gemv_fp8_impl's BLK). FP8 down alone (at 96
+// registers, with gate|up's paths in it spilled), on SiLU·up rows (paired gate|up) or, _silu,
+// applying SiLU·up itself (up_off given: 42 against 28 KB of code, 96 against 64 registers);
+// gate|up alone (paired when up_off is given); flat: gate|up of one token, units of (slot, chunk)
+// spread evenly over up to 16 warps a block.
+#define MOE_GEMV_FP8_KERNEL(NAME, THREADS, BPS, FLAT, GU, BLK, SILU)                  \
+  extern "C" __global__ void __launch_bounds__(THREADS, BPS) NAME(MOE_GEMV_ARGS) {    \
+    moe_gemv_impl<true, FLAT, GU, BLK, SILU>(MOE_GEMV_PASS);                          \
+  }
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_dn_c, MOE_GEMV_THREADS, 2, false, false, false, false)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_dn_b, MOE_GEMV_THREADS, 2, false, false, true, false)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_dn_c_silu, MOE_GEMV_THREADS, 2, false, false, false, true)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_dn_b_silu, MOE_GEMV_THREADS, 2, false, false, true, true)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_gu_c, MOE_GEMV_THREADS, 2, false, true, false, false)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_gu_b, MOE_GEMV_THREADS, 2, false, true, true, false)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_flat_c, 512, 1, true, true, false, false)
+MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_flat_b, 512, 1, true, true, true, false)
 extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_bf16(MOE_GEMV_ARGS) {
-  moe_gemv_impl<false, false, false>(MOE_GEMV_PASS);
+  moe_gemv_impl<false, false, false, false>(MOE_GEMV_PASS);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-/// ‖a − b‖ / ‖b‖.
 /// One whole-prompt sequence per (prompt, block table), all sampled.
 pub fn prompt_seqs<'a>(prompts: &'a [Vec<u32>], tables: &'a [Vec<u32>]) -> Vec<SeqInput<'a>> {
     prompts
@@ -64,6 +63,25 @@ pub fn prompt_seqs<'a>(prompts: &'a [Vec<u32>], tables: &'a [Vec<u32>]) -> Vec<S
         .collect()
 }
 
+/// The decode step after `prompt_seqs`: one token (`next`) a sequence, after its prompt, sampled.
+pub fn decode_seqs<'a>(
+    next: &'a [[u32; 1]],
+    prompts: &[Vec<u32>],
+    tables: &'a [Vec<u32>],
+) -> Vec<SeqInput<'a>> {
+    next.iter()
+        .zip(prompts)
+        .zip(tables)
+        .map(|((n, p), t)| SeqInput {
+            tokens: n,
+            start_pos: p.len(),
+            block_table: t,
+            sample: true,
+        })
+        .collect()
+}
+
+/// ‖a − b‖ / ‖b‖.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
