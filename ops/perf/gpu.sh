@@ -101,7 +101,9 @@ if has ncu; then
     ncu_step "$b" --metrics gpu__time_duration.sum --csv > "$LOG/ncu-b$b.csv" 2> "$LOG/ncu-b$b.err"
     echo "-- batch $b"; python3 ops/perf/ncu_summary.py "$LOG/ncu-b$b.csv" 2>&1 | tee "$LOG/ncu-b$b.txt"
   done
-  # NCU_SOURCE="BATCH:KERNEL_REGEX:SKIP" ...: one launch's warp-stall samples per SASS line (ncu_source.py)
+  # NCU_SOURCE="BATCH:KERNEL_REGEX:SKIP" ...: one launch's warp-stall samples per SASS line (ncu_source.py);
+  # the profiled step has 4 layers (one dense, three MoE), so SKIP is at most 3 for a layer's kernel and 2
+  # for a MoE one, and the FP8 kernels are named by instantiation (gemv_fp8_c0, moe_gemv_fp8_dn_c, ...)
   for spec in ${NCU_SOURCE:-}; do
     IFS=: read -r b k skip <<< "$spec"
     rep="$LOG/ncu-source-b$b-${k//[^a-z0-9]/_}"
