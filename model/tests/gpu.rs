@@ -1208,9 +1208,9 @@ fn cublaslt_experts_match_the_grouped_kernel() {
     }
 }
 
-/// Decode attention with its key splits merged in a thread-block cluster (`attn_d*_cl`) and
-/// through global memory (`attn_d*`) gives the same logits, for a context of one key tile a split
-/// (300 keys) and one of several (1,500: the kernel's four-warp path) in one batch.
+/// Decode attention with its key splits merged in a thread-block cluster's shared memory and
+/// through global memory by their last block gives the same logits, for a context of one key tile
+/// a split (300 keys) and one of several (1,500: the kernel's four-warp path) in one batch.
 #[test]
 fn attention_cluster_merge_equals_global_merge() {
     let o = GpuOptions {
