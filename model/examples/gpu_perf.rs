@@ -363,6 +363,7 @@ fn moe_gemv_bench(
             wts: wtb.p(),
             flat: true,
             paired: true,
+            routed: None,
         };
         let cfg = moe.config(g, t, h).ok_or("the MoE GEMV does not apply")?;
         let us = time_us(g, 3, 50, || {
@@ -516,6 +517,7 @@ struct Switches {
     moe_flat: bool,
     moe_paired: bool,
     qkv_rope: bool,
+    o_route: bool,
     attn_cluster: bool,
 }
 
@@ -529,6 +531,7 @@ impl Switches {
             moe_flat: m.moe_flat(),
             moe_paired: m.moe_paired(),
             qkv_rope: m.qkv_rope(),
+            o_route: m.o_route(),
             attn_cluster: m.attn_cluster(),
         }
     }
@@ -540,6 +543,7 @@ impl Switches {
         m.set_moe_flat(self.moe_flat);
         m.set_moe_paired(self.moe_paired);
         m.set_qkv_rope(self.qkv_rope);
+        m.set_o_route(self.o_route);
         m.set_attn_cluster(self.attn_cluster);
     }
 
@@ -547,7 +551,7 @@ impl Switches {
         json!({"attn_blocks_per_sm": self.attn_blocks_per_sm,
             "pdl_graph_batch": self.pdl_graph_batch.min(1 << 20), "gemv_rows": self.gemv_rows,
             "moe_gemv_tokens": self.moe_gemv_tokens, "moe_flat": self.moe_flat,
-            "moe_paired": self.moe_paired, "qkv_rope": self.qkv_rope,
+            "moe_paired": self.moe_paired, "qkv_rope": self.qkv_rope, "o_route": self.o_route,
             "attn_cluster": self.attn_cluster})
     }
 }
@@ -584,6 +588,10 @@ fn decode_sweep(c: &Glm4MoeConfig, defaults_only: bool) -> Res<Value> {
     vary(format!("QKV GEMV applies RoPE {}", !d.qkv_rope), &|s| {
         s.qkv_rope = !d.qkv_rope
     });
+    vary(
+        format!("O GEMV routes the MoE token {}", !d.o_route),
+        &|s| s.o_route = !d.o_route,
+    );
     vary(
         format!("attention splits merged in a cluster {}", !d.attn_cluster),
         &|s| s.attn_cluster = !d.attn_cluster,

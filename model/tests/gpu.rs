@@ -14,10 +14,10 @@ use common::{decode_seqs, fixture, floats, ids, prompt_seqs, reference, rel_l2};
 use model::fp8::{e4m3_to_f32, f32_to_e4m3, quantize_row};
 use model::gpu::weights::GpuLinear;
 use model::gpu::{
-    gemm_launch, gemv_launch, gemv_qkv_launch, paired_rows, prep_threads, rope_kv_launch,
-    router_launch, sample_launch, sample_part_bytes, topk_smem, ActRows, BlasLt, DevBuf, Gpu,
-    GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv, QkvOut, SampleSpecs, StepOutput,
-    ROUTER_GEMM_MIN_TOKENS,
+    gemm_launch, gemv_launch, gemv_qkv_launch, gemv_route_launch, paired_rows, prep_threads,
+    rope_kv_launch, router_launch, sample_launch, sample_part_bytes, topk_smem, ActRows, BlasLt,
+    DevBuf, Gpu, GpuModel, GpuOptions, HiddenRow, KeepFrom, MoeGemv, QkvOut, Route, SampleSpecs,
+    StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
 use model::linear::{Fp8Scales, Fp8Weight, Linear, LinearWeight};
 use model::sample::{min_p_log, sample_host, truncation_threshold, DeviceSampling};
@@ -664,6 +664,39 @@ fn silu(v: f32) -> f32 {
 /// The decode MoE GEMVs (routed experts and the shared one, combine fused) against the host:
 /// per token and slot, gate|up and down by the f64 reference GEMM, SiLU·up between, summed with
 /// the routing weights into the residual.
+/// An expert's gate, up and down projections.
+type Expert = (Linear<Cpu>, Linear<Cpu>, Linear<Cpu>);
+
+/// `e` random experts and a shared one of `h` → `inter` → `h`, and on the device: the experts'
+/// gate|up and down, the shared expert's gate|up and down.
+fn random_experts(
+    g: &Gpu,
+    rng: &mut rand::rngs::StdRng,
+    kind: &Kind,
+    e: usize,
+    h: usize,
+    inter: usize,
+) -> (Vec<Expert>, Expert, [GpuLinear; 4]) {
+    let mut mk = || {
+        (
+            random_linear(rng, kind, inter, h),
+            random_linear(rng, kind, inter, h),
+            random_linear(rng, kind, h, inter),
+        )
+    };
+    let experts: Vec<_> = (0..e).map(|_| mk()).collect();
+    let shared = mk();
+    let gu = GpuLinear::upload(
+        g,
+        &experts.iter().map(|x| vec![&x.0, &x.1]).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let dn = GpuLinear::upload(g, &experts.iter().map(|x| vec![&x.2]).collect::<Vec<_>>()).unwrap();
+    let sgu = GpuLinear::upload(g, &[vec![&shared.0, &shared.1]]).unwrap();
+    let sdn = GpuLinear::upload(g, &[vec![&shared.2]]).unwrap();
+    (experts, shared, [gu, dn, sgu, sdn])
+}
+
 #[test]
 fn moe_gemv_matches_reference() {
     let g = gpu();
@@ -676,24 +709,7 @@ fn moe_gemv_matches_reference() {
     // inter: three 128-column activation groups (FP8 block scales) in the down kernel's row
     let (h, inter, e, k) = (256, 384, 6, 3);
     for (name, kind) in &kinds {
-        let mk = |rng: &mut rand::rngs::StdRng| {
-            (
-                random_linear(rng, kind, inter, h),
-                random_linear(rng, kind, inter, h),
-                random_linear(rng, kind, h, inter),
-            )
-        };
-        let experts: Vec<_> = (0..e).map(|_| mk(&mut rng)).collect();
-        let shared = mk(&mut rng);
-        let gu = GpuLinear::upload(
-            &g,
-            &experts.iter().map(|x| vec![&x.0, &x.1]).collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let dn =
-            GpuLinear::upload(&g, &experts.iter().map(|x| vec![&x.2]).collect::<Vec<_>>()).unwrap();
-        let sgu = GpuLinear::upload(&g, &[vec![&shared.0, &shared.1]]).unwrap();
-        let sdn = GpuLinear::upload(&g, &[vec![&shared.2]]).unwrap();
+        let (experts, shared, [gu, dn, sgu, sdn]) = random_experts(&g, &mut rng, kind, e, h, inter);
         // up to 8 tokens: the GEMV path the engine takes up to 8 (runs 57/58); one token also
         // with gate|up flat (moe_gemv_fp8_flat); FP8 gate|up applying SiLU·up itself (paired,
         // the engine's default) and not
@@ -732,6 +748,7 @@ fn moe_gemv_matches_reference() {
                 wts: wtb.p(),
                 flat,
                 paired,
+                routed: None,
             };
             let cfg = moe.config(&g, t, h).expect("the MoE GEMV applies");
             let fp8 = !matches!(kind, Kind::Bf16);
@@ -819,6 +836,153 @@ fn assert_routing(g: &Gpu, ids: &DevBuf, wts: &DevBuf, want: &model::moe::Routin
     }
 }
 
+/// The rows of `x` (`h` columns) RMSNorm'd with weight `nw` in f64, and their router logits
+/// against `gw [e, h]`: (logits [rows, e], normed rows).
+fn norm_and_router(
+    x: &[f32],
+    h: usize,
+    nw: &[f32],
+    eps: f32,
+    gw: &[f32],
+    e: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let t = x.len() / h;
+    let mut logits = vec![0f32; t * e];
+    let mut normed = vec![0f32; t * h];
+    for i in 0..t {
+        let row = &x[i * h..(i + 1) * h];
+        let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / h as f64;
+        let rs = 1.0 / (ms + eps as f64).sqrt();
+        for c in 0..h {
+            normed[i * h + c] = (row[c] as f64 * rs * nw[c] as f64) as f32;
+        }
+        for j in 0..e {
+            let dot: f64 = (0..h)
+                .map(|c| row[c] as f64 * rs * nw[c] as f64 * gw[j * h + c] as f64)
+                .sum();
+            logits[i * e + j] = dot as f32;
+        }
+    }
+    (logits, normed)
+}
+
+/// One token's routing begun in its O GEMV (`gemv_route_launch`: the router's products added to
+/// `acc`) and finished in its flat gate|up (`MoeGemv::routed`), against the launches it replaces:
+/// the O GEMV, `moe_route` and the flat gate|up on its normed row. The experts and weights equal
+/// host routing of the row after the O GEMV, the layer's output the replaced launches' (up to
+/// the order of f32 sums and an e4m3 rounding that flips with them), and `acc` and the count are
+/// back at zero for the next layer (two rounds a format). BF16 weights: not taken.
+#[test]
+fn moe_routed_by_o_gemv_and_gate_up_matches_moe_route() {
+    let g = gpu();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let mut cfg = model::Glm4MoeConfig::from_dir(&fixture("tiny-a")).unwrap();
+    let (h, kin, inter, e, k, eps) = (256usize, 512usize, 128usize, 16usize, 4usize, 1e-5f32);
+    cfg.n_group = 1;
+    cfg.topk_group = 1;
+    cfg.n_routed_experts = e;
+    cfg.num_experts_per_tok = k;
+    cfg.routed_scaling_factor = 2.5;
+    let acc = DevBuf::zeros(&g, e * 8).unwrap();
+    let done = DevBuf::zeros(&g, 4).unwrap();
+    let route_done = DevBuf::zeros(&g, 4).unwrap();
+    let kinds = [
+        ("bf16", Kind::Bf16),
+        ("fp8-channel", Kind::Channel),
+        ("fp8-block-128", Kind::Block(128, 128)),
+    ];
+    for (name, kind) in &kinds {
+        let (_, _, [gu, dn, sgu, sdn]) = random_experts(&g, &mut rng, kind, e, h, inter);
+        let o = GpuLinear::upload(&g, &[vec![&random_linear(&mut rng, kind, h, kin)]]).unwrap();
+        let nw: Vec<f32> = (0..h).map(|_| rng.gen_range(0.5..1.5)).collect();
+        let gw: Vec<f32> = (0..e * h).map(|_| rng.gen_range(-0.2..0.2)).collect();
+        let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect();
+        let [nwb, gwb, biasb] = [&nw, &gw, &bias].map(|v| DevBuf::from_host(&g, v).unwrap());
+        let bufs = || {
+            [k * 4, k * 4, h * 4, e * 4, (k + 1) * gu.n * 4].map(|b| DevBuf::zeros(&g, b).unwrap())
+        };
+        for round in 0..2 {
+            let what = format!("{name}, round {round}");
+            let a: Vec<f32> = (0..kin).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let x0: Vec<f32> = (0..h).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let ab = DevBuf::from_host(&g, &a).unwrap();
+            let rows = ActRows::plain(ab.p(), kin, 1, kin);
+            let moe = |ids: &DevBuf, wts: &DevBuf, routed: Option<Route>| MoeGemv {
+                gate_up: &gu,
+                down: &dn,
+                shared: Some((&sgu, &sdn)),
+                inter,
+                k,
+                ids: ids.p(),
+                wts: wts.p(),
+                flat: true,
+                paired: true,
+                routed,
+            };
+            // the replaced launches: the O GEMV, moe_route, the experts on the normed row
+            let xa = DevBuf::from_host(&g, &x0).unwrap();
+            let [ids_a, wts_a, xn, logits, f1] = bufs();
+            assert!(gemv_launch(&g, &o, &rows, xa.p(), h, 1).unwrap());
+            let mut x_post = vec![0f32; h];
+            g.download(xa.p(), &mut x_post).unwrap();
+            model::launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), topk_smem(e);
+                xa.p(), h as i32, nwb.p(), eps, xn.p(), gwb.p(), logits.p(), 1i32, e as i32,
+                h as i32, biasb.p(), k as i32, 1i32, 1i32, 1i32, 2.5f32, ids_a.p(), wts_a.p(),
+                route_done.p())
+            .unwrap();
+            let plain = moe(&ids_a, &wts_a, None);
+            let pcfg = plain.config(&g, 1, h).expect("the MoE GEMV applies");
+            plain
+                .launch(&g, &pcfg, 1, (xn.p(), h), f1.p(), xa.p())
+                .unwrap();
+            // routed by the O GEMV and the gate|up
+            let xb = DevBuf::from_host(&g, &x0).unwrap();
+            let [ids_b, wts_b, _, _, f1] = bufs();
+            let route = Route {
+                gw: gwb.p(),
+                nw: nwb.p(),
+                bias: biasb.p(),
+                acc: acc.p(),
+                ids: ids_b.p(),
+                wts: wts_b.p(),
+                done: done.p(),
+                eps,
+                rscale: 2.5,
+                e: e as i32,
+                k: k as i32,
+                norm: 1,
+            };
+            let ran = gemv_route_launch(&g, &o, &rows, xb.p(), &route).unwrap();
+            if matches!(kind, Kind::Bf16) {
+                assert!(!ran, "{what}: BF16 weights are not taken");
+                break;
+            }
+            assert!(ran, "{what}: the O GEMV's part not taken");
+            let routed = moe(&ids_b, &wts_b, Some(route));
+            let rcfg = routed.config(&g, 1, h).expect("the MoE GEMV applies");
+            assert!(rcfg.routed(), "{what}: the gate|up's part not taken");
+            routed.launch(&g, &rcfg, 1, (0, h), f1.p(), xb.p()).unwrap();
+            let (want_logits, _) = norm_and_router(&x_post, h, &nw, eps, &gw, e);
+            let want = model::moe::route(&want_logits, &bias, &cfg);
+            assert_routing(&g, &ids_b, &wts_b, &want, &what);
+            let (mut ya, mut yb) = (vec![0f32; h], vec![0f32; h]);
+            g.download(xa.p(), &mut ya).unwrap();
+            g.download(xb.p(), &mut yb).unwrap();
+            let err = rel_l2(&yb, &ya);
+            assert!(err < 1e-3, "{what}: layer output, rel L2 {err:e}");
+            let mut left = vec![0u64; e];
+            g.download(acc.p(), &mut left).unwrap();
+            let mut count = [0i32];
+            g.download(done.p(), &mut count).unwrap();
+            assert!(
+                left.iter().all(|v| *v == 0) && count[0] == 0,
+                "{what}: acc {left:?}, count {count:?}"
+            );
+            eprintln!("O GEMV + gate|up routing {what}: rel L2 {err:.2e}");
+        }
+    }
+}
+
 /// `moe_route` (post-attention RMSNorm folded into the router, the normed rows written, then
 /// top-k in the last block) against host routing of the host-normed rows; launched twice per
 /// case, since its block counter must be back at zero for the next launch.
@@ -839,22 +1003,7 @@ fn moe_route_matches_host_routing() {
         let nw: Vec<f32> = (0..h).map(|_| rng.gen_range(0.5..1.5)).collect();
         let gw: Vec<f32> = (0..e * h).map(|_| rng.gen_range(-0.2..0.2)).collect();
         let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect();
-        let mut logits = vec![0f32; t * e];
-        let mut normed = vec![0f32; t * h];
-        for i in 0..t {
-            let row = &x[i * h..(i + 1) * h];
-            let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / h as f64;
-            let rs = 1.0 / (ms + eps as f64).sqrt();
-            for c in 0..h {
-                normed[i * h + c] = (row[c] as f64 * rs * nw[c] as f64) as f32;
-            }
-            for j in 0..e {
-                let dot: f64 = (0..h)
-                    .map(|c| row[c] as f64 * rs * nw[c] as f64 * gw[j * h + c] as f64)
-                    .sum();
-                logits[i * e + j] = dot as f32;
-            }
-        }
+        let (logits, normed) = norm_and_router(&x, h, &nw, eps, &gw, e);
         let want = model::moe::route(&logits, &bias, &cfg);
         let bufs = [&x, &nw, &gw, &bias].map(|v| DevBuf::from_host(&g, v).unwrap());
         let out = DevBuf::zeros(&g, t * e * 4).unwrap();

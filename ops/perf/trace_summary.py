@@ -27,13 +27,15 @@ import statistics as st
 import struct
 import sys
 
-TAGS = {1: "gemv", 2: "rope", 3: "attn", 4: "route", 5: "moe_gu", 6: "moe_dn"}
+TAGS = {1: "gemv", 2: "rope", 3: "attn", 4: "route", 5: "moe_gu", 6: "moe_dn", 7: "gemv_route", 8: "moe_gu_route"}
 # marks a record (TRACE_MARKS in kernels.cu), mark 0 at entry
 NMARK = int(sys.argv[sys.argv.index("--marks") + 1]) if "--marks" in sys.argv else 8
 MARKS = {
     "gemv": ["wait", "load", "stage", "trigger", "loop"],
+    "gemv_route": ["wait", "load", "stage", "trigger", "loop"],
     "moe_gu": ["wait+ids", "load", "stage", "trigger", "loop"],
     "moe_dn": ["wait+ids", "load", "stage", "trigger", "loop"],
+    "moe_gu_route": ["wait", "row", "logits+norm", "top-k", "stage", "trigger", "loop"],
     "attn": ["meta", "wait", "tile 1 in", "keys", "trigger", "write", "merge"],
     "route": ["dots", "trigger", "(last) count", "scores", "top-k"],
     "rope": ["done"],

@@ -84,9 +84,11 @@ funcs!(
     // not (_silu)
     gemv_fp8["_c0", "_c1", "_c2", "_b0", "_b1", "_b2"],
     gemv_fp8_qkv["_c1", "_b1"],
+    gemv_fp8_route["_c", "_b"],
     moe_gemv_fp8_dn["_c", "_b", "_c_silu", "_b_silu"],
     moe_gemv_fp8_gu["_c", "_b"],
     moe_gemv_fp8_flat["_c", "_b"],
+    moe_gemv_fp8_flat_route["_c", "_b"],
 );
 
 impl Funcs {
@@ -97,9 +99,11 @@ impl Funcs {
             .chain([&self.gemv_bf16_4, &self.moe_gemv_bf16])
             .chain(self.gemv_fp8.iter())
             .chain(self.gemv_fp8_qkv.iter())
+            .chain(self.gemv_fp8_route.iter())
             .chain(self.moe_gemv_fp8_dn.iter())
             .chain(self.moe_gemv_fp8_gu.iter())
             .chain(self.moe_gemv_fp8_flat.iter())
+            .chain(self.moe_gemv_fp8_flat_route.iter())
     }
 
     /// The attention kernels with their head size.

@@ -5,10 +5,12 @@
 //! then the dense MLP or the MoE: f32 router, top-k, expert plan, grouped gate|up GEMM,
 //! SiLU·up+quant, grouped down GEMM, shared expert, weighted combine), final norm of the sampled rows,
 //! LM head, and sampling. Decode-size steps fuse more ([`crate::gpu::gemv`]): a one-row linear
-//! layer is one GEMV launch with its norm and quantization, up to four tokens are routed in one
-//! launch (`moe_route`: norm, router, top-k) and run their experts (shared one and combine
-//! included) as two launches without the plan, and the attention splits of one-row tiles are
-//! merged by the attention kernel itself. The only host synchronisation is reading the sampled ids
+//! layer is one GEMV launch with its norm and quantization, up to 32 tokens are routed in one
+//! launch (`moe_route`: norm, router, top-k) and up to 8 run their experts (shared one and
+//! combine included) as two launches without the plan, one token's routing needs no launch of
+//! its own (the O GEMV adds the router's products up, the gate|up ranks the experts:
+//! [`crate::gpu::Route`]), and the attention splits of one-row tiles are merged by the attention
+//! kernel itself. The only host synchronisation is reading the sampled ids
 //! (or the logits, when the host sampler needs them). Shapes depend only on (tokens, sampled
 //! rows), so a decode step of a given batch-size bucket is captured once as a CUDA graph and
 //! replayed after copying in that step's ids, positions, slots and block tables.
@@ -27,7 +29,10 @@ use crate::config::{Glm4MoeConfig, Quantization};
 use crate::error::{ModelError, Result};
 use crate::gpu::blaslt::BlasLt;
 use crate::gpu::device::{attn_smem, dev_err, gemm_smem, DevBuf, Gpu};
-use crate::gpu::gemv::{gemv_launch, gemv_qkv_launch, ActRows, MoeGemv, GEMV_MAX_ROWS};
+use crate::gpu::gemv::{
+    gemv_launch, gemv_qkv_launch, gemv_route_launch, ActRows, MoeGemv, MoeGemvConfig, Route,
+    GEMV_MAX_ROWS,
+};
 use crate::gpu::rope::{paired_rows, pairs_rotary_rows, rope_kv_launch, QkvOut};
 use crate::gpu::weights::{fill_const, GpuLinear, WeightFormat, FMT_F32};
 use crate::launch;
@@ -164,8 +169,12 @@ struct Workspace {
     inv: DevBuf,
     tiles: DevBuf,
     ntiles: DevBuf,
-    /// i32: `moe_route`'s count of finished blocks (zero between launches).
+    /// i32: `moe_route`'s (or the routing O GEMV's) count of finished blocks (zero between
+    /// launches).
     route_done: DevBuf,
+    /// u64 `[experts]`: the logits' sums of a token routed by its O GEMV and gate|up
+    /// ([`crate::gpu::Route`]; zero between layers).
+    route_acc: DevBuf,
     logits: DevBuf,
     /// f32 `[tokens, hidden]`: final-normed hidden states of the last verify step (MTP input).
     mtp_hidden: DevBuf,
@@ -343,6 +352,10 @@ pub struct GpuModel {
     /// layer's rotary rows are paired ([`crate::gpu::rope`]; `GLMFLEET_QKV_ROPE=0` leaves it to
     /// `rope_kv`).
     qkv_rope: bool,
+    /// Whether a MoE layer's one token is routed in its O GEMV's epilogue (`gemv_fp8_route_*`,
+    /// [`crate::gpu::gemv_route_launch`]; `GLMFLEET_O_ROUTE=0` leaves it to `moe_route`): one
+    /// launch fewer on a batch-1 layer's critical path.
+    o_route: bool,
     /// Whether a decode step's attention key splits (one-row tiles, BF16 cache) run as one
     /// thread-block cluster a (tile, KV head) that merges them in shared memory, where the device
     /// has clusters (`GLMFLEET_ATTN_CLUSTER=0`: the last split block merges them through L2).
@@ -592,6 +605,7 @@ impl GpuModel {
             moe_flat: env_on("GLMFLEET_MOE_FLAT"),
             moe_paired: env_on("GLMFLEET_MOE_PAIRED"),
             qkv_rope: env_on("GLMFLEET_QKV_ROPE"),
+            o_route: env_on("GLMFLEET_O_ROUTE"),
             attn_cluster: env_on("GLMFLEET_ATTN_CLUSTER"),
             attn_blocks_per_sm: env_usize("GLMFLEET_ATTN_BLOCKS_PER_SM", 0),
             pdl_graph_batch: env_usize("GLMFLEET_PDL_GRAPH_BATCH", DEFAULT_PDL_GRAPH_BATCH),
@@ -769,6 +783,16 @@ impl GpuModel {
     /// Sets [`GpuModel::qkv_rope`] (captured graphs are dropped).
     pub fn set_qkv_rope(&mut self, on: bool) {
         set_baked(&mut self.graphs, &mut self.qkv_rope, on);
+    }
+
+    /// Whether the O GEMV routes a MoE layer's one token ([`GpuModel::o_route`]).
+    pub fn o_route(&self) -> bool {
+        self.o_route
+    }
+
+    /// Sets [`GpuModel::o_route`] (captured graphs are dropped).
+    pub fn set_o_route(&mut self, on: bool) {
+        set_baked(&mut self.graphs, &mut self.o_route, on);
     }
 
     /// Whether decode attention merges its splits in a cluster ([`GpuModel::attn_cluster`]).
@@ -1185,7 +1209,7 @@ impl GpuModel {
 
     /// One decoder layer over the residual stream `ws.x`, with KV layer `li`.
     fn decoder_layer(&self, li: usize, layer: &GpuLayer, t: usize, tiles: usize) -> Result<()> {
-        self.attention(li, layer, t, tiles)?;
+        let routed = self.attention(li, layer, t, tiles)?;
         match &layer.mlp {
             GpuMlp::Dense {
                 gate_up,
@@ -1204,11 +1228,20 @@ impl GpuModel {
                     "dense MLP GEMMs",
                 )
             }
-            GpuMlp::Moe { .. } => self.moe(layer, t),
+            GpuMlp::Moe { .. } => self.moe(layer, t, routed),
         }
     }
 
-    fn attention(&self, li: usize, layer: &GpuLayer, t: usize, tiles: usize) -> Result<()> {
+    /// The attention block: QKV, RoPE and the cache write, attention, and the O projection added
+    /// to the residual stream. Returns the routing the O GEMV began for the MoE layer's token
+    /// ([`GpuModel::o_route`]), for its gate|up to finish.
+    fn attention(
+        &self,
+        li: usize,
+        layer: &GpuLayer,
+        t: usize,
+        tiles: usize,
+    ) -> Result<Option<Route>> {
         let c = &self.config;
         let (g, ws) = (&*self.g, &self.ws);
         let (h, nh, nkv, d) = (
@@ -1307,10 +1340,96 @@ impl GpuModel {
         }
         self.mark("attention")?;
         let a = ActRows::plain(ws.o.p(), nh * d, t, nh * d);
-        self.linear(&layer.o, a, ws.x.p(), h, 1, "O GEMM")
+        if let Some(route) = self.o_route_args(layer, t) {
+            if gemv_route_launch(g, &layer.o, &a, ws.x.p(), &route)? {
+                self.mark("O GEMV + router products")?;
+                return Ok(Some(route));
+            }
+        }
+        self.linear(&layer.o, a, ws.x.p(), h, 1, "O GEMM")?;
+        Ok(None)
     }
 
-    fn moe(&self, layer: &GpuLayer, t: usize) -> Result<()> {
+    /// The routing's arguments for a MoE layer whose `t` tokens (one) run the MoE GEMVs with the
+    /// shared expert as a slot and a flat gate|up that can finish it ([`GpuModel::o_route`];
+    /// otherwise `moe_route` routes them).
+    fn o_route_args(&self, layer: &GpuLayer, t: usize) -> Option<Route> {
+        let GpuMlp::Moe { gate, bias, .. } = &layer.mlp else {
+            return None;
+        };
+        let (c, ws) = (&self.config, &self.ws);
+        // (expert groups: moe_route ranks them)
+        if !self.o_route || t != 1 || c.n_group > 1 {
+            return None;
+        }
+        let route = Route {
+            gw: gate.p(),
+            nw: layer.post_norm.p(),
+            bias: bias.p(),
+            acc: ws.route_acc.p(),
+            ids: ws.ids.p(),
+            wts: ws.wts.p(),
+            done: ws.route_done.p(),
+            eps: c.rms_norm_eps,
+            rscale: c.routed_scaling_factor,
+            e: c.n_routed_experts as i32,
+            k: c.num_experts_per_tok as i32,
+            norm: i32::from(c.norm_topk_prob),
+        };
+        self.moe_gemv(layer, t, Some(route))
+            .is_some_and(|(_, cfg, fused)| fused && cfg.routed())
+            .then_some(route)
+    }
+
+    /// The MoE GEMVs for `t` tokens of a MoE layer where they run them (few tokens, the kernels
+    /// take the weights, the gate|up output fits the scratch), with their configuration and
+    /// whether the shared expert runs as a slot beside the routed ones; `routed`: the routing
+    /// the O GEMV began, for the gate|up to finish ([`MoeGemv::routed`]).
+    fn moe_gemv<'a>(
+        &self,
+        layer: &'a GpuLayer,
+        t: usize,
+        routed: Option<Route>,
+    ) -> Option<(MoeGemv<'a>, MoeGemvConfig, bool)> {
+        let GpuMlp::Moe {
+            experts_gu,
+            experts_down,
+            shared_gu,
+            shared_down,
+            inter,
+            ..
+        } = &layer.mlp
+        else {
+            return None;
+        };
+        if t > self.moe_gemv_tokens {
+            return None;
+        }
+        let (g, ws) = (&*self.g, &self.ws);
+        // the shared expert runs as one more slot when it is shaped as a routed one
+        let fused = MoeGemv::same_shape(shared_gu, experts_gu)
+            && MoeGemv::same_shape(shared_down, experts_down);
+        let experts = MoeGemv {
+            gate_up: experts_gu,
+            down: experts_down,
+            shared: fused.then_some((shared_gu, shared_down)),
+            inter: *inter,
+            k: self.config.num_experts_per_tok,
+            ids: ws.ids.p(),
+            wts: ws.wts.p(),
+            flat: self.moe_flat,
+            paired: self.moe_paired,
+            routed,
+        };
+        let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
+        let cfg = experts
+            .config(g, t, self.config.hidden_size)
+            .filter(|_| fits)?;
+        Some((experts, cfg, fused))
+    }
+
+    /// The MoE block for `t` tokens; `routed`: the routing the O GEMV began ([`Route`]).
+    fn moe(&self, layer: &GpuLayer, t: usize, routed: Option<Route>) -> Result<()> {
         let GpuMlp::Moe {
             gate,
             bias,
@@ -1339,23 +1458,8 @@ impl GpuModel {
                 c.topk_group as i32, i32::from(c.norm_topk_prob), c.routed_scaling_factor,
                 ws.ids.p(), ws.wts.p())
         };
-        if t <= self.moe_gemv_tokens {
-            // the shared expert runs as one more slot when it is shaped as a routed one
-            let fused = MoeGemv::same_shape(shared_gu, experts_gu)
-                && MoeGemv::same_shape(shared_down, experts_down);
-            let experts = MoeGemv {
-                gate_up: experts_gu,
-                down: experts_down,
-                shared: fused.then_some((shared_gu, shared_down)),
-                inter: *inter,
-                k,
-                ids: ws.ids.p(),
-                wts: ws.wts.p(),
-                flat: self.moe_flat,
-                paired: self.moe_paired,
-            };
-            let fits = experts.f1_rows(t) * experts_gu.n * 4 <= ws.f1.bytes();
-            if let Some(cfg) = experts.config(g, t, h).filter(|_| fits) {
+        if let Some((experts, cfg, fused)) = self.moe_gemv(layer, t, routed) {
+            if !cfg.routed() {
                 if fused && t <= MOE_ROUTE_MAX_TOKENS {
                     // one launch for the norm, the router and top-k
                     launch!(g, moe_route, (e as u32, 1, 1), (128, 1, 1), topk_smem(e);
@@ -1367,16 +1471,16 @@ impl GpuModel {
                     post_norm_and_route()?;
                 }
                 self.mark("MoE routing")?;
-                experts.launch(g, &cfg, t, (ws.xn.p(), h), ws.f1.p(), ws.x.p())?;
-                self.mark("expert GEMMs")?;
-                if !fused {
-                    let a = ActRows::plain(ws.xn.p(), h, t, h);
-                    let out = (ws.x.p(), 1);
-                    let (gu, dn) = (shared_gu, shared_down);
-                    self.swiglu(gu, dn, *shared_inter, a, None, out, "shared expert GEMMs")?;
-                }
-                return Ok(());
             }
+            experts.launch(g, &cfg, t, (ws.xn.p(), h), ws.f1.p(), ws.x.p())?;
+            self.mark("expert GEMMs")?;
+            if !fused {
+                let a = ActRows::plain(ws.xn.p(), h, t, h);
+                let out = (ws.x.p(), 1);
+                let (gu, dn) = (shared_gu, shared_down);
+                self.swiglu(gu, dn, *shared_inter, a, None, out, "shared expert GEMMs")?;
+            }
+            return Ok(());
         }
         post_norm_and_route()?;
         let a = t * k;
@@ -1831,6 +1935,7 @@ impl Workspace {
             tiles: z(2 * (a_cap.div_ceil(16) + e) * 4)?,
             ntiles: z(4)?,
             route_done: z(4)?,
+            route_acc: z(e * 8)?,
             logits: z(r_cap * c.vocab_size * 4)?,
             mtp_hidden: z(mtp_rows * h * 4)?,
             mtp_kept: z(kept_rows * h * 4)?,
@@ -1865,6 +1970,7 @@ impl Workspace {
             &self.tiles,
             &self.ntiles,
             &self.route_done,
+            &self.route_acc,
             &self.logits,
             &self.mtp_hidden,
             &self.mtp_kept,

@@ -131,7 +131,10 @@ pub fn gemv_max_rows(w: &GpuLinear) -> usize {
 /// is 8 warps: 8 / S groups of 16 channels (a chunk), each group's K split over S warps. No more
 /// blocks than are resident at once: a block takes every grid-th chunk, its rings streaming on
 /// from one to the next. S evens out the chunks over the resident blocks (the largest share of
-/// chunks by the fewest; ties to the smaller S).
+/// chunks by the fewest; ties to the smaller S). (Picking S by the SMs' loads instead, block b on
+/// SM b mod SMs, took GLM-4.5-Air's QKV projection from 224 blocks of one chunk, two on 92 SMs
+/// and one on 40, to 264 blocks of 3-4 chunks and S 8: its tail went 2.3 -> 5.1 µs and batch 1
+/// 4.89 -> 5.02-5.03 ms, run 119.)
 fn fp8_grid(g: &Gpu, w: &GpuLinear, smem: usize) -> ((u32, u32, u32), usize) {
     let groups = w.n.div_ceil(16);
     let resident = (g.blocks_per_sm(smem + GEMV_FP8_STATIC_SMEM, 2) * g.sm_count).max(1);
@@ -202,6 +205,80 @@ pub fn gemv_qkv_launch(
         a.up_off as i32, group as i32, w.w.p(), (w.kp * w.elem_bytes()) as i32, w.scales_ptr(),
         smode, bn, bk, w.bias_ptr(), w.n as i32, s as i32, 0u64, 0i32, 0i32, *out, k_off as i32,
         v_off as i32)?;
+    Ok(true)
+}
+
+/// A MoE layer's routing of one token, split between its O GEMV ([`gemv_route_launch`]) and its
+/// flat gate|up GEMV ([`MoeGemv::routed`]), with no launch of its own (`RouteArgs` in
+/// `kernels.cu`, passed by value to both): router weights `gw [e, h]`, the post-attention norm
+/// weight `nw [h]` and `eps`, the score correction `bias [e]`; `acc [e]` (u64) the logits' sums,
+/// which the O GEMV's blocks add to and the gate|up's rank from, and `done` (i32) the gate|up
+/// blocks' count, both at zero between layers; outputs the top-k `ids`, `wts [k]` (without expert
+/// groups: models with `n_group` above 1 route with `moe_route`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub gw: u64,
+    pub nw: u64,
+    pub bias: u64,
+    pub acc: u64,
+    pub ids: u64,
+    pub wts: u64,
+    pub done: u64,
+    pub eps: f32,
+    pub rscale: f32,
+    pub e: i32,
+    pub k: i32,
+    pub norm: i32,
+}
+
+/// Shared scratch bytes of the O GEMV's part of the routing (`route_prefetch` in `kernels.cu`)
+/// for `cb` channels a block and `e` experts: the router's and the norm weight's columns of those
+/// channels, and the new row's ([e + 2] × [cb + 4] floats).
+fn route_smem(cb: usize, e: usize) -> usize {
+    4 * (e + 2) * (cb + 4)
+}
+
+/// Shared scratch bytes the flat gate|up adds for its part of the routing (`route_topk`) over
+/// rows of `k` columns and `e` experts (a multiple of 4): the norm weight's `k` floats, the
+/// logits and `topk_one`'s scratch (3 e + 32 floats), 32 ids, 32 weights and the score bias.
+fn route_topk_smem(k: usize, e: usize) -> usize {
+    4 * (k + 4 * e + 96)
+}
+
+/// `x[0] += a[0] · Wᵀ` for one plain row, adding the router's products over the block's channels
+/// to `route.acc` (`gemv_fp8_route_*`): the O projection of a MoE layer's one token, whose flat
+/// gate|up then ranks the experts ([`Route`]). Ok(false), launching nothing, where it does not
+/// apply: not one plain row, BF16 weights or a bias, experts not a multiple of 4, blocks taking
+/// more than one chunk each, or where [`gemv_launch`] would not take it.
+pub fn gemv_route_launch(
+    g: &Gpu,
+    w: &GpuLinear,
+    a: &ActRows,
+    x: u64,
+    route: &Route,
+) -> Result<bool> {
+    let Some(((true, smode, bn, bk, group), base)) = gemv_fit(g, w, a) else {
+        return Ok(false);
+    };
+    let e = route.e as usize;
+    if a.n != 1 || a.mode != 0 || a.rows != 0 || w.bias.is_some() || e == 0 || !e.is_multiple_of(4)
+    {
+        return Ok(false);
+    }
+    // S (and so the channels a block) from the grid the routing's scratch leaves, checked to
+    // come out the same with the scratch for those channels
+    let (_, s) = fp8_grid(g, w, base + route_smem(32, e));
+    let cb = 16 * (8 / s);
+    let smem = base + route_smem(cb, e);
+    let (grid, s2) = fp8_grid(g, w, smem);
+    if s2 != s || grid.0 as usize != w.n.div_ceil(cb) || smem > g.gemv_smem {
+        return Ok(false);
+    }
+    launch!(g, gemv_fp8_route[fp8_variant(smode)], grid, (256, 1, 1), smem;
+        a.x, a.ldx as i32, 0u64, 1i32, a.k as i32, w.kp as i32, 0i32, 0u64, 0f32, 0i32,
+        group as i32, w.w.p(), (w.kp * w.elem_bytes()) as i32, w.scales_ptr(), smode, bn, bk,
+        0u64, w.n as i32, s as i32, x, w.n as i32, 1i32, *route)?;
     Ok(true)
 }
 
@@ -277,6 +354,10 @@ pub struct MoeGemv<'a> {
     pub flat: bool,
     /// Whether the FP8 gate|up also applies SiLU·up itself ([`MoeGemvConfig::paired`]).
     pub paired: bool,
+    /// One token's routing, begun by its O GEMV ([`gemv_route_launch`]): the flat gate|up ranks
+    /// the experts itself, from the residual row (not the normed one), and writes `ids` and `wts`
+    /// ([`MoeGemvConfig::routed`]).
+    pub routed: Option<Route>,
 }
 
 impl MoeGemv<'_> {
@@ -368,6 +449,7 @@ impl MoeGemv<'_> {
         // units with one block an SM, but no fewer than the slots (the other kernel's block, which
         // also keeps small models' blocks several warps wide), when its rings and staging fit
         let mut flat = None;
+        let mut routed = false;
         if fp8 && self.flat && t == 1 {
             let units = slots * gu.n.div_ceil(16);
             let warps = units.div_ceil(g.sm_count).max(slots);
@@ -375,6 +457,15 @@ impl MoeGemv<'_> {
             if warps <= 16 && bytes <= g.gemv_smem {
                 flat = Some((warps, units.div_ceil(warps)));
                 parts[0] = (gu_group, 0, bytes);
+                // the routing's part: a thread an expert, with its scratch
+                if let Some(r) = &self.routed {
+                    let e = r.e as usize;
+                    let with = bytes + route_topk_smem(gu.k, e);
+                    if e.is_multiple_of(4) && 32 * warps >= e && with <= g.gemv_smem {
+                        routed = true;
+                        parts[0].2 = with;
+                    }
+                }
             }
         }
         Some(MoeGemvConfig {
@@ -384,6 +475,7 @@ impl MoeGemv<'_> {
             bk,
             paired,
             flat,
+            routed,
             parts,
         })
     }
@@ -451,7 +543,14 @@ impl MoeGemv<'_> {
                 };
             }
             let variant = fp8_variant(smode);
-            if flat.is_some() {
+            if let (Some(route), true, 0) = (&self.routed, cfg.routed, down) {
+                // from the residual row x, which it norms itself (xn is not written)
+                launch!(g, moe_gemv_fp8_flat_route[variant], grid, block, smem;
+                    x, ldx as i32, t as i32, self.k as i32, 0u64, 0u64, k_in as i32,
+                    l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride, ldw,
+                    l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32, cpb as i32,
+                    output, ldo as i32, down, *route)?;
+            } else if flat.is_some() {
                 go!(moe_gemv_fp8_flat[variant])?;
             } else if cfg.fp8 && down == 0 {
                 go!(moe_gemv_fp8_gu[variant])?;
@@ -478,6 +577,9 @@ pub struct MoeGemvConfig {
     /// Whether the FP8 gate|up writes SiLU(gate)·up (its chunks 8 channels' gate and up rows),
     /// so the down kernel loads half a row and applies no SiLU (`moe_gemv_impl`).
     paired: bool,
+    /// Whether the flat gate|up ranks the experts itself ([`MoeGemv::routed`]; where its blocks
+    /// have a thread an expert and its scratch fits).
+    routed: bool,
     parts: [(usize, usize, usize); 2],
 }
 
@@ -490,5 +592,10 @@ impl MoeGemvConfig {
     /// Whether the gate|up applies SiLU·up ([`MoeGemv::paired`]).
     pub fn paired(&self) -> bool {
         self.paired
+    }
+
+    /// Whether the flat gate|up ranks the experts itself ([`MoeGemv::routed`]).
+    pub fn routed(&self) -> bool {
+        self.routed
     }
 }

@@ -96,6 +96,8 @@ struct Trace {
 #define TAG_ROUTE 4
 #define TAG_MOE_GU 5
 #define TAG_MOE_DN 6
+#define TAG_GEMV_ROUTE 7
+#define TAG_MOE_GU_ROUTE 8
 
 #define FMT_F32 0
 #define FMT_BF16 1
@@ -2142,6 +2144,177 @@ __device__ __forceinline__ void qkv_chunk(const QkvOut& o, int c0, const float (
   }
 }
 
+// A MoE layer's routing of one token, split between its O GEMV (gemv_fp8_route_*) and its MoE
+// gate|up GEMV (moe_gemv_fp8_flat_route_*), with no launch of its own. The O GEMV's blocks add
+// their channels of the attention's output to the residual stream x, and the router's product
+// over those channels is theirs to take too: each block adds its partial logits,
+// sum_{h in its channels} gw[e, h] nw[h] x[h] (moe_route's products), to acc[e] in 2^-32 fixed
+// point (64-bit integer atomics: the sum does not depend on the order the blocks come in, so
+// routing stays deterministic). Every gate|up block then loads x with the norm weight (as its
+// staging would), computes rs = rsqrt(mean x^2 + eps) from them, scales acc into logits and ranks
+// the experts itself (topk_one), and stages the normed row x rs nw for its slots. Its block 0
+// writes ids and wts (for the down kernel); the last of its blocks to have read acc zeroes it
+// (and the count `done`) for the next layer. That takes moe_route's launch, its wait for the O
+// GEMV, its reads of x and its last block's round trips off a batch-1 layer's critical path (its
+// dots took 15.7 µs, mostly waiting, run 115's timeline). (The O GEMV's last block summing the
+// blocks' partials and ranking them was slower than moe_route: its tail took 10 µs and batch 1
+// 5.22 against 5.02 ms, run 117.)
+struct RouteArgs {
+  const float* gw;          // [E][H] router weights (H: the O GEMV's N)
+  const float* nw;          // [H] post-attention RMSNorm weight
+  const float* bias;        // [E] score correction
+  unsigned long long* acc;  // [E] the logits' sums before the norm's scale (zero between layers)
+  int* ids;
+  float* wts;
+  int* done;  // gate|up blocks that have read acc (zero between launches)
+  float eps, rscale;
+  int E, k, norm;  // (no expert groups: topk_one)
+};
+#define ROUTE_FIX 4294967296.0f  // 2^32: acc's fixed point
+
+// Before the PDL wait (constant data): this block's columns of gw and nw into rs_ ([E + 1][cb +
+// 4] floats: a row padded 16 bytes, conflict-free float4 reads a thread a row) by cp.async (one
+// commit group, the block's oldest: the weight ring's first wait_group takes it along), and the
+// new x's columns (cb + 4 floats after them) zeroed (channels past N stay 0).
+__device__ __forceinline__ void route_prefetch(const RouteArgs& ra, float* rs_, int c_base,
+                                               int g16, int nch, int cstride, int N) {
+  int cb = nch * g16, st = cb + 4, q4 = cb / 4;
+  for (int i = threadIdx.x; i < (ra.E + 1) * q4; i += blockDim.x) {
+    int e = i / q4, c = 4 * (i - e * q4), ch = c / g16;
+    int h = c_base + ch * cstride + c % g16;
+    bool ok = h < N;
+    const float* src = e < ra.E ? ra.gw + (size_t)e * N + h : ra.nw + h;
+    cp_async16(rs_ + e * st + c, ok ? src : ra.nw, ok);
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+  float* xo = rs_ + (ra.E + 1) * st;
+  for (int i = threadIdx.x; i < cb; i += blockDim.x) xo[i] = 0.f;
+}
+
+// After the O GEMV's loop (xo holds the block's new x values, in its channel order): the block's
+// partial logits added to acc.
+__device__ __forceinline__ void route_partials(const RouteArgs& ra, const float* rs_, int cb) {
+  int E = ra.E, st = cb + 4;
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();  // the copies of every thread, and every warp's xo
+  const float* nwl = rs_ + E * st;
+  const float* xo = nwl + st;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    float a = 0.f;
+    for (int c = 0; c < cb; c += 4) {
+      float4 v = *(const float4*)(xo + c), w = *(const float4*)(rs_ + e * st + c),
+             n = *(const float4*)(nwl + c);
+      a += w.x * n.x * v.x + w.y * n.y * v.y + w.z * n.z * v.z + w.w * n.w * v.w;
+    }
+    a = fminf(fmaxf(a, -0x1p30f), 0x1p30f);  // (the fixed point's range)
+    atomicAdd(ra.acc + e, (unsigned long long)llrintf(a * ROUTE_FIX));
+  }
+}
+
+// A unsigned 64-bit value read through L2.
+__device__ __forceinline__ unsigned long long ld_cg_u64(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.global.cg.u64 %0, [%1];" : "=l"(v) : "l"(p));
+  return v;
+}
+
+// topk_block for one token without expert groups (ng 1, as GLM-4.x routes), in a few KB of code:
+// the general one is most of the routing kernels' SASS (moe_route 55 KB), fetched cold once a
+// layer by every block, and ranking one token with it took 2.9 µs in the gate|up (run 121's
+// timeline). The same scores, ranks (ties to the lower index), weights and defaults. lg [E]
+// (shared), E a multiple of 4; sh: 2 E + 32 floats; ids, wts [k].
+__device__ __noinline__ void topk_one(const float* lg, const float* bias, int E, int k, int norm,
+                                      float rscale, int* ids, float* wts, float* sh) {
+  int tid = threadIdx.x, bd = blockDim.x;
+  float *sc = sh, *ch = sh + E, *ps = ch + E;  // scores, biased scores, the picks' scores
+  for (int e = tid; e < E; e += bd) {
+    float s = 1.0f / (1.0f + expf(-lg[e]));
+    sc[e] = s;
+    ch[e] = s + bias[e];
+    if (e < k) {  // ranks form a permutation unless scores are NaN: then picks stay in range
+      ids[e] = e;
+      ps[e] = s;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < E; e += bd) {
+    float v = ch[e];
+    int r = 0;
+#pragma unroll 4
+    for (int j = 0; j < E; j += 4) {
+      float4 u = *(const float4*)(ch + j);
+      r += ranks_above(u.x, j, v, e) + ranks_above(u.y, j + 1, v, e) +
+           ranks_above(u.z, j + 2, v, e) + ranks_above(u.w, j + 3, v, e);
+    }
+    if (r < k) {
+      ids[r] = e;
+      ps[r] = sc[e];
+    }
+  }
+  __syncthreads();
+  if (tid < k) {
+    float w = ps[tid];
+    if (norm) {
+      float sum = 0.f;  // in rank order, as the reference adds them
+      for (int q = 0; q < k; q++) sum += ps[q];
+      w /= (sum + 1e-20f);
+    }
+    wts[tid] = w * rscale;
+  }
+  __syncthreads();
+}
+
+// The gate|up side (moe_gemv_impl with ROUTE, one token, blockDim >= E), after route_prefetch:
+// loads acc and the row x into xf, norms the row in place with the norm weight in wf (round_row's
+// products; its rounding then takes it as plain, mode 0), and ranks the experts into sids / swts
+// (shared) from the logits acc rs (tsh: the logits, then topk_one's scratch; bsh: the score
+// bias); block 0 writes them to ids / wts. The count in `done` comes after the kernel's loop
+// (route_release): its atomic's round trip would hold every thread at topk_one's first barrier.
+__device__ void route_topk(const RouteArgs& ra, const float* x, int K, float* xf, const float* wf,
+                           const float* bsh, float* tsh, int* sids, float* swts,
+                           float* red TRACE_PARAM) {
+  int tid = threadIdx.x, bd = blockDim.x, E = ra.E;
+  unsigned long long a = tid < E ? ld_cg_u64(ra.acc + tid) : 0ull;
+  asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of wf (load_row's
+                                                     // barrier then shows everyone's)
+  float ss = load_row(x, K, 0, 0, 0, xf, 0);
+  TRACE_MARK_P(2);
+  float rs = rsqrtf(block_sum(ss, red) / (float)K + ra.eps);  // as round_row computes it
+  if (tid < E) tsh[tid] = (float)((double)(long long)a * (1.0 / 4294967296.0)) * rs;
+  for (int j = 4 * tid; j < K; j += 4 * bd) {
+    float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
+    *(float4*)(xf + j) =
+        make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
+  }
+  __syncthreads();
+  TRACE_MARK_P(3);
+  topk_one(tsh, bsh, E, ra.k, ra.norm, ra.rscale, sids, swts, tsh + E);
+  if (blockIdx.x == 0 && tid < ra.k) {
+    ra.ids[tid] = sids[tid];
+    ra.wts[tid] = swts[tid];
+  }
+}
+
+// Before the gate|up's PDL wait (constant data): the norm weight into wf [K] by cp.async (the
+// block's only copies until route_topk waits for them), the score bias into bsh [E]. (Loaded after
+// the wait, from DRAM, they were on the critical path: 2.5 µs to the row loaded, 3.3 to the
+// experts ranked, run 119's timeline.)
+__device__ __forceinline__ void route_prefetch_gu(const RouteArgs& ra, int K, float* wf,
+                                                  float* bsh) {
+  for (int j = 4 * threadIdx.x; j < K; j += 4 * blockDim.x) cp_async16(wf + j, ra.nw + j, true);
+  asm volatile("cp.async.commit_group;" ::: "memory");
+  for (int e = threadIdx.x; e < ra.E; e += blockDim.x) bsh[e] = ra.bias[e];
+}
+
+// The last of the gate|up's blocks to count itself (every block read acc long before: its
+// loop is done) zeroes acc and the count for the next layer.
+__device__ __forceinline__ void route_release(const RouteArgs& ra) {
+  if (threadIdx.x == 0 && atomicAdd(ra.done, 1) == (int)gridDim.x - 1) {
+    *ra.done = 0;
+    for (int e = 0; e < ra.E; e++) ra.acc[e] = 0ull;
+  }
+}
+
 // Dense FP8 GEMV: out[r, c] (= or += by omode 0 / 1) for M <= 8 rows (gathered through `rows`
 // when non-null) prepared by in_mode, plus bias. A block's 8 warps are 8 / S channel groups of 16,
 // each group's K split over S warps (few channels, long K: enough blocks to fill the GPU); block b
@@ -2177,14 +2350,21 @@ __device__ __forceinline__ void qkv_chunk(const QkvOut& o, int c0, const float (
 // and those stalls 2% (runs 109-111, ops/perf/2026-12-01-gpu-kernel-instantiations.md).
 // BLK false: per-channel weight scales (smode 1) and one activation scale a row (group K); true:
 // block scales (smode 2), activation scales per `group` columns.
-template <bool QKV, int IN, bool BLK>
+// ROUTE (gemv_fp8_route_*): one plain row added to out (x), with the MoE routing as its epilogue
+// (RouteArgs; ra unused otherwise).
+template <bool QKV, int IN, bool BLK, bool ROUTE = false>
 __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, int k_off,
-                                              int v_off) {
-  TRACE_DECL(TAG_GEMV);
+                                              int v_off, const RouteArgs& ra) {
+  TRACE_DECL(ROUTE ? TAG_GEMV_ROUTE : TAG_GEMV);
   if (PATHS_FIXED) {
     in_mode = IN;
     smode = BLK ? 2 : 1;
     if (!BLK) group = K;
+  }
+  if (ROUTE) {  // the one way it is launched (gemv_route_launch)
+    M = 1;
+    rows = nullptr;
+    omode = 1;
   }
   extern __shared__ __align__(16) u8 fsm[];
   __shared__ float red[32];
@@ -2203,6 +2383,8 @@ __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, i
   fp8v_slice(nsteps, S, si, smode, bk_blk, s0, s1);
   // evict-first copies at one row only (at 2-8 rows they measured 0.5-1% slower, run 71)
   Fp8vStream ws(fsm + warp * FP8V_RING, W, ldw, N, kp, s0, s1, cfirst, cstride, nch, M == 1);
+  float* rs_ = xf + K;  // ROUTE: its scratch (in_mode 0: no norm weight)
+  if (ROUTE) route_prefetch(ra, rs_, blockIdx.x * G * 16, G * 16, nch, cstride, N);
   PDL_WAIT();
   TRACE_MARK(1);
   for (int r = 0; r < M; r++) {
@@ -2246,14 +2428,20 @@ __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, i
         if (smode == 1) v *= asc[m * ng] * sw[n];
         if (bias) v += bias[n];
         float* o = out + (size_t)m * ldc + n;
-        if (omode == 1)
+        if (ROUTE) {  // the new x, also kept for the routing's products
+          float nv = *o + v;
+          *o = nv;
+          rs_[(ra.E + 1) * (nch * G * 16 + 4) + ch * G * 16 + (warp / S) * 16 + (n - c0)] = nv;
+        } else if (omode == 1) {
           *o += v;
-        else
+        } else {
           *o = v;
+        }
       }
     }
   }
   TRACE_MARK(5);
+  if (ROUTE) route_partials(ra, rs_, nch * G * 16);
   TRACE_FLUSH();
 }
 
@@ -2261,7 +2449,7 @@ __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, i
 // gemv.rs); the QKV GEMV for normed rows (mode 1) only, the one it is used for.
 #define GEMV_FP8_KERNEL(NAME, IN, BLK)                                       \
   extern "C" __global__ void __launch_bounds__(256, 2) NAME(GEMV_FP8_ARGS) { \
-    gemv_fp8_impl<false, IN, BLK>(GEMV_FP8_PASS, QkvOut{}, 0, 0);            \
+    gemv_fp8_impl<false, IN, BLK>(GEMV_FP8_PASS, QkvOut{}, 0, 0, RouteArgs{}); \
   }
 GEMV_FP8_KERNEL(gemv_fp8_c0, 0, false)
 GEMV_FP8_KERNEL(gemv_fp8_c1, 1, false)
@@ -2272,10 +2460,17 @@ GEMV_FP8_KERNEL(gemv_fp8_b2, 2, true)
 #define GEMV_FP8_QKV_KERNEL(NAME, BLK)                                                   \
   extern "C" __global__ void __launch_bounds__(256, 2)                                   \
       NAME(GEMV_FP8_ARGS, QkvOut qo, int k_off, int v_off) {                             \
-    gemv_fp8_impl<true, 1, BLK>(GEMV_FP8_PASS, qo, k_off, v_off);                        \
+    gemv_fp8_impl<true, 1, BLK>(GEMV_FP8_PASS, qo, k_off, v_off, RouteArgs{});           \
   }
 GEMV_FP8_QKV_KERNEL(gemv_fp8_qkv_c1, false)
 GEMV_FP8_QKV_KERNEL(gemv_fp8_qkv_b1, true)
+// gemv_fp8_route_{c,b}: the O GEMV of one token with the MoE routing (route_finish)
+#define GEMV_FP8_ROUTE_KERNEL(NAME, BLK)                                                 \
+  extern "C" __global__ void __launch_bounds__(256, 2) NAME(GEMV_FP8_ARGS, RouteArgs ra) { \
+    gemv_fp8_impl<false, 0, BLK, true>(GEMV_FP8_PASS, QkvOut{}, 0, 0, ra);               \
+  }
+GEMV_FP8_ROUTE_KERNEL(gemv_fp8_route_c, false)
+GEMV_FP8_ROUTE_KERNEL(gemv_fp8_route_b, true)
 
 // 8 bf16 of a 16-byte chunk as f32.
 __device__ __forceinline__ void bf16_chunk(uint4 v, float* f) {
@@ -2411,14 +2606,20 @@ GEMV_BF16_KERNEL(4)
 // Dynamic shared memory: (FP8) slots weight rings of FP8V_RING bytes, the
 // staged rows (down ? slots : 1) and their scales, slots * cpb floats, then (FP8) K floats of
 // staging scratch per staged row.
-template <bool FP8, bool FLAT, bool GU, bool BLK, bool SILU = false>
+// ROUTE (moe_gemv_fp8_flat_route_*: FP8 gate|up, flat, one token): x is the residual stream, and
+// the block routes the token itself (route_topk; ids and wts are written, not read), then stages
+// x normed. Its scratch past the staging's K floats: K floats (the norm weight), then
+// route_topk's: the logits and topk_one's scratch (3 E + 32 floats), 32 ids, 32 weights and the
+// score bias (E floats).
+template <bool FP8, bool FLAT, bool GU, bool BLK, bool SILU = false, bool ROUTE = false>
 __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k,
                               const int* __restrict__ ids, const float* __restrict__ wts, int K,
                               int kp, int up_off, int group, const u8* __restrict__ W,
                               long long w_gstride, int ldw, const float* __restrict__ sw,
                               long long sw_gstride, const u8* __restrict__ Wsh,
                               const float* __restrict__ swsh, int smode, int bn_blk, int bk_blk,
-                              int N, int cpb, float* __restrict__ out, int ldo, int down) {
+                              int N, int cpb, float* __restrict__ out, int ldo, int down,
+                              const RouteArgs& ra) {
   // FP8: gate|up (GU) and down are separate kernels, each without the other's paths
   if (GU) down = 0;
   else if (FP8) down = 1;
@@ -2427,8 +2628,10 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     if (!BLK) group = K;
     if (!GU && !SILU) up_off = 0;  // FP8 down: its rows SiLU·up already (paired gate|up)
   }
-  TRACE_DECL(TAG_MOE_GU + down);
-  PDL_WAIT();  // the expert ids come from the previous kernels
+  TRACE_DECL(ROUTE ? TAG_MOE_GU_ROUTE : TAG_MOE_GU + down);
+  // ROUTE: marks 1-3 are the wait's end and route_topk's, mark 4 the experts known, then the
+  // kernel's own 3-5 are 5-7 (its 2, the row loaded, is route_topk's)
+#define GU_MARK(p) TRACE_MARK(!ROUTE ? (p) : (p) == 1 ? 4 : (p) + 2)
   extern __shared__ __align__(16) u8 msm[];
   __shared__ float red[32];
   int tok = blockIdx.y, lane = threadIdx.x & 31, j = threadIdx.x >> 5;
@@ -2455,13 +2658,22 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   float* sc_s = (float*)(rows_s + ((nrows * row_bytes + 15) & ~(size_t)15));
   float* part = sc_s + ((nrows * ng + 3) & ~3);
   float* xf = part + slots * cpb;  // FP8: staging scratch, K floats per staged row
+  float* tsh = xf + 2 * K;
+  int* sids = (int*)(tsh + 3 * ra.E + 32);
+  float* bsh = (float*)(sids + 64);
+  if (ROUTE) route_prefetch_gu(ra, K, xf + K, bsh);
+  PDL_WAIT();  // the expert ids (ROUTE: acc and the row) come from the previous kernels
+  if (ROUTE) TRACE_MARK(1);
+  if (ROUTE)  // the row is loaded and normed here
+    route_topk(ra, x + (size_t)tok * ldx, K, xf, xf + K, bsh, tsh, sids, (float*)(sids + 32),
+               red TRACE_ARG);
   const u8* Wj = W;
   const float* swj = sw;
   if (shared) {
     Wj = Wsh;
     swj = swsh;
   } else {
-    int e = ids[(size_t)tok * k + j];
+    int e = ROUTE ? sids[j] : ids[(size_t)tok * k + j];
     Wj += (long long)e * w_gstride;
     if (sw) swj += (long long)e * sw_gstride;
   }
@@ -2475,20 +2687,21 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     // copies, and evict-normal ones too, made batch 4-8 slower: runs 69, 70)
     Fp8vStream ws(ring, Wj, ldw, ce, kp, 0, nsteps, cb, cw, (ce - cb + cw - 1) / cw, T == 1,
                   paired ? up_off : 0);
-    TRACE_MARK(1);
+    GU_MARK(1);
     if (down)  // each warp starts its stream once its own row's loads have landed
       stage_swiglu_warp(x + (size_t)row * ldx, K, kp, up_off, group, xf + (size_t)j * K, my_q,
                         sc_s + j * ng, ws TRACE_ARG);
     else {
-      float ss = load_row(x + (size_t)tok * ldx, K, 0, 0, 0, xf, 0);
-      TRACE_MARK(2);
+      // (ROUTE: the row is loaded and normed already)
+      float ss = ROUTE ? 0.f : load_row(x + (size_t)tok * ldx, K, 0, 0, 0, xf, 0);
+      if (!ROUTE) GU_MARK(2);
       ws.start();  // once the row's loads have landed
       round_row(ss, K, kp, 0, 0.f, group, xf, 0, my_q, sc_s, 0, red);
     }
     const float* my_sc = sc_s + srow * ng;
-    TRACE_MARK(3);
+    GU_MARK(3);
     PDL_TRIGGER();  // the next kernel's blocks may come in during the loop
-    TRACE_MARK(4);
+    GU_MARK(4);
     for (int c0 = cb; c0 < ce; c0 += cw) {
       float acc[4];
       fp8v_dots(ws, c0, my_q, my_sc, ng, 1, smode, swj, bn_blk, bk_blk / 64, acc);
@@ -2518,9 +2731,9 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     }
   } else {
     float* xs = (float*)my_row;
-    TRACE_MARK(1);
+    GU_MARK(1);
     PDL_TRIGGER();
-    TRACE_MARK(4);
+    GU_MARK(4);
     if (down) {
       const float* xr = x + (size_t)row * ldx;
       for (int c = lane; c < kp; c += 32)
@@ -2543,8 +2756,9 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
       }
     }
   }
-  TRACE_MARK(5);
+  GU_MARK(5);
   if (!down) {
+    if (ROUTE) route_release(ra);
     TRACE_FLUSH();
     return;
   }
@@ -2556,6 +2770,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
     out[(size_t)tok * ldo + cb + c] += s;
   }
   TRACE_FLUSH();
+#undef GU_MARK
 }
 
 #define MOE_GEMV_THREADS 288
@@ -2575,7 +2790,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
 // spread evenly over up to 16 warps a block.
 #define MOE_GEMV_FP8_KERNEL(NAME, THREADS, BPS, FLAT, GU, BLK, SILU)                  \
   extern "C" __global__ void __launch_bounds__(THREADS, BPS) NAME(MOE_GEMV_ARGS) {    \
-    moe_gemv_impl<true, FLAT, GU, BLK, SILU>(MOE_GEMV_PASS);                          \
+    moe_gemv_impl<true, FLAT, GU, BLK, SILU>(MOE_GEMV_PASS, RouteArgs{});             \
   }
 MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_dn_c, MOE_GEMV_THREADS, 2, false, false, false, false)
 MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_dn_b, MOE_GEMV_THREADS, 2, false, false, true, false)
@@ -2585,8 +2800,15 @@ MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_gu_c, MOE_GEMV_THREADS, 2, false, true, false, 
 MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_gu_b, MOE_GEMV_THREADS, 2, false, true, true, false)
 MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_flat_c, 512, 1, true, true, false, false)
 MOE_GEMV_FP8_KERNEL(moe_gemv_fp8_flat_b, 512, 1, true, true, true, false)
+// flat gate|up routing its token (RouteArgs)
+#define MOE_GEMV_ROUTE_KERNEL(NAME, BLK)                                                    \
+  extern "C" __global__ void __launch_bounds__(512, 1) NAME(MOE_GEMV_ARGS, RouteArgs ra) { \
+    moe_gemv_impl<true, true, true, BLK, false, true>(MOE_GEMV_PASS, ra);                 \
+  }
+MOE_GEMV_ROUTE_KERNEL(moe_gemv_fp8_flat_route_c, false)
+MOE_GEMV_ROUTE_KERNEL(moe_gemv_fp8_flat_route_b, true)
 extern "C" __global__ void __launch_bounds__(MOE_GEMV_THREADS, 2) moe_gemv_bf16(MOE_GEMV_ARGS) {
-  moe_gemv_impl<false, false, false, false>(MOE_GEMV_PASS);
+  moe_gemv_impl<false, false, false, false>(MOE_GEMV_PASS, RouteArgs{});
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ pub use engine::{
     GpuModel, GpuOptions, HiddenRow, KeepFrom, SampleSpecs, StepOutput, ROUTER_GEMM_MIN_TOKENS,
 };
 pub use gemv::{
-    gemv_launch, gemv_max_rows, gemv_qkv_launch, ActRows, MoeGemv, MoeGemvConfig, GEMV_MAX_ROWS,
+    gemv_launch, gemv_max_rows, gemv_qkv_launch, gemv_route_launch, ActRows, MoeGemv,
+    MoeGemvConfig, Route, GEMV_MAX_ROWS,
 };
 pub use rope::{paired_rows, rope_kv_launch, QkvOut};
