@@ -11,6 +11,9 @@
 //! batch-1 decode step from 8.98 to 7.35 ms (`ops/perf/2026-11-29-gpu-batch1-gemv.md`: the engine's
 //! thresholds come from there), and the copy ring reading whole lines of rows took it to 6.8 ms,
 //! the in-model FP8 GEMVs from 1.7–2.0 to 2.0–2.7 TB/s (`ops/perf/2026-11-29-gpu-batch1-ring.md`).
+//! One token's MoE routing runs inside two of them ([`Route`]: the O GEMV adds the router's
+//! products up, the flat gate|up ranks the experts), with no launch of its own
+//! (`ops/perf/2026-12-01-gpu-routing-in-gemvs.md`).
 
 use crate::error::Result;
 use crate::gpu::device::Gpu;
