@@ -791,21 +791,29 @@ fn moe_gemv_matches_reference() {
 // ---------------------------------------------------------------------------------------------
 // Routing and sampling
 
+/// The routing fields of a config for the routing tests (the launches pass the same: groups `ng`,
+/// of which `tg` kept, `k` of `e` experts, weights normalised and scaled by 2.5).
+fn routing_config(ng: usize, tg: usize, e: usize, k: usize) -> model::Glm4MoeConfig {
+    let mut cfg = model::Glm4MoeConfig::from_dir(&fixture("tiny-a")).unwrap();
+    cfg.n_group = ng;
+    cfg.topk_group = tg;
+    cfg.n_routed_experts = e;
+    cfg.num_experts_per_tok = k;
+    cfg.norm_topk_prob = true;
+    cfg.routed_scaling_factor = 2.5;
+    cfg
+}
+
 #[test]
 fn moe_topk_matches_host_routing() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let mut cfg = model::Glm4MoeConfig::from_dir(&fixture("tiny-a")).unwrap();
     for (ng, tg, e, k) in [
         (4usize, 2usize, 16usize, 4usize),
         (1, 1, 128, 8),
         (8, 4, 256, 8),
     ] {
-        cfg.n_group = ng;
-        cfg.topk_group = tg;
-        cfg.n_routed_experts = e;
-        cfg.num_experts_per_tok = k;
-        cfg.routed_scaling_factor = 2.5;
+        let cfg = routing_config(ng, tg, e, k);
         let t = 37;
         let logits: Vec<f32> = (0..t * e).map(|_| rng.gen_range(-4.0..4.0)).collect();
         let bias: Vec<f32> = (0..e).map(|_| rng.gen_range(-0.5..0.5)).collect();
@@ -876,13 +884,8 @@ fn norm_and_router(
 fn moe_routed_by_o_gemv_and_gate_up_matches_moe_route() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-    let mut cfg = model::Glm4MoeConfig::from_dir(&fixture("tiny-a")).unwrap();
     let (h, kin, inter, e, k, eps) = (256usize, 512usize, 128usize, 16usize, 4usize, 1e-5f32);
-    cfg.n_group = 1;
-    cfg.topk_group = 1;
-    cfg.n_routed_experts = e;
-    cfg.num_experts_per_tok = k;
-    cfg.routed_scaling_factor = 2.5;
+    let cfg = routing_config(1, 1, e, k);
     let acc = DevBuf::zeros(&g, e * 8).unwrap();
     let done = DevBuf::zeros(&g, 4).unwrap();
     let route_done = DevBuf::zeros(&g, 4).unwrap();
@@ -990,13 +993,8 @@ fn moe_routed_by_o_gemv_and_gate_up_matches_moe_route() {
 fn moe_route_matches_host_routing() {
     let g = gpu();
     let mut rng = rand::rngs::StdRng::seed_from_u64(13);
-    let mut cfg = model::Glm4MoeConfig::from_dir(&fixture("tiny-a")).unwrap();
     let (e, k, h, eps) = (128usize, 8usize, 512usize, 1e-5f32);
-    cfg.n_group = 1;
-    cfg.topk_group = 1;
-    cfg.n_routed_experts = e;
-    cfg.num_experts_per_tok = k;
-    cfg.routed_scaling_factor = 2.5;
+    let cfg = routing_config(1, 1, e, k);
     let done = DevBuf::zeros(&g, 4).unwrap();
     for t in [1usize, 3, 11] {
         let x: Vec<f32> = (0..t * h).map(|_| rng.gen_range(-2.0..2.0)).collect();

@@ -508,13 +508,15 @@ impl MoeGemv<'_> {
             )
         };
         let (smode, bn, bk) = (cfg.smode, cfg.bn, cfg.bk);
+        // routed: the gate|up reads the residual row x, which it norms itself (xn is not written)
+        let routed = self.routed.filter(|_| cfg.routed);
         for (down, l, (group, cpb, smem), (wsh, swsh)) in [
             (0i32, gu, cfg.parts[0], sh_gu),
             (1i32, dn, cfg.parts[1], sh_dn),
         ] {
             // up_off: where a gate|up row's up half starts, for the kernel that applies SiLU·up
             let (input, ld_in, k_in) = if down == 0 {
-                (xn, ldx, gu.k)
+                (if routed.is_some() { x } else { xn }, ldx, gu.k)
             } else {
                 (f1, gu.n, self.inter)
             };
@@ -537,22 +539,18 @@ impl MoeGemv<'_> {
             };
             let ldw = (l.kp * l.elem_bytes()) as i32;
             macro_rules! go {
-                ($f:ident $([$i:expr])?) => {
+                ($f:ident $([$i:expr])? $(, $extra:expr)*) => {
                     launch!(g, $f $([$i])?, grid, block, smem;
                         input, ld_in as i32, t as i32, self.k as i32, self.ids, self.wts,
                         k_in as i32, l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride,
                         ldw, l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32,
-                        cpb as i32, output, ldo as i32, down)
+                        cpb as i32, output, ldo as i32, down $(, $extra)*)
                 };
             }
             let variant = fp8_variant(smode);
-            if let (Some(route), true, 0) = (&self.routed, cfg.routed, down) {
-                // from the residual row x, which it norms itself (xn is not written)
-                launch!(g, moe_gemv_fp8_flat_route[variant], grid, block, smem;
-                    x, ldx as i32, t as i32, self.k as i32, 0u64, 0u64, k_in as i32,
-                    l.kp as i32, up_off as i32, group as i32, l.w.p(), w_gstride, ldw,
-                    l.scales_ptr(), sw_gstride, wsh, swsh, smode, bn, bk, l.n as i32, cpb as i32,
-                    output, ldo as i32, down, *route)?;
+            if let (Some(route), 0) = (routed, down) {
+                // (it writes ids and wts, and reads neither)
+                go!(moe_gemv_fp8_flat_route[variant], route)?;
             } else if flat.is_some() {
                 go!(moe_gemv_fp8_flat[variant])?;
             } else if cfg.fp8 && down == 0 {

@@ -123,6 +123,10 @@ __device__ __forceinline__ u8 f2e4m3(float x) {
 // The scale of an e4m3 group whose largest magnitude is `amax` (every quantizing kernel uses it, so
 // the GEMV's activations round exactly as prep_rows' do).
 __device__ __forceinline__ float e4m3_scale(float amax) { return fmaxf(amax / 448.0f, 1e-12f); }
+// Activation scales of a K-column row rounded per `group` columns (one when the group spans it).
+__device__ __forceinline__ int act_groups(int K, int group) {
+  return group >= K ? 1 : (K + group - 1) / group;
+}
 
 __device__ __forceinline__ float e4m3_to_f(u8 b) {
   u16 in = b;
@@ -289,7 +293,7 @@ extern "C" __global__ void prep_rows(const float* x, int ldx, const int* rows, i
     return;
   }
   u8* o = (u8*)out + (size_t)r * out_ld;
-  int ng = (K + group - 1) / group;
+  int ng = act_groups(K, group);
   if (ng == 1) {  // one scale per row: the whole block finds the row's max
     float am = 0.f;
 #pragma unroll 4
@@ -1396,6 +1400,33 @@ extern "C" __global__ void __launch_bounds__(256) router_gemm(const float* xn, c
 __device__ __forceinline__ int ranks_above(float u, int j, float v, int i) {
   return (u > v) | ((u == v) & (j < i));
 }
+// The rank of value v at index i among c [E] (how many rank above it); c 16-byte aligned.
+__device__ __forceinline__ int rank_in(const float* c, int E, float v, int i) {
+  int r = 0;
+  if ((E & 3) == 0) {  // 16-byte loads
+#pragma unroll 4
+    for (int j = 0; j < E; j += 4) {
+      float4 u = *(const float4*)(c + j);
+      r += ranks_above(u.x, j, v, i) + ranks_above(u.y, j + 1, v, i) +
+           ranks_above(u.z, j + 2, v, i) + ranks_above(u.w, j + 3, v, i);
+    }
+  } else {
+    for (int j = 0; j < E; j++) r += ranks_above(c[j], j, v, i);
+  }
+  return r;
+}
+// The weight of the pick of rank r among the k picks' scores pw: normalised by their sum (in
+// rank order, as the reference adds them) when norm, then scaled.
+__device__ __forceinline__ float pick_weight(const float* pw, int r, int k, int norm,
+                                             float rscale) {
+  float w = pw[r];
+  if (norm) {
+    float sum = 0.f;
+    for (int q = 0; q < k; q++) sum += pw[q];
+    w /= (sum + 1e-20f);
+  }
+  return w * rscale;
+}
 __device__ void topk_block(const float* logits, const float* bias, int t0, int t1, int E, int k,
                            int ng, int tg, int norm, float rscale, int* ids, float* wts,
                            float* sh TRACE_PARAM) {
@@ -1460,19 +1491,9 @@ __device__ void topk_block(const float* logits, const float* bias, int t0, int t
   for (int i = tid; i < nt * 32; i += bd) gs[i] = sc[(i >> 5) * E + pick[i]];
   __syncthreads();
   for (int i = tid; i < nt * E; i += bd) {
-    int t = i / E, e = i - t * E, r = 0;
-    const float* c = ch + t * E;
-    float v = c[e];
-    if ((E & 3) == 0) {  // 16-byte loads (the rows start 16-byte aligned)
-#pragma unroll 4
-      for (int j = 0; j < E; j += 4) {
-        float4 u = *(const float4*)(c + j);
-        r += ranks_above(u.x, j, v, e) + ranks_above(u.y, j + 1, v, e) +
-             ranks_above(u.z, j + 2, v, e) + ranks_above(u.w, j + 3, v, e);
-      }
-    } else {
-      for (int j = 0; j < E; j++) r += ranks_above(c[j], j, v, e);
-    }
+    int t = i / E, e = i - t * E;
+    const float* c = ch + t * E;  // (the rows start 16-byte aligned)
+    int r = rank_in(c, E, c[e], e);
     if (r < k) {
       pick[t * 32 + r] = e;
       gs[t * 32 + r] = sc[i];
@@ -1481,15 +1502,8 @@ __device__ void topk_block(const float* logits, const float* bias, int t0, int t
   __syncthreads();
   for (int i = tid; i < nt * k; i += bd) {
     int t = i / k, r = i - t * k;
-    const float* pw = gs + t * 32;
-    float w = pw[r];
-    if (norm) {
-      float sum = 0.f;  // in rank order, as the reference adds them
-      for (int q = 0; q < k; q++) sum += pw[q];
-      w /= (sum + 1e-20f);
-    }
     ids[(size_t)(t0 + t) * k + r] = pick[t * 32 + r];
-    wts[(size_t)(t0 + t) * k + r] = w * rscale;
+    wts[(size_t)(t0 + t) * k + r] = pick_weight(gs + t * 32, r, k, norm, rscale);
   }
   __syncthreads();
   TRACE_MARK_P(5);
@@ -1916,6 +1930,16 @@ __device__ __forceinline__ float load_row(const float* __restrict__ xr, int K, i
   return ss;
 }
 
+// The row xf [K] times rs and the norm weight wf, in place, this thread's 16-byte chunks
+// (xf[j] rs wf[j]: the products every kernel's RMSNorm forms).
+__device__ __forceinline__ void norm_in_place(float* xf, const float* wf, int K, float rs) {
+  for (int j = 4 * threadIdx.x; j < K; j += 4 * blockDim.x) {
+    float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
+    *(float4*)(xf + j) =
+        make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
+  }
+}
+
 __device__ __forceinline__ void round_row(float ss, int K, int kp, int in_mode, float eps,
                                           int group, float* xf, const float* wf, u16* q,
                                           float* sc, float* xs, float* red) {
@@ -1931,14 +1955,10 @@ __device__ __forceinline__ void round_row(float ss, int K, int kp, int in_mode, 
 #undef ROW_VAL
   // the norm applied in place first (the same products as ROW_VAL), so the values are final
   if (in_mode == 1) {
-    for (int j = 4 * tid; j < K; j += 4 * bd) {
-      float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
-      *(float4*)(xf + j) =
-          make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
-    }
+    norm_in_place(xf, wf, K, rs);
     __syncthreads();
   }
-  int ng = group >= K ? 1 : (K + group - 1) / group;
+  int ng = act_groups(K, group);
   if (ng == 1) {
     float am = 0.f;
     for (int j = 4 * tid; j < K; j += 4 * bd) am = fmaxf(am, amax4(*(const float4*)(xf + j)));
@@ -2238,29 +2258,14 @@ __device__ __noinline__ void topk_one(const float* lg, const float* bias, int E,
   }
   __syncthreads();
   for (int e = tid; e < E; e += bd) {
-    float v = ch[e];
-    int r = 0;
-#pragma unroll 4
-    for (int j = 0; j < E; j += 4) {
-      float4 u = *(const float4*)(ch + j);
-      r += ranks_above(u.x, j, v, e) + ranks_above(u.y, j + 1, v, e) +
-           ranks_above(u.z, j + 2, v, e) + ranks_above(u.w, j + 3, v, e);
-    }
+    int r = rank_in(ch, E, ch[e], e);
     if (r < k) {
       ids[r] = e;
       ps[r] = sc[e];
     }
   }
   __syncthreads();
-  if (tid < k) {
-    float w = ps[tid];
-    if (norm) {
-      float sum = 0.f;  // in rank order, as the reference adds them
-      for (int q = 0; q < k; q++) sum += ps[q];
-      w /= (sum + 1e-20f);
-    }
-    wts[tid] = w * rscale;
-  }
+  if (tid < k) wts[tid] = pick_weight(ps, tid, k, norm, rscale);
   __syncthreads();
 }
 
@@ -2273,19 +2278,15 @@ __device__ __noinline__ void topk_one(const float* lg, const float* bias, int E,
 __device__ void route_topk(const RouteArgs& ra, const float* x, int K, float* xf, const float* wf,
                            const float* bsh, float* tsh, int* sids, float* swts,
                            float* red TRACE_PARAM) {
-  int tid = threadIdx.x, bd = blockDim.x, E = ra.E;
+  int tid = threadIdx.x, E = ra.E;
   unsigned long long a = tid < E ? ld_cg_u64(ra.acc + tid) : 0ull;
   asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's copies of wf (load_row's
                                                      // barrier then shows everyone's)
   float ss = load_row(x, K, 0, 0, 0, xf, 0);
   TRACE_MARK_P(2);
   float rs = rsqrtf(block_sum(ss, red) / (float)K + ra.eps);  // as round_row computes it
-  if (tid < E) tsh[tid] = (float)((double)(long long)a * (1.0 / 4294967296.0)) * rs;
-  for (int j = 4 * tid; j < K; j += 4 * bd) {
-    float4 v = *(const float4*)(xf + j), w4 = *(const float4*)(wf + j);
-    *(float4*)(xf + j) =
-        make_float4(v.x * rs * w4.x, v.y * rs * w4.y, v.z * rs * w4.z, v.w * rs * w4.w);
-  }
+  if (tid < E) tsh[tid] = (float)((double)(long long)a / (double)ROUTE_FIX) * rs;
+  norm_in_place(xf, wf, K, rs);
   __syncthreads();
   TRACE_MARK_P(3);
   topk_one(tsh, bsh, E, ra.k, ra.norm, ra.rscale, sids, swts, tsh + E);
@@ -2369,7 +2370,7 @@ __device__ __forceinline__ void gemv_fp8_impl(GEMV_FP8_ARGS, const QkvOut& qo, i
   extern __shared__ __align__(16) u8 fsm[];
   __shared__ float red[32];
   __shared__ float4 kred[8][32];
-  int ng = PATHS_FIXED && !BLK ? 1 : (K + group - 1) / group;
+  int ng = act_groups(K, group);  // (per-channel instantiations: group K, so 1)
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
   u16* aq = (u16*)(fsm + 8 * FP8V_RING);
   float* asc = (float*)((u8*)aq + ((2 * M * kp + 15) & ~15));
@@ -2464,7 +2465,7 @@ GEMV_FP8_KERNEL(gemv_fp8_b2, 2, true)
   }
 GEMV_FP8_QKV_KERNEL(gemv_fp8_qkv_c1, false)
 GEMV_FP8_QKV_KERNEL(gemv_fp8_qkv_b1, true)
-// gemv_fp8_route_{c,b}: the O GEMV of one token with the MoE routing (route_finish)
+// gemv_fp8_route_{c,b}: the O GEMV of one token adding the router's products (route_partials)
 #define GEMV_FP8_ROUTE_KERNEL(NAME, BLK)                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) NAME(GEMV_FP8_ARGS, RouteArgs ra) { \
     gemv_fp8_impl<false, 0, BLK, true>(GEMV_FP8_PASS, QkvOut{}, 0, 0, ra);               \
@@ -2651,7 +2652,7 @@ __device__ void moe_gemv_impl(const float* __restrict__ x, int ldx, int T, int k
   }
   bool shared = Wsh && j == k;
   int row = shared ? T * k + tok : tok * k + j;
-  int ng = FP8 ? (PATHS_FIXED && !BLK ? 1 : (K + group - 1) / group) : 0;
+  int ng = FP8 ? act_groups(K, group) : 0;
   size_t row_bytes = FP8 ? kp * 2 : kp * 4;
   u8* ring = msm + (threadIdx.x >> 5) * FP8V_RING;  // FP8: the weight rings come first
   u8* rows_s = msm + (FP8 ? slots * FP8V_RING : 0);
