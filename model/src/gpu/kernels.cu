@@ -946,7 +946,8 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // FP8 kernels spilled)
   if (F8) cl = 0;
   auto out_row = [&](int m) { return attn_out_row(out, row0, m, G, nh, kvh, D); };
-  float* cpart = (float*)smem + 4 * 16 * D + 128;
+  constexpr int SO = D + 8;  // the four-warp merge's row stride (floats): conflict-free stores
+  float* cpart = (float*)smem + 4 * 16 * SO + 128;
   auto part_row = [&](int m) {
     if (cl) return cpart + (size_t)m * (D + 2);
     return part + ((((size_t)tile * nkv + kvh) * nsplit + split) * 64 + m) * (D + 2);
@@ -956,7 +957,11 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // splits, was slower: 30.8 against 23.4 µs at batch 1, run 47)
   // cl: the grid's z blocks of a (tile, kv head) are one thread-block cluster, which keeps the
   // splits in shared memory and merges them there: every block its share of the pairs, a warp a
-  // pair (12 of 16 blocks at batch 1), with no count and no round trip to L2
+  // pair (12 of 16 blocks at batch 1), with no count and no round trip to L2. (Storing each split
+  // into the shared memory of the block that merges its pair, one barrier fewer, was slower: the
+  // merge 2.4 -> 1.5 µs, the stores 0.4 -> 1.0, and with the barrier each block passes before
+  // storing into another, the first key tile landed 9 µs after the PDL wait; batch 1 5.02-5.06
+  // against 4.74-4.76 ms, run 125.)
   __shared__ int last;
   auto merge_splits = [&]() {
     if (cl) {
@@ -989,7 +994,10 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // 16 splits of one tile) warp 0 takes the whole tile and writes its state itself: that merge
   // was 3.9 µs of the attention's 12 at batch 1 (run 72's timeline), and with the split's merge
   // as it is now 5.57-5.62 against 5.45-5.48 ms a step (run 85). Warp 0 taking the tile a
-  // quarter at a time (a quarter of the code) spilled the kernel: 5.79 ms.
+  // quarter at a time (a quarter of the code) spilled the kernel: 5.79 ms. The four warps taking
+  // the lone tile of a cluster's block, with the merge below, were 6% slower still (runs 124,
+  // 126: the first tile landed 8.4 against 2.9 µs after the wait), and failed the cluster parity
+  // test (rel L2 2.6e-3; not pursued).
   bool wsplit = nrows * G <= 16 && kt1 - kt0 > 1;
   int mA = (wsplit ? 0 : warp) * 16 + gid, mB = mA + 8;
   int rA = mA / G, rB = mB / G;
@@ -1111,7 +1119,8 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // The step's metadata (tiles, positions, block tables) was written before the step: read
   // before PDL_WAIT. q and the newest key (rope_kv's) only after it. (Copying the first tile's
   // older keys before the wait too took the copies out of the batch-1 timeline, 2.7 -> 1.5 µs,
-  // but not the attention's end, and eager attention at batch 2-256 was 7-14% slower: runs 75-77.)
+  // but not the attention's end, and eager attention at batch 2-256 was 7-14% slower: runs 75-77;
+  // the older keys of a cluster's blocks alone, batch 1 +1.6%, run 125.)
   int blk[PASSES];
   if (kt0 < kt1) blocks_of(kt0, blk);
   TRACE_MARK(1);
@@ -1176,17 +1185,21 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // the first tile or at exit was no faster, run 83)
   PDL_TRIGGER();
   TRACE_MARK(5);
-  if (wsplit) {  // merge the four warps' states (the stages are free once every copy has landed)
+  // merge the four warps' states (the stages are free once every copy has landed): a thread four
+  // head dims of a pair at a time, from rows padded to D + 8 floats so the warps' stores hit
+  // distinct banks (a value a thread from unpadded rows, 8-way conflicts, was 0.2-1.0% slower at
+  // batch 2-64, run 126)
+  if (wsplit) {
     asm volatile("cp.async.wait_group 0;");
     __syncthreads();
     float* sO = (float*)smem;
-    float* sM = sO + 4 * 16 * D;
+    float* sM = sO + 4 * 16 * SO;
     float* sL = sM + 64;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++)
 #pragma unroll
       for (int i = 0; i < 4; i++)
-        sO[(warp * 16 + gid + (i >> 1) * 8) * D + dt * 8 + tig * 2 + (i & 1)] = o[dt][i];
+        sO[(warp * 16 + gid + (i >> 1) * 8) * SO + dt * 8 + tig * 2 + (i & 1)] = o[dt][i];
     if (tig == 0) {
       sM[warp * 16 + gid] = mrow[0];
       sM[warp * 16 + gid + 8] = mrow[1];
@@ -1194,10 +1207,11 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
       sL[warp * 16 + gid + 8] = lrow[1];
     }
     __syncthreads();
-    for (int idx = tid; idx < nrows * G * D; idx += blockDim.x) {
-      int m = idx / D, dim = idx % D;
+    for (int idx = tid; idx < nrows * G * (D / 4); idx += blockDim.x) {
+      int m = idx / (D / 4), d = idx % (D / 4) * 4;
       float M = fmaxf(fmaxf(sM[m], sM[16 + m]), fmaxf(sM[32 + m], sM[48 + m]));
-      float L = 0.f, a = 0.f;
+      float L = 0.f;
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
       if (M != NEG_INF)
 #pragma unroll
         for (int w = 0; w < 4; w++) {
@@ -1205,17 +1219,21 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
           if (mw == NEG_INF) continue;
           float f = __expf(mw - M);
           L += sL[w * 16 + m] * f;
-          a += sO[(w * 16 + m) * D + dim] * f;
+          float4 v = *(const float4*)(sO + (w * 16 + m) * SO + d);
+          a = make_float4(a.x + v.x * f, a.y + v.y * f, a.z + v.z * f, a.w + v.w * f);
         }
       if (part) {
         float* pb = part_row(m);
-        pb[dim] = a;
-        if (dim == 0) {
+        *(float2*)(pb + d) = make_float2(a.x, a.y);
+        *(float2*)(pb + d + 2) = make_float2(a.z, a.w);
+        if (d == 0) {
           pb[D] = M;
           pb[D + 1] = L;
         }
       } else {
-        out_row(m)[dim] = L > 0.f ? a / L : 0.f;
+        float4 r = L > 0.f ? make_float4(a.x / L, a.y / L, a.z / L, a.w / L)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+        *(float4*)(out_row(m) + d) = r;
       }
     }
     TRACE_MARK(6);
