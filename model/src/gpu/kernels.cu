@@ -996,8 +996,9 @@ __device__ __forceinline__ void attn_impl(const void* kc_, const void* vc_, cons
   // as it is now 5.57-5.62 against 5.45-5.48 ms a step (run 85). Warp 0 taking the tile a
   // quarter at a time (a quarter of the code) spilled the kernel: 5.79 ms. The four warps taking
   // the lone tile of a cluster's block, with the merge below, were 6% slower still (runs 124,
-  // 126: the first tile landed 8.4 against 2.9 µs after the wait), and failed the cluster parity
-  // test (rel L2 2.6e-3; not pursued).
+  // 126: the first tile landed 8.4 against 2.9 µs after the wait); its outputs also differed from
+  // warp 0's by rel L2 2.6e-3 (each warp rounds P to 16 bits against its own 16 keys' maximum),
+  // past the cluster parity test's 1e-4, which compares the same arithmetic merged two ways.
   bool wsplit = nrows * G <= 16 && kt1 - kt0 > 1;
   int mA = (wsplit ? 0 : warp) * 16 + gid, mB = mA + 8;
   int rA = mA / G, rB = mB / G;
