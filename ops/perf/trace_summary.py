@@ -19,8 +19,10 @@ wait, 3 first key tile landed, 4 key loop done, 5 dependents triggered, 6 split 
 merged; routing 1 dot products done, 2 dependents triggered, (last block) 3 counted, 4 scores in
 shared memory, 5 top-k done; RoPE 1 done. (Runs 72-81 had no "triggered" marks: --before-82.)
 
-    ops/perf/trace_summary.py OUT-b1.bin [--layer N] [--marks 4 | --before-82]
-(N: print that layer's launches one by one; --marks 4 reads the archives before run 72, whose
+    ops/perf/trace_summary.py OUT-b1.bin [--layer N [--warps]] [--marks 4 | --before-82]
+(N: print that layer's launches one by one; --warps adds, for each warp index of a block, the median
+over the blocks of when it took each mark, from the launch's first entry: which warps do the work and
+which wait, e.g. the attention's lone key tile on warp 0; --marks 4 reads the archives before run 72, whose
 records held four marks; --before-82 labels runs 72-81, which had no marks around the PDL triggers)
 """
 import statistics as st
@@ -170,6 +172,19 @@ def main():
                 marks = " ".join(f"m{k} {us(d[f'm{k}']):>5}" for k in range(1, NMARK))
                 print(f"  {l['name']:10} gap {us(d['gap']):>6} span {us(d['span']):>6} start {us(d['start']):>5} "
                       f"{marks} tail {us(d['tail']):>5} warps {d['warps']} blocks {d['blocks']}")
+                if "--warps" in sys.argv:
+                    print_warps(l)
+
+
+def print_warps(l):
+    """Each warp index's marks (median over the blocks, µs from the launch's first entry)."""
+    for w in sorted({r["warp"] for r in l["recs"]}):
+        rs = [r for r in l["recs"] if r["warp"] == w]
+        at = []
+        for k in range(NMARK):
+            ts = [r["t"][k] - l["start"] for r in rs if r["t"][k]]
+            at.append(f"{k}:{us(st.median(ts)):>5}" if ts else f"{k}:     ")
+        print(f"      warp {w:2} ({len(rs)} blocks) " + " ".join(at))
 
 
 if __name__ == "__main__":
